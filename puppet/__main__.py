@@ -1,0 +1,5 @@
+import sys
+
+from puppet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""Command line: the small interface the Snakemake rules call (``python -m puppet ...``).
+
+    python -m puppet train   --spec JSON --out-dir DIR      # -> DIR/train.json, model.pt
+    python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
+    python -m puppet collate --runs A/train.json ... --out results/metrics.csv
+    python -m puppet tables  --metrics results/metrics.csv --out-dir results
+    python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
+    python -m puppet validate --configfile config/config.yaml   # check a config, print the grid
+    python -m puppet models                                     # list registered models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _measure(spec: dict, run_dir: Path) -> dict:
+    from puppet.data import Batches
+    from puppet.io import atomic_write_json
+    from puppet.measure import measure_model
+    from puppet.train import build_model, load_splits, pick_device
+
+    train = json.loads((run_dir / "train.json").read_text())
+    record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
+    if train.get("status") != "ok":
+        record.update(status="skipped", error=f"training failed: {train.get('error', '')}")
+    else:
+        try:
+            device = pick_device(spec["device"])
+            splits = load_splits(spec)
+            model = build_model(spec, splits).to(device)
+            state = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+            model.load_state_dict(state["model"])
+            test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
+            record.update(status="ok", error="", **measure_model(model, test, spec["measure"], device))
+        except Exception as exc:  # recorded in the row, never a silent None
+            record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            print(f"measure failed: {record['error']}", file=sys.stderr)
+    atomic_write_json(record, run_dir / "measure.json")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m puppet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one run")
+    p.add_argument("--spec", required=True, help="run spec as JSON (see puppet.config.run_spec)")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p = sub.add_parser("measure", help="measure a trained run")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--run-dir", required=True, type=Path)
+    p = sub.add_parser("collate", help="collect runs into results/metrics.csv")
+    p.add_argument("--runs", nargs="+", required=True, type=Path, help="train.json files (measure.json is read beside each)")
+    p.add_argument("--out", required=True, type=Path)
+    p = sub.add_parser("tables", help="paper-layout tables and tables.md from metrics.csv")
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    p = sub.add_parser("figures", help="figures from metrics.csv")
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--out-dir", required=True, type=Path)
+    p = sub.add_parser("validate", help="validate config files and print the run grid")
+    p.add_argument("--configfile", nargs="+", required=True)
+    sub.add_parser("models", help="list registered models")
+    args = parser.parse_args(argv)
+
+    from puppet.config import ConfigError
+    from puppet.data import DataError
+    from puppet.registry import UnknownModelError
+
+    try:
+        if args.command == "train":
+            from puppet.train import train_main
+
+            train_main(json.loads(args.spec), args.out_dir)  # a failed run is a status=error row, not a crash
+        if args.command == "measure":
+            _measure(json.loads(args.spec), args.run_dir)
+        elif args.command == "collate":
+            from puppet.collate import collate
+
+            collate(args.runs, args.out)
+        elif args.command == "tables":
+            from puppet.tables import write_tables
+
+            write_tables(args.metrics, args.out_dir)
+        elif args.command == "figures":
+            from puppet.figures import write_figures
+
+            write_figures(args.metrics, args.out_dir)
+        elif args.command == "validate":
+            from puppet.config import load_config, run_grid
+
+            cfg = load_config(*args.configfile)
+            runs = run_grid(cfg)
+            print(f"config OK: profile {cfg['profile']}, {len(runs)} runs")
+            for dataset, model, seed in runs:
+                print(f"  {dataset:14s} {model:24s} seed {seed}")
+        elif args.command == "models":
+            from puppet.registry import list_models, model_info
+
+            for name in list_models():
+                info = model_info(name)
+                print(f"{name:22s} {info.family:16s} {info.description}")
+    except (ConfigError, DataError, UnknownModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Collect per-run JSON records into one tidy table: ``results/metrics.csv``.
+
+One row per (profile, dataset, model, seed), with provenance columns. A failed
+run is a row with ``status=error`` and its message, never a missing line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from puppet.io import atomic_write_csv
+
+KEY = ["profile", "dataset", "model", "seed"]
+
+COLUMNS = KEY + [
+    "status", "error",
+    "top1", "top5",
+    "stored_params", "total_params", "param_size_mb",
+    "macs", "macs_generation", "macs_without_generation", "macs_min", "macs_max",
+    "latency_s_per_img", "latency_p90_s_per_img", "throughput_img_per_s", "throughput_batch",
+    "train_time_s", "epochs", "final_train_loss",
+    "train_size", "val_size", "test_size", "data_source",
+    "device", "threads", "torch_version", "cuda_version", "train_device",
+    "git_commit", "config_hash",
+]
+
+
+def run_row(train_json: Path) -> dict:
+    """One metrics row from a run folder's ``train.json`` and ``measure.json``."""
+    train = json.loads(Path(train_json).read_text())
+    measure_path = Path(train_json).with_name("measure.json")
+    measure = json.loads(measure_path.read_text()) if measure_path.exists() else {"status": "missing", "error": "not measured"}
+    row = {k: v for k, v in train.items() if not isinstance(v, (dict, list))}
+    for k, v in (train.get("stats") or {}).items():  # adaptive models: mean_depth, mean_exit, ...
+        row[k] = v
+    row.update({k: v for k, v in measure.items() if k not in ("status", "error") and not isinstance(v, (dict, list))})
+    if train.get("status") != "ok":
+        row["status"], row["error"] = "error", train.get("error", "")
+    elif measure.get("status") != "ok":
+        row["status"], row["error"] = "error", f"measure: {measure.get('error', '')}"
+    else:
+        row["status"], row["error"] = "ok", ""
+    return row
+
+
+def collate(train_jsons: list[Path], out: Path) -> pd.DataFrame:
+    rows = [run_row(p) for p in train_jsons]
+    df = pd.DataFrame(rows)
+    extra = sorted(c for c in df.columns if c not in COLUMNS)  # e.g. mean_depth, latency_mean_s_per_img
+    df = df.reindex(columns=COLUMNS + extra)
+    df = df.sort_values(KEY, kind="stable").reset_index(drop=True)
+    atomic_write_csv(df, out)
+    return df

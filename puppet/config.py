@@ -1,0 +1,122 @@
+"""Workflow configuration: load, fill defaults from the JSON schema, validate.
+
+The schema (``workflow/schemas/config.schema.json``) is the single source of the
+config's structure and defaults; model and dataset names are checked against
+the registry, so a typo fails at parse time, not after hours of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from puppet.data import DATASETS
+from puppet.registry import list_models
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.json"
+
+
+class ConfigError(ValueError):
+    """A malformed configuration; the message is one line naming the key and the fix."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    schema = json.loads(Path(path).read_text())
+    schema["$defs"]["model_name"]["enum"] = list_models()
+    schema["$defs"]["dataset_name"]["enum"] = list(DATASETS)
+    return schema
+
+
+def _fill_defaults(schema: dict, value: Any) -> Any:
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        return value
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            value[key] = _fill_defaults(sub, value[key])
+    return value
+
+
+def _describe(error) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "enum":
+        return f"config {where}: {error.instance!r} is not valid; choose one of: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        return f"config {where}: {error.message}; allowed keys: {allowed}"
+    return f"config {where}: {error.message}"
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Return a validated copy of ``config`` with every default filled in."""
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    config = _fill_defaults(schema, copy.deepcopy(dict(config)))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_describe(best))
+    return config
+
+
+def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
+    """Merge YAML files left to right (top-level keys replace), then overrides, then validate."""
+    merged: dict = {}
+    for path in paths:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config '{path}': {exc}".replace("\n", " ")) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config '{path}' must be a mapping of keys to values")
+        merged.update(data)
+    merged.update(overrides or {})
+    return validate_config(merged)
+
+
+def run_grid(config: dict) -> list[tuple[str, str, int]]:
+    """Every (dataset, model, seed) the config asks for: the datasets x models product
+    plus each ``extra_grid`` block, without duplicates, in a stable order."""
+    pairs: list[tuple[str, str]] = []
+    blocks = [{"datasets": config["datasets"], "models": config["models"]}] + list(config.get("extra_grid", []))
+    for block in blocks:
+        for dataset in block["datasets"]:
+            for model in block["models"]:
+                if (dataset, model) not in pairs:
+                    pairs.append((dataset, model))
+    return [(d, m, s) for d, m in pairs for s in config["seeds"]]
+
+
+def run_spec(config: dict, dataset: str, model: str, seed: int) -> dict:
+    """Everything that determines one run's results, and nothing else (so editing
+    one model's kwargs reruns only that model)."""
+    return {
+        "profile": config["profile"],
+        "dataset": dataset,
+        "model": model,
+        "seed": int(seed),
+        "epochs": config["epochs"],
+        "max_channels": config["max_channels"],
+        "device": config["device"],
+        "data_root": config["data_root"],
+        "download": config["download"],
+        "data_source": config["data_sources"].get(dataset),
+        "data": config["data"],
+        "train": config["train"],
+        "measure": config["measure"],
+        "model_kwargs": config["model_kwargs"].get(model, {}),
+    }
+
+
+def spec_hash(spec: dict) -> str:
+    """Short, stable hash of a run spec (the ``config_hash`` column)."""
+    keep = {k: v for k, v in spec.items() if k not in ("measure",)}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,412 @@
+"""Datasets, seeded splits and an in-memory batch iterator.
+
+A dataset is named by what it is (``cifar10``, ``cifar100``, ``mini_imagenet``,
+``fashion_mnist``, ``synthetic``) and read from a *source*: by default the
+torchvision folder under the data root (downloaded where a download exists), or
+a packed-array ``.npz`` file named in config (``data_sources``), so an offline
+copy keeps its real name in every table.
+
+Everything is held in memory as uint8 tensors ``(N, C, H, W)``: the data sets
+this harness uses are small, and CPU runs should not be loader-bound. Images
+are normalised per batch, on the training device.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+DATA_ROOT_ENV = "PUPPET_DATA_ROOT"
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or unreachable data. The message is one line that names the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, "CIFAR-10, 32x32 RGB"),
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, "CIFAR-100 (fine labels), 32x32 RGB"),
+    "mini_imagenet": DatasetInfo("mini_imagenet", 100, 3, 84, "mini-ImageNet, 100 classes, resized (image_size)"),
+    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28, "Fashion-MNIST, 28x28 grey"),
+    "synthetic": DatasetInfo("synthetic", 10, 3, 32, "procedural class-dependent gratings, 32x32 RGB"),
+}
+
+
+@dataclass
+class ArrayData:
+    """A whole data set as uint8 image tensors (N, C, H, W) and int64 labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    source: str  # where it was read from, for provenance
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+
+@dataclass
+class Splits:
+    """Seeded, disjoint train / validation / test subsets of one data set."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, from the training subset, in [0, 1] units
+    std: tuple[float, ...]
+    source: str
+    train_index: torch.Tensor  # indices into the source's training pool (for tests and provenance)
+    val_index: torch.Tensor
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def resolve_data_root(config_root: str | os.PathLike | None) -> Path:
+    """The environment variable wins over config, so a cluster can point every run elsewhere."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or config_root or "data").expanduser()
+
+
+def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = None) -> ArrayData:
+    """Read the packed-array format of ``../shared/data/README.md``."""
+    path = Path(path)
+    where = f"data_sources.{name}"
+    if not path.is_file():
+        raise DataError(f"{where}: no file at '{path}'; give the path of an .npz with keys {', '.join(NPZ_KEYS)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise DataError(f"{where}: '{path}' lacks keys {missing}; expected {', '.join(NPZ_KEYS)} (see shared/data/README.md)")
+            arrays = {k: f[k] for k in NPZ_KEYS}
+            n_named = len(f["classes"]) if "classes" in f.files else None
+    except DataError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, ...
+        raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) != len(y):
+            raise DataError(f"{where}: '{path}' x_{split} must be uint8 (N,H,W[,C]) with one label per image; got {x.dtype} {x.shape} and {len(y)} labels")
+    num_classes = n_named or int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    if expected_classes is not None and num_classes != expected_classes:
+        raise DataError(f"{where}: '{path}' has {num_classes} classes but {name} has {expected_classes}; point {where} at a {name} file")
+    return ArrayData(
+        name=name,
+        x_train=_to_nchw(arrays["x_train"]),
+        y_train=torch.as_tensor(arrays["y_train"], dtype=torch.int64),
+        x_test=_to_nchw(arrays["x_test"]),
+        y_test=torch.as_tensor(arrays["y_test"], dtype=torch.int64),
+        num_classes=num_classes,
+        source=f"npz:{path}",
+    )
+
+
+def _to_nchw(x: np.ndarray) -> torch.Tensor:
+    x = np.ascontiguousarray(x)
+    if x.ndim == 3:  # (N, H, W) grey
+        x = x[:, :, :, None]
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+
+
+def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
+    import torchvision.datasets as tvd
+
+    cls, folder = {
+        "cifar10": (tvd.CIFAR10, "cifar-10-batches-py"),
+        "cifar100": (tvd.CIFAR100, "cifar-100-python"),
+        "fashion_mnist": (tvd.FashionMNIST, "FashionMNIST/raw"),
+    }[name]
+    try:
+        train = cls(root=str(root), train=True, download=download)
+        test = cls(root=str(root), train=False, download=download)
+    except Exception as exc:
+        why = "the download failed (no network?)" if download else "downloads are off (download: false)"
+        raise DataError(
+            f"{name}: no usable data under '{root / folder}' and {why} [{type(exc).__name__}]; "
+            f"put the official files there, set data_root (or ${DATA_ROOT_ENV}), "
+            f"or point data_sources.{name} at an .npz (format in shared/data/README.md)"
+        ) from None
+
+    def arrays(ds) -> tuple[torch.Tensor, torch.Tensor]:
+        x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        return _to_nchw(x), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+
+    x_train, y_train = arrays(train)
+    x_test, y_test = arrays(test)
+    return ArrayData(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes, f"torchvision:{root / folder}")
+
+
+def _mini_imagenet(root: Path, image_size: int, split_seed: int) -> ArrayData:
+    """mini-ImageNet in the usual layout: ``images/`` plus ``train.csv``, ``val.csv``, ``test.csv``.
+
+    Those CSVs are the few-shot split (disjoint classes). For classification, as in
+    the paper (100 classes, Table 6), we pool the 60,000 images and draw a seeded,
+    class-stratified 5:1 train/test split. Images are resized (shorter side) and
+    centre-cropped to ``image_size``; the decoded arrays are cached beside the CSVs.
+    """
+    folder = root / "mini_imagenet"
+    csvs = [folder / f"{s}.csv" for s in ("train", "val", "test")]
+    cache = folder / f"cache_{image_size}px.npz"
+    if cache.is_file():
+        return load_npz(cache, "mini_imagenet", expected_classes=None)
+    if not all(p.is_file() for p in csvs) or not (folder / "images").is_dir():
+        raise DataError(
+            f"mini_imagenet: expected '{folder}/images/' and train.csv, val.csv, test.csv (columns filename,label) "
+            f"under the data root; there is no download, get it from the official source or set data_sources.mini_imagenet to an .npz"
+        )
+    from PIL import Image
+
+    files, labels = [], []
+    for p in csvs:
+        with open(p, newline="") as f:
+            for row in csv.DictReader(f):
+                files.append(row["filename"])
+                labels.append(row["label"])
+    classes = sorted(set(labels))
+    y = np.array([classes.index(c) for c in labels], dtype=np.int64)
+    x = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
+    for i, fname in enumerate(files):
+        try:
+            img = Image.open(folder / "images" / fname).convert("RGB")
+        except Exception as exc:
+            raise DataError(f"mini_imagenet: cannot read image '{folder / 'images' / fname}' ({exc}); re-extract images/") from None
+        w, h = img.size
+        s = image_size / min(w, h)
+        img = img.resize((max(image_size, round(w * s)), max(image_size, round(h * s))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        x[i] = np.asarray(img.crop((left, top, left + image_size, top + image_size)))
+    test_mask = np.zeros(len(y), dtype=bool)
+    order = _balanced_order(torch.as_tensor(y), len(classes), split_seed).numpy()
+    test_mask[order[: len(y) // 6]] = True
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, x_train=x[~test_mask], y_train=y[~test_mask], x_test=x[test_mask], y_test=y[test_mask], classes=np.array(classes))
+    os.replace(tmp, cache)
+    return load_npz(cache, "mini_imagenet")
+
+
+def _synthetic(num_classes: int = 10, n_train: int = 2000, n_test: int = 500, size: int = 32, seed: int = 1234) -> ArrayData:
+    """Procedural, class-dependent images: each class is a grating with its own
+    orientation, frequency and colour, with random phase, contrast and noise.
+    Learnable by a small CNN in a few epochs; made in well under a second."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        theta = math.pi * y.float() / num_classes  # orientation per class
+        freq = 2.0 + (y % 3).float()  # cycles per image
+        phase = 2 * math.pi * torch.rand(n, generator=g)
+        coords = torch.linspace(0, 1, size)
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")  # (S, S)
+        proj = xx * torch.cos(theta)[:, None, None] + yy * torch.sin(theta)[:, None, None]  # (N, S, S)
+        wave = torch.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
+        hue = torch.stack([torch.cos(2 * math.pi * (y.float() / num_classes + k / 3)) for k in range(3)], 1)  # (N, 3)
+        contrast = 0.5 + 0.5 * torch.rand(n, 1, 1, 1, generator=g)
+        img = 0.5 + 0.1 * hue[:, :, None, None] + 0.25 * contrast * wave[:, None] * (1 + 0.5 * hue[:, :, None, None])
+        img = img + 0.08 * torch.randn(img.shape, generator=g)
+        return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return ArrayData("synthetic", x_train, y_train, x_test, y_test, num_classes, f"synthetic:seed={seed}")
+
+
+def load_dataset(
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    source: str | os.PathLike | None = None,
+    download: bool = True,
+    image_size: int | None = None,
+    split_seed: int = 0,
+) -> ArrayData:
+    """Load a named data set, from ``source`` (an .npz path) if given, else its default source."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    info = DATASETS[name]
+    if source:
+        return load_npz(source, name, expected_classes=None if name == "mini_imagenet" else info.num_classes)
+    if name == "synthetic":
+        return _synthetic(num_classes=info.num_classes, size=image_size or info.image_size)
+    root = resolve_data_root(data_root)
+    if name == "mini_imagenet":
+        return _mini_imagenet(root, image_size or info.image_size, split_seed)
+    return _torchvision(name, root, download)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _balanced_order(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """A seeded permutation that interleaves classes (round-robin over shuffled
+    classes), so any prefix of it is as class-balanced as the pool allows."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    rank = torch.empty(len(labels), dtype=torch.long)
+    for c in range(num_classes):
+        members = perm[labels[perm] == c]
+        rank[members] = torch.arange(len(members))
+    # sort by rank within class, ties broken by the random permutation position
+    position = torch.empty_like(rank)
+    position[perm] = torch.arange(len(perm))
+    key = rank * len(labels) + position
+    return torch.argsort(key)
+
+
+def make_splits(
+    data: ArrayData,
+    train_size: int | None = None,
+    val_size: int = 0,
+    test_size: int | None = None,
+    split_seed: int = 0,
+) -> Splits:
+    """Seeded, class-balanced, disjoint subsets: validation and train are drawn from
+    the training pool (validation first), test from the test split.
+
+    ``train_size=None`` takes every training image left after validation;
+    ``test_size=None`` takes the whole test split.
+    """
+    pool = len(data.y_train)
+    if val_size < 0 or (train_size is not None and train_size <= 0):
+        raise DataError(f"{data.name}: train_size must be positive and val_size non-negative (got {train_size}, {val_size})")
+    if val_size + (train_size or 1) > pool:
+        raise DataError(f"{data.name}: train_size {train_size} + val_size {val_size} exceed the {pool} training images of {data.source}; lower them in config")
+    order = _balanced_order(data.y_train, data.num_classes, split_seed)
+    val_index = order[:val_size].sort().values
+    rest = order[val_size:]
+    train_index = (rest if train_size is None else rest[:train_size]).sort().values
+    n_test = len(data.y_test)
+    if test_size is not None and test_size < n_test:
+        test_index = _balanced_order(data.y_test, data.num_classes, split_seed + 1)[:test_size].sort().values
+    else:
+        test_index = torch.arange(n_test)
+    x_train = data.x_train[train_index]
+    xf = x_train.float() / 255.0
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return Splits(
+        name=data.name,
+        x_train=x_train,
+        y_train=data.y_train[train_index],
+        x_val=data.x_train[val_index],
+        y_val=data.y_train[val_index],
+        x_test=data.x_test[test_index],
+        y_test=data.y_test[test_index],
+        num_classes=data.num_classes,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        source=data.source,
+        train_index=train_index,
+        val_index=val_index,
+    )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """Iterates over an in-memory split in (normalised image, label) batches.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``, so a run resumed from a
+    checkpoint sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: str = "none",
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ):
+        if augment not in ("none", "crop_flip"):
+            raise ValueError(f"unknown augment {augment!r}; use 'none' or 'crop_flip'")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)  # uint8 (N, C, H, W)
+        self.y = y.to(self.device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
+        self.shuffle, self.seed, self.augment, self.drop_last = shuffle, seed, augment, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return (x_uint8.float() / 255.0 - self.mean) / self.std
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.x[idx]
+            if self.augment == "crop_flip":
+                x = _crop_flip(x, g)
+            yield self.normalise(x), self.y[idx]
+
+    __iter__ = epoch
+
+
+def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad`` zero padding and random horizontal flip (the CIFAR standard)."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=g).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=g).tolist()
+    flip = torch.rand(b, generator=g) < 0.5
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    out[flip] = out[flip].flip(-1)
+    return out

@@ -1,0 +1,57 @@
+"""Top-1 / top-5 evaluation, collecting adaptive models' per-sample statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from puppet.data import Batches
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent (top-k with k = min(5, classes))
+    loss: float
+    num_samples: int
+    per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. depth, exit, complexity
+    stats_summary: dict[str, float] = field(default_factory=dict)  # mean of each per-sample stat
+
+
+def collect_stats(model: torch.nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
+    """The per-sample tensors a model left in ``last_stats`` after its forward pass."""
+    stats = getattr(model, "last_stats", None) or {}
+    out = {}
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 1 and len(value) == batch_size:
+            out[key] = value.detach().float().cpu()
+    return out
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, batches: Batches) -> EvalResult:
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss_sum = 0.0
+    per_sample: dict[str, list[torch.Tensor]] = {}
+    for x, y in batches:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        correct1 += (topk[:, 0] == y).sum().item()
+        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+        seen += len(y)
+        for key, value in collect_stats(model, len(y)).items():
+            per_sample.setdefault(key, []).append(value)
+    per = {k: torch.cat(v) for k, v in per_sample.items()}
+    return EvalResult(
+        top1=100.0 * correct1 / seen,
+        top5=100.0 * correct5 / seen,
+        loss=loss_sum / seen,
+        num_samples=seen,
+        per_sample=per,
+        stats_summary={f"mean_{k}": float(v.mean()) for k, v in per.items()},
+    )

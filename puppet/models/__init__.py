@@ -1,0 +1,1 @@
+"""Puppet-CNN and shared layers. Every non-underscore module here is imported by the registry."""

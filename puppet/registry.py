@@ -1,0 +1,127 @@
+"""Model registry: one name per model, the name is the Snakemake ``{model}`` wildcard.
+
+A builder has the signature
+``(num_classes, in_channels, image_size, max_channels=512, **kwargs) -> nn.Module``;
+``max_channels`` caps every conv's output channels (the paper: 512) and scales
+widths by ``max_channels / 512`` so CPU profiles stay cheap.
+Model modules live in ``puppet.models`` and in the ``baselines`` package; they are
+imported lazily the first time the registry is read, so ``puppet`` never has to
+name a baseline module explicitly.
+
+Adaptive models follow a small protocol the harness reads without knowing the
+model by name (all optional):
+
+* ``model.last_stats``: dict written by ``forward``: per-sample tensors such as
+  ``depth`` (conv layers run) or ``exit`` (exit index), and scalars such as
+  ``generation_macs`` (MACs spent generating kernels, per sample).
+* ``model.prepare(batches)``: called once before training with an iterable of
+  (normalised) training image batches; used to fit input statistics that are
+  saved as buffers, hence with the checkpoint.
+* ``model.compute_loss(x, y) -> (loss, logits)``: a training objective other than
+  plain cross-entropy on ``model(x)`` (joint early-exit loss, gate losses, ...).
+* ``model.calibrate(batches)``: called after training with (x, y) batches from the
+  validation split, never the test split (early-exit thresholds, ...).
+* ``model.stored_param_count()``: parameters one must store, when that differs
+  from the trainable parameters (see ``puppet.measure``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+ModelBuilder = Callable[..., nn.Module]
+
+# Packages scanned for modules that register models.
+_MODEL_PACKAGES = ("puppet.models", "baselines")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: ModelBuilder
+    family: str  # "fixed", "puppet", "adaptive_params", "adaptive_depth", ...
+    paper_name: str  # the label the paper's tables use
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    # (num_classes, in_channels, image_size, max_channels, **kwargs) -> expected stored
+    # parameter count, written independently of the module code; checked by the tests.
+    param_formula: Callable[..., int] | None = None
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+_discovered = False
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; we want one clean line
+        return str(self.args[0])
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    paper_name: str | None = None,
+    description: str = "",
+    tags: tuple[str, ...] = (),
+    param_formula: Callable[..., int] | None = None,
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register ``builder`` under ``name``; its docstring is the default description."""
+
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            raise ValueError(f"model {name!r} is registered twice ({_REGISTRY[name].builder.__module__} and {builder.__module__})")
+        doc = (builder.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            builder=builder,
+            family=family,
+            paper_name=paper_name or name,
+            description=description or (doc[0] if doc else ""),
+            tags=tuple(tags),
+            param_formula=param_formula,
+        )
+        return builder
+
+    return decorator
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for package_name in _MODEL_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError:
+            continue
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{module.name}")
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Sorted names of registered models, optionally of one family."""
+    _discover()
+    return sorted(n for n, info in _REGISTRY.items() if family is None or info.family == family)
+
+
+def model_info(name: str) -> ModelInfo:
+    _discover()
+    if name not in _REGISTRY:
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
+    """Build a registered model. Unknown names raise with the list of valid ones."""
+    info = model_info(name)
+    model = info.builder(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    model.registry_name = name  # type: ignore[attr-defined]
+    return model

@@ -1,0 +1,176 @@
+"""The paper's tables, from ``results/metrics.csv``, with the paper's numbers beside ours.
+
+Every table CSV has one row per paper row: our mean over seeds (``top1``), its
+standard deviation (``top1_std``), the paper's number (``paper_top1``) and the
+difference (``top1_diff`` = ours - paper). A row whose model has not run, or
+whose runs failed, keeps the paper's numbers, leaves ours empty and says why in
+``note``. ``tables.md`` renders every table for reading.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from puppet.io import atomic_write_csv, atomic_write_text
+from puppet.paper import RUN_TABLES, PaperTable
+
+UNITS = {
+    "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
+    "latency_s_per_img": "Speed (s/img)", "macs_g": "Mult-Adds (G)",
+    "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
+    "total_params_m": "Total Params (M)",
+}
+
+
+def load_metrics(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    for col in ("macs", "macs_without_generation"):
+        if col in df:
+            df[f"{col}_g"] = df[col] / 1e9
+    return df
+
+
+def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for prow in table.rows:
+        runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
+        ok = runs[runs["status"] == "ok"]
+        row = {"table": table.name, "dataset": prow.dataset, "group": prow.group, "label": prow.label,
+               "model": prow.model, "n_seeds": len(ok)}
+        if runs.empty:
+            row["note"] = "not run"
+        elif ok.empty:
+            row["note"] = "failed: " + str(runs["error"].iloc[0])[:160]
+        else:
+            row["note"] = ""
+        for m in table.metrics:
+            values = ok[m].astype(float) if (m in ok and not ok.empty) else pd.Series(dtype=float)
+            mean = values.mean() if len(values) else math.nan
+            row[m] = mean
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            paper = prow.values.get(m, math.nan)
+            row[f"paper_{m}"] = paper
+            row[f"{m}_diff"] = mean - paper
+        if not ok.empty:
+            row["profile"] = ",".join(sorted(ok["profile"].astype(str).unique()))
+            row["data_source"] = ",".join(sorted(ok["data_source"].astype(str).unique()))
+            row["device"] = ",".join(sorted(ok["device"].astype(str).unique()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v: float, metric: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if metric.startswith("latency"):
+        return f"{v:.5f}"
+    if metric in ("top1", "top5"):
+        return f"{v:.2f}"
+    if metric.endswith("_g") or metric.endswith("_mb") or metric.endswith("_m"):
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.2f}"
+    return f"{v:.4g}"
+
+
+def render_markdown(title: str, frame: pd.DataFrame, metrics: tuple[str, ...], caption: str = "") -> str:
+    header = ["Row"]
+    for m in metrics:
+        header += [f"{UNITS.get(m, m)} ours", "paper", "Δ"]
+    lines = [f"## {title}", ""]
+    if caption:
+        lines += [caption, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for _, r in frame.iterrows():
+        label = r["label"] if not r.get("group") else f"{r['group']}: {r['label']}"
+        if r.get("note"):
+            notes.append(f"{r['label']} ({r['model']}): {r['note']}")
+            label += f" [{len(notes)}]"
+        cells = [label]
+        for m in metrics:
+            ours = _fmt(r[m], m)
+            std = r.get(f"{m}_std")
+            if ours != "–" and std is not None and not math.isnan(std):
+                ours += f" ± {_fmt(std, m)}"
+            cells += [ours, _fmt(r[f"paper_{m}"], m), _fmt(r[f"{m}_diff"], m)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")
+        lines += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def provenance(metrics: pd.DataFrame) -> str:
+    ok = metrics[metrics["status"] == "ok"]
+    if ok.empty:
+        return "No finished runs."
+    parts = []
+    for (profile, dataset), g in ok.groupby(["profile", "dataset"]):
+        parts.append(
+            f"- profile `{profile}`, {dataset} from `{g['data_source'].iloc[0]}`: "
+            f"{int(g['train_size'].iloc[0])} train / {int(g['test_size'].iloc[0])} test images, "
+            f"{int(g['epochs'].iloc[0])} epochs, seeds {sorted(g['seed'].unique().tolist())}; "
+            f"timed on {g['device'].iloc[0]} with {int(g['threads'].iloc[0])} threads, torch {g['torch_version'].iloc[0]}"
+        )
+    return "\n".join(parts)
+
+
+def runs_markdown(metrics: pd.DataFrame) -> str:
+    cols = ["dataset", "model", "seed", "status", "top1", "top5", "stored_params", "param_size_mb", "macs",
+            "latency_s_per_img", "throughput_img_per_s", "train_time_s"]
+    cols += [c for c in metrics.columns if c.startswith("mean_")]
+    lines = ["## All runs (results/metrics.csv)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in metrics.iterrows():
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if isinstance(v, float):
+                cells.append("–" if math.isnan(v) else (f"{v:.4g}" if c not in ("top1", "top5") else f"{v:.2f}"))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
+    """Tables computed from model code rather than runs (Table 5), when the model exists."""
+    try:
+        from puppet.models.table5 import table5  # noqa: WPS433 (optional until Puppet-CNN lands)
+    except ImportError:
+        return []
+    frame = table5()
+    return [("table5", "Table 5: Puppet-CNN size vs maximum output channel (from the model code)", frame,
+             ("total_params_m", "param_size_mb"))]
+
+
+def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    out_dir = Path(out_dir)
+    metrics = load_metrics(metrics_path)
+    frames: dict[str, pd.DataFrame] = {}
+    md = [
+        "# puppet-bench tables",
+        "",
+        "Generated by `snakemake tables` from `results/metrics.csv`; do not edit by hand. "
+        "`ours` is the mean over seeds (± sample std where more than one seed ran); "
+        "`paper` is the number printed in the Puppet-CNN paper (v1); Δ = ours − paper. "
+        "Accuracy is on the test split named below, which may be a subset: compare with care.",
+        "",
+        provenance(metrics),
+        "",
+    ]
+    for table in RUN_TABLES:
+        frame = build_table(table, metrics)
+        frames[table.name] = frame
+        atomic_write_csv(frame, out_dir / f"{table.name}.csv")
+        for dataset, sub in frame.groupby("dataset", sort=False):
+            title = table.title if frame["dataset"].nunique() == 1 else f"{table.title} — {dataset}"
+            md.append(render_markdown(title, sub, table.metrics))
+    for name, title, frame, cols in extra_tables():
+        frames[name] = frame
+        atomic_write_csv(frame, out_dir / f"{name}.csv")
+        md.append(render_markdown(title, frame, cols))
+    md.append(runs_markdown(metrics))
+    atomic_write_text("\n".join(md), out_dir / "tables.md")
+    return frames

@@ -1,0 +1,262 @@
+"""Train one (dataset, model, seed) run, with a checkpoint every epoch and automatic resume.
+
+``train_run(spec, out_dir)`` is the whole job behind the Snakemake ``train`` rule:
+data -> model -> optimise -> calibrate on validation -> evaluate on test ->
+``train.json`` + ``model.pt``. A run interrupted at any point resumes from its
+last checkpoint and ends with the same metrics as an uninterrupted one (CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from puppet.config import spec_hash
+from puppet.data import Batches, Splits, load_dataset, make_splits
+from puppet.evaluate import evaluate
+from puppet.io import atomic_save, atomic_write_json, git_commit
+from puppet.registry import create_model
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but no CUDA device is visible; set device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def load_splits(spec: dict) -> Splits:
+    d = spec["data"]
+    data = load_dataset(
+        spec["dataset"],
+        data_root=spec["data_root"],
+        source=spec.get("data_source"),
+        download=spec["download"],
+        image_size=d.get("image_size"),
+        split_seed=d["split_seed"],
+    )
+    return make_splits(data, d["train_size"], d["val_size"], d["test_size"], d["split_seed"])
+
+
+def build_model(spec: dict, splits: Splits) -> nn.Module:
+    return create_model(
+        spec["model"],
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        image_size=splits.image_size,
+        max_channels=spec["max_channels"],
+        **spec.get("model_kwargs", {}),
+    )
+
+
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=True)
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def make_schedule(opt: torch.optim.Optimizer, cfg: dict, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    if cfg["schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_every"], gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's own objective where it has one (joint exit loss, gate loss), else cross-entropy."""
+    if hasattr(model, "compute_loss"):
+        return model.compute_loss(x, y)
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+class Progress:
+    """A one-line progress bar on a terminal; one line per epoch elsewhere (CI, Snakemake logs)."""
+
+    def __init__(self, total_epochs: int, label: str):
+        self.live = sys.stderr.isatty() and not os.environ.get("CI")
+        self.total, self.label = total_epochs, label
+
+    def step(self, epoch: int, i: int, n: int, loss: float, acc: float, img_s: float) -> None:
+        if self.live:
+            bar = "#" * int(20 * (i + 1) / n)
+            print(f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} {img_s:,.0f} img/s", end="", file=sys.stderr, flush=True)
+
+    def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
+        end = "\n"
+        prefix = "\r" if self.live else ""
+        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s {seconds:.1f}s", end=end, file=sys.stderr, flush=True)
+
+
+def train_one_epoch(model, batches: Batches, epoch: int, opt, device, cfg: dict, progress: Progress) -> dict:
+    model.train()
+    use_amp = cfg["amp"] and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    total_loss, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    n = len(batches)
+    for i, (x, y) in enumerate(batches.epoch(epoch)):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, logits = compute_loss(model, x, y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch + 1}, step {i + 1}; lower train.lr or set train.max_grad_norm"
+            )
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.get("max_grad_norm"):
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+        scaler.step(opt)
+        scaler.update()
+        total_loss += loss_value * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        progress.step(epoch, i, n, total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1), "seconds": seconds, "img_per_s": seen / seconds}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Run (or resume) one training job; return the ``train.json`` record.
+
+    ``stop_after_epoch`` simulates an interruption after that many epochs (tests).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    chash = spec_hash(spec)
+    device = pick_device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    splits = load_splits(spec)
+    model = build_model(spec, splits).to(device)
+    cfg = spec["train"]
+    train_batches = Batches(splits.x_train, splits.y_train, cfg["batch_size"], splits.mean, splits.std,
+                            shuffle=True, seed=spec["seed"], augment=spec["data"]["augment"], device=device)
+    eval_kw = dict(batch_size=cfg["eval_batch_size"], mean=splits.mean, std=splits.std, device=device)
+    if hasattr(model, "prepare"):
+        model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
+    opt = make_optimizer(model, cfg)
+    sched = make_schedule(opt, cfg, spec["epochs"])
+
+    start_epoch, history, train_time = 0, [], 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("config_hash") == chash:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["schedule"])
+            _set_rng_state(ckpt["rng"])
+            start_epoch, history, train_time = ckpt["epoch"], ckpt["history"], ckpt["train_time_s"]
+            print(f"resuming {out_dir} from epoch {start_epoch}", file=sys.stderr)
+        else:  # a checkpoint of another config: keep it aside rather than delete work
+            ckpt_path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
+
+    progress = Progress(spec["epochs"], f"{spec['model']}/{spec['dataset']}/seed{spec['seed']}")
+    for epoch in range(start_epoch, spec["epochs"]):
+        record = train_one_epoch(model, train_batches, epoch, opt, device, cfg, progress)
+        sched.step()
+        train_time += record["seconds"]
+        history.append(record)
+        progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
+        atomic_save({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+            "rng": _rng_state(), "epoch": epoch + 1, "history": history, "train_time_s": train_time,
+            "config_hash": chash,
+        }, ckpt_path)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec["epochs"]:
+            return {"status": "interrupted", "epoch": epoch + 1}
+
+    calibration = {}
+    if hasattr(model, "calibrate"):
+        if len(splits.y_val) == 0:
+            raise ValueError(f"{spec['model']} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
+        calibration = model.calibrate(Batches(splits.x_val, splits.y_val, **eval_kw)) or {}
+
+    test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
+    atomic_save({"model": model.state_dict(), "spec": spec, "num_classes": splits.num_classes,
+                 "in_channels": splits.in_channels, "image_size": splits.image_size,
+                 "mean": splits.mean, "std": splits.std}, out_dir / "model.pt")
+    if test.per_sample:  # per-sample depth / exit / complexity feed the depth figures
+        atomic_save(test.per_sample, out_dir / "test_stats.pt")
+    return {
+        "status": "ok",
+        "error": "",
+        "top1": test.top1,
+        "top5": test.top5,
+        "test_loss": test.loss,
+        "epochs": spec["epochs"],
+        "train_time_s": train_time,
+        "final_train_loss": history[-1]["loss"] if history else None,
+        "final_train_acc": history[-1]["train_acc"] if history else None,
+        "history": history,
+        "stats": test.stats_summary,
+        "calibration": calibration,
+        "train_device": _device_name(device),
+        "train_size": len(splits.y_train),
+        "val_size": len(splits.y_val),
+        "test_size": len(splits.y_test),
+        "data_source": splits.source,
+        "git_commit": git_commit(),
+        "config_hash": chash,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def train_main(spec: dict, out_dir: str | Path) -> dict:
+    """Train and write ``train.json``; a failure becomes a ``status=error`` record, not a crash,
+    so one bad run never stops the tables."""
+    out_dir = Path(out_dir)
+    try:
+        record = train_run(spec, out_dir)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded, not swallowed: the row says what failed
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            message = f"out of memory: lower train.batch_size or max_channels ({message[:200]})"
+        print(f"run failed: {message}", file=sys.stderr)
+        record = {"status": "error", "error": message, "config_hash": spec_hash(spec), "git_commit": git_commit()}
+    record.update({k: spec[k] for k in ("profile", "dataset", "model", "seed")})
+    atomic_write_json(record, out_dir / "train.json")
+    return record

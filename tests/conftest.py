@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests run on CPU with few threads; ../shared/data holds real offline data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CIFAR10_NPZ = SHARED_DATA / "cifar10_subset.npz"
+
+torch.set_num_threads(int(os.environ.get("PUPPET_TEST_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def cifar10_npz() -> Path:
+    if not CIFAR10_NPZ.is_file():
+        pytest.skip(f"real-data test: {CIFAR10_NPZ} is absent (the ../shared folder beside the checkout)")
+    return CIFAR10_NPZ

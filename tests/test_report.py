@@ -1,0 +1,78 @@
+"""Collation, tables and figures from run records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from puppet.collate import COLUMNS, collate
+from puppet.figures import pareto_front, write_figures
+from puppet.paper import TABLE2
+from puppet.tables import write_tables
+
+
+def _run(root, model, seed, top1, status="ok", measured=True):
+    d = root / "runs" / "quick" / "cifar10" / model / f"seed{seed}"
+    d.mkdir(parents=True)
+    train = {"profile": "quick", "dataset": "cifar10", "model": model, "seed": seed, "status": status,
+             "error": "" if status == "ok" else "RuntimeError: boom", "epochs": 2, "train_size": 100,
+             "test_size": 50, "data_source": "npz:x.npz", "git_commit": "abc", "config_hash": "h",
+             "stats": {"mean_depth": 7.0} if model == "puppet_cnn" else {}, "history": [{"loss": 1.0}]}
+    if status == "ok":
+        train.update(top1=top1, top5=top1 + 20, train_time_s=3.0)
+    (d / "train.json").write_text(json.dumps(train))
+    if measured:
+        m = {"status": "ok" if status == "ok" else "skipped", "error": "", "stored_params": 1000 * (seed + 1) * len(model),
+             "param_size_mb": 0.004 * len(model), "macs": 1e6 * len(model), "latency_s_per_img": 0.001 * len(model),
+             "device": "cpu (x86_64)", "threads": 2, "torch_version": "2.x"}
+        (d / "measure.json").write_text(json.dumps(m))
+    return d / "train.json"
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    runs = [_run(tmp_path, "alexnet", 0, 50.0), _run(tmp_path, "alexnet", 1, 54.0),
+            _run(tmp_path, "squeezenet", 0, 40.0, status="error"), _run(tmp_path, "mobilenet_v1", 0, 45.0, measured=False)]
+    out = tmp_path / "metrics.csv"
+    collate(runs, out)
+    return out
+
+
+def test_metrics_csv_is_tidy_with_provenance(metrics):
+    df = pd.read_csv(metrics)
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    assert len(df) == 4 and df.groupby(["profile", "dataset", "model", "seed"]).size().max() == 1
+    assert set(df["status"]) == {"ok", "error"}
+    assert df.loc[df.model == "mobilenet_v1", "error"].item().startswith("measure:")
+
+
+def test_table2_puts_paper_numbers_beside_ours(metrics, tmp_path):
+    frames = write_tables(metrics, tmp_path / "out")
+    t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
+    assert list(t2["label"]) == [r.label for r in TABLE2.rows]
+    alex = t2[t2.model == "alexnet"].iloc[0]
+    assert alex["top1"] == 52.0 and alex["n_seeds"] == 2
+    assert math.isclose(alex["top1_std"], pd.Series([50.0, 54.0]).std())
+    assert alex["paper_top1"] == 65.86 and math.isclose(alex["top1_diff"], 52.0 - 65.86)
+    squeeze = t2[t2.model == "squeezenet"].iloc[0]
+    assert math.isnan(squeeze["top1"]) and squeeze["note"].startswith("failed")
+    puppet = t2[t2.model == "puppet_cnn"].iloc[0]
+    assert puppet["note"] == "not run" and puppet["paper_top1"] == 72.51
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert "Table 2" in md and "not run" in md and "52.00 ± 2.83" in md
+    assert set(frames) >= {"table1", "table2", "table3", "table4", "table6"}
+
+
+def test_figures_are_written(metrics, tmp_path):
+    paths = write_figures(metrics, tmp_path / "fig")
+    names = {p.name for p in paths}
+    assert {"cifar10_top1_vs_stored_params.png", "cifar10_top1_vs_macs.pdf", "cifar10_top1_vs_latency_s_per_img.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_pareto_front():
+    pts = pd.DataFrame({"x": [1, 2, 3, 4], "y": [10, 5, 20, 15]})
+    assert pareto_front(pts, "x", "y")["x"].tolist() == [1, 3]

@@ -1,0 +1,36 @@
+# One training job and one measurement job per (dataset, model, seed).
+
+
+rule train:
+    output:
+        f"{RUN_DIR}/train.json",
+    params:
+        spec=spec_json,
+        out_dir=RUN_DIR,
+    log:
+        f"{RUN_DIR}/train.log",
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir} 2> {log}"
+
+
+rule measure:
+    # Timing jobs run one at a time (speed_lock is a global resource set to 1 in the
+    # workflow profile) and hold the GPU, so no training runs beside them there.
+    input:
+        f"{RUN_DIR}/train.json",
+    output:
+        f"{RUN_DIR}/measure.json",
+    params:
+        spec=spec_json,
+        run_dir=RUN_DIR,
+    log:
+        f"{RUN_DIR}/measure.log",
+    threads: config["measure"]["threads"]
+    resources:
+        gpu=1,
+        speed_lock=1,
+    shell:
+        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
