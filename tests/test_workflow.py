@@ -28,7 +28,7 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
     from puppet.config import load_config, run_grid
 
     n_runs = len(run_grid(load_config(REPO / "config" / "config.yaml")))
-    out = snakemake("-n", "--cores", "1", "--quiet", "rules", "tables", "--directory", str(tmp_path)).stdout
+    out = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--quiet", "rules").stdout
     counts = {}
     for line in out.splitlines():
         parts = line.split()
@@ -39,14 +39,14 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
-    proc = snakemake("-n", "--cores", "1", "--config", "models=[resnet_9000]", "--directory", str(tmp_path), check=False)
+    proc = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--config", "models=[resnet_9000]", check=False)
     assert proc.returncode != 0
     assert "resnet_9000" in proc.stderr + proc.stdout and "choose one of" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
 def test_smoke_profile_end_to_end(tmp_path):
-    snakemake("--cores", "2", "--configfile", str(REPO / "config" / "smoke.yaml"), "all", "--directory", str(tmp_path))
+    snakemake("all", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"))
     df = pd.read_csv(tmp_path / "results" / "metrics.csv")
     assert set(df["model"]) == {"alexnet", "resnet"} and (df["status"] == "ok").all()
     for col in ("top1", "top5", "stored_params", "param_size_mb", "macs", "latency_s_per_img", "throughput_img_per_s"):
@@ -54,5 +54,5 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert (tmp_path / "results" / "table2.csv").is_file() and (tmp_path / "results" / "tables.md").is_file()
     assert list((tmp_path / "results" / "figures").glob("synthetic_top1_vs_*.png"))
     # Finished runs are not redone, and the tables survive a rerun.
-    again = snakemake("-n", "--cores", "1", "--configfile", str(REPO / "config" / "smoke.yaml"), "tables", "--directory", str(tmp_path))
+    again = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"))
     assert "Nothing to be done" in again.stdout + again.stderr
