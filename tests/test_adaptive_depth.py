@@ -1,0 +1,261 @@
+"""Mechanism tests of the adaptive-depth baselines (BranchyNet, SkipNet, DRNN).
+
+Conditional execution must really save work (fewer measured MACs on the early /
+skipped path), batched inference with compaction must agree with batch-1
+inference, thresholds must come from the batches given to ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.adaptive_depth import masked_batch_norm, softmax_entropy
+from puppet import create_model
+from puppet.data import Batches, load_dataset, make_splits
+from puppet.measure import count_macs, count_macs_flopcounter
+
+SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)
+NAMES = ("branchynet", "skipnet", "drnn")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared: these small models run fastest (and steadiest) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(name: str, seed: int = 0, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, **SMALL, **kw).eval()
+
+
+def _force(model: torch.nn.Module, path: str) -> None:
+    """path='short': leave at the first exit / skip every gated block / one loop per stage;
+    path='full': the whole network."""
+    short = path == "short"
+    if hasattr(model, "thresholds"):  # entropy < +inf always holds, < -inf never
+        model.thresholds.fill_(math.inf if short else -math.inf)
+    elif hasattr(model, "gate_threshold"):  # p(execute) > 1.1 never holds, > -1 always
+        model.gate_threshold.fill_(1.1 if short else -1.0)
+    else:
+        model.halt_threshold.fill_(1.1 if short else -1.0)
+
+
+def _synthetic_batches(n: int, batch_size: int, offset: int = 0, train: bool = True) -> Batches:
+    data = load_dataset("synthetic")
+    x, y = (data.x_train, data.y_train) if train else (data.x_test, data.y_test)
+    return Batches(x[offset : offset + n], y[offset : offset + n], batch_size, (0.5,) * 3, (0.25,) * 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_path_costs_fewer_measured_macs(name):
+    model = _model(name)
+    x = torch.randn(1, 3, 32, 32)
+    _force(model, "full")
+    full = count_macs(model, x)
+    with torch.no_grad():
+        model(x)
+    full_depth = int(model.last_stats["depth"][0])
+    _force(model, "short")
+    short = count_macs(model, x)
+    with torch.no_grad():
+        model(x)
+    short_depth = int(model.last_stats["depth"][0])
+    assert short < 0.8 * full, f"{name}: short path {short} MACs vs full {full}"
+    assert short_depth < full_depth
+    # the counters agree on the short path too (nothing executed is invisible to ptflops)
+    independent = count_macs_flopcounter(model, x)
+    assert abs(short - independent) <= 0.02 * independent
+
+
+def test_branchynet_exit_stats_and_cost_per_exit():
+    model = _model("branchynet")
+    x = torch.randn(1, 3, 32, 32)
+    costs = model.exit_macs(x)
+    assert costs == sorted(costs) and len(costs) == model.num_exits == 3
+    for n in range(model.num_exits):  # force exit n: earlier exits never hold, exit n always
+        model.thresholds.fill_(-math.inf)
+        if n < len(model.thresholds):
+            model.thresholds[n] = math.inf
+        with torch.no_grad():
+            model(x)
+        assert int(model.last_stats["exit"][0]) == n
+        assert int(model.last_stats["depth"][0]) == model.exit_depth[n]
+        assert abs(count_macs(model, x) - costs[n]) <= 0.02 * costs[n]
+
+
+def test_skipnet_skipped_path_counts_gates_and_shortcuts_only():
+    """All gates skip: MACs = stem + block 1 + every gate + the projection shortcuts + FC."""
+    model = _model("skipnet")
+    _force(model, "short")
+    x = torch.randn(1, 3, 32, 32)
+    expected = 0
+    with torch.no_grad():
+        h = model.stem(x)
+        expected += count_macs_flopcounter(model.stem, x)
+        expected += count_macs_flopcounter(model.blocks[0], h)
+        h = model.blocks[0](h)
+        for block, gate in zip(model.blocks[1:], model.gates):
+            expected += count_macs_flopcounter(gate, h)
+            expected += count_macs_flopcounter(block.shortcut, h) if len(list(block.shortcut.parameters())) else 0
+            h = block.shortcut(h)
+        expected += count_macs_flopcounter(model.fc, h.mean((2, 3)))
+    assert count_macs_flopcounter(model, x) == expected
+    with torch.no_grad():
+        model(x)
+    assert int(model.last_stats["blocks"][0]) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batched_compaction_matches_batch_one(name):
+    """Set the threshold so that the batch splits at the first decision, then compare with batch 1."""
+    model = _model(name, seed=1)
+    # a steeper gate makes the decisions spread over (0, 1) at random init
+    for gate in getattr(model, "gates", []):
+        gate.logits.bias.data.zero_()
+        gate.logits.weight.data.mul_(30)
+    for stage in getattr(model, "stages", []):
+        for gate in stage.gates:
+            gate.fc2.bias.data.zero_()
+            gate.fc2.weight.data.mul_(30)
+    x = torch.randn(12, 3, 32, 32)
+    with torch.no_grad():
+        if name == "branchynet":
+            h = model.segments[0](model.stem(x))
+            score, thr = softmax_entropy(model.branches[0](h)), model.thresholds
+        elif name == "skipnet":
+            h = model.blocks[0](model.stem(x))
+            score, thr = F.softmax(model.gates[0](h), 1)[:, 1], model.gate_threshold
+        else:
+            stage = model.stages[0]
+            h = stage.loop(stage.transition(model.stem(x)), 0)
+            score, thr = F.softmax(stage.gates[0](h), 1)[:, 1], model.halt_threshold
+        s = score.sort().values
+        thr.fill_(float(s[5] + s[6]) / 2)  # between two samples: no near-ties
+        batched = model(x)
+        stats = {k: v.clone() for k, v in model.last_stats.items()}
+        singles, single_stats = [], []
+        for i in range(len(x)):
+            singles.append(model(x[i : i + 1]))
+            single_stats.append(model.last_stats["depth"])
+    assert len(stats["depth"].unique()) > 1, "the batch did not split; the test would prove nothing"
+    torch.testing.assert_close(batched, torch.cat(singles), rtol=1e-4, atol=1e-4)
+    assert torch.equal(batched.argmax(1), torch.cat(singles).argmax(1))
+    assert torch.equal(stats["depth"], torch.cat(single_stats))
+    assert stats["depth"].shape == (len(x),)
+    if name == "branchynet":
+        assert stats["exit"].shape == (len(x),) and (stats["exit"] == 0).sum() == 6
+
+
+def test_branchynet_calibrate_uses_the_given_batches():
+    model = _model("branchynet", calib_tolerance=100.0)  # accept any accuracy: everyone leaves at exit 1
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "thresholds"}
+    chosen = []
+    for offset in (0, 200):
+        val = _synthetic_batches(96, 32, offset)
+        record = model.calibrate(val)
+        with torch.no_grad():
+            ent = torch.cat([softmax_entropy(model.exit_logits(x)[0]) for x, _ in val])
+        # the cheapest rule lets every validation image leave at exit 1: T_1 just above their largest entropy
+        assert record["val_exit_fraction"][0] == 1.0 and record["val_images"] == 96
+        assert model.thresholds[0].item() == pytest.approx(ent.max().item(), rel=1e-6)
+        assert record["thresholds"] == model.thresholds.tolist()
+        chosen.append(model.thresholds.clone())
+    assert not torch.equal(chosen[0], chosen[1]), "thresholds did not change with the validation data"
+    assert not model.training
+    for k, v in model.state_dict().items():  # calibration changes thresholds only
+        if k != "thresholds":
+            assert torch.equal(v, state[k]), k
+    assert "thresholds" in model.state_dict()
+
+
+def test_branchynet_calibrate_keeps_accuracy_within_tolerance():
+    model = _model("branchynet", calib_tolerance=0.0)
+    record = model.calibrate(_synthetic_batches(64, 32))
+    assert record["val_top1"] >= record["val_top1_final_exit"]
+    assert record["val_mean_macs"] <= record["full_path_macs"]
+
+
+@pytest.mark.parametrize("name", ("skipnet", "drnn"))
+def test_gate_calibrate_reports_accuracy_on_the_given_batches(name):
+    model = _model(name)
+    val = _synthetic_batches(48, 16, offset=100)
+    record = model.calibrate(val)
+    buffer = model.gate_threshold if name == "skipnet" else model.halt_threshold
+    assert buffer.item() == pytest.approx(record["threshold"])
+    assert record["val_images"] == 48
+    with torch.no_grad():  # re-evaluate on the same batches with the stored threshold
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val)
+        depth = torch.cat([(model(x), model.last_stats["depth"])[1] for x, _ in val]).float().mean().item()
+    assert record["val_top1"] == pytest.approx(100.0 * correct / 48)
+    assert record["val_mean_depth"] == pytest.approx(depth)
+    best = max(r["val_top1"] for r in record["candidates"])
+    assert record["val_top1"] >= best - model.calib_tolerance
+
+
+def test_drnn_masked_batch_norm_uses_active_samples_only():
+    bn = torch.nn.BatchNorm2d(3, momentum=1.0)  # momentum 1: running stats = this batch's
+    x = torch.randn(6, 3, 4, 4)
+    x[3:] += 100.0  # halted samples, far off: they must not move the statistics
+    active = torch.tensor([True, True, True, False, False, False])
+    y = masked_batch_norm(x, active, bn.train())
+    torch.testing.assert_close(bn.running_mean, x[:3].mean((0, 2, 3)))
+    torch.testing.assert_close(y[:3], F.batch_norm(x[:3], None, None, bn.weight, bn.bias, training=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_training_run_decreases_loss(name):
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL).train()
+    batches = Batches(*_xy_train(64), 32, (0.5,) * 3, (0.25,) * 3, shuffle=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for epoch in range(8):
+        for x, y in batches.epoch(epoch):
+            loss, logits = model.compute_loss(x, y)
+            assert logits.shape == (len(y), 10)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
+    assert model.last_stats["depth"].shape == (32,)
+
+
+def _xy_train(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_dataset("synthetic")
+    return data.x_train[:n], data.y_train[:n]
+
+
+def test_calibration_split_is_drawn_from_training_data():
+    """The harness calibrates on make_splits' validation subset: training images, disjoint from train and test."""
+    data = load_dataset("synthetic")
+    splits = make_splits(data, train_size=500, val_size=100, test_size=100, split_seed=0)
+    assert not set(splits.val_index.tolist()) & set(splits.train_index.tolist())
+    torch.testing.assert_close(splits.x_val, data.x_train[splits.val_index])
+
+
+def test_skipnet_paper_schedule_sp_then_hrl_trains_the_gates():
+    """gate_training='sp_hrl': SP (hard p > 0.5, straight-through) for sp_steps calls, then hybrid RL;
+    the gates receive gradient in both stages and the step counter is a buffer (saved, resumable)."""
+    torch.manual_seed(0)
+    model = create_model("skipnet", **SMALL, gate_training="sp_hrl", sp_steps=2).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    modes = []
+    for _ in range(4):
+        modes.append(model._mode())
+        model.zero_grad()
+        loss, logits = model.compute_loss(x, y)
+        loss.backward()
+        assert torch.isfinite(loss) and logits.shape == (8, 10)
+        gate_grad = sum(p.grad.abs().sum() for p in model.gates.parameters() if p.grad is not None)
+        assert gate_grad > 0, f"no gradient reached the gates in stage {modes[-1]}"
+    assert modes == ["sp", "sp", "hrl", "hrl"]
+    assert int(model.state_dict()["train_steps"]) == 4
