@@ -1,0 +1,554 @@
+"""Puppet-CNN (Xing & Wang, arXiv 2411.12876): a CNN whose kernels and depth come from an ODE.
+
+Read ``PuppetCNN.forward`` top to bottom:
+
+1. complexity   H(x) = 1/2 E(pixels) + 1/2 E(Fourier map)              (eqs. 8-9, complexity.py)
+2. step, depth  h = H normalised with training-set statistics to [0, 1];
+                dl = dl_max - (dl_max - dl_min) h; layers per stage L = round(T / dl)   (eq. 10, our default)
+                P0 = p0_scale * (h - 1/2) * ones(C, C, 3, 3) + template                           (eq. 11)
+3. Euler steps  P <- P + dl * G(P), one step per puppet conv                            (eqs. 7, 12)
+4. kernels      each conv's kernel = P average-pooled to (C_out, C_in, 3, 3), standardised per output channel
+5. convs        conv -> BN -> ReLU, max-pool between channel stages, GAP -> FC head        (eq. 13)
+
+Samples are grouped by depth, so none runs layers it does not use; within a group the
+kernel trajectories are generated once per distinct complexity level and each sample's
+kernel is applied in one grouped convolution over the group (``batched_conv2d``).
+
+Only the puppeteer G, the puppet's BatchNorms and the head are trainable; no puppet conv
+owns a weight. Every choice the paper leaves open is a ``PuppetConfig`` field (builder
+kwarg, hence ``model_kwargs`` in config) and is listed in docs/puppet_cnn.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from puppet.models.complexity import DEFAULT_BINS, image_complexity
+from puppet.models.layers import batched_conv2d, per_sample_conv2d_loop, scaled
+from puppet.models.puppeteer import KERNEL, Puppeteer, pool_kernel, step_macs
+from puppet.registry import register_model
+
+MAX_ENTROPY_BITS = math.log2(DEFAULT_BINS)  # H of a 256-bin histogram lies in [0, 8] bits
+
+# --------------------------------------------------------------------------- the puppet's layer plan
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One generated conv (no bias: BN follows) + its own BN, named by ``slot``."""
+
+    c_in: int
+    c_out: int
+    slot: str
+    kernel: int = KERNEL
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Max-pool (skipped once the map is smaller than the window, e.g. VGG on 28x28 inputs)."""
+
+    kernel: int = 2
+    stride: int = 2
+
+
+@dataclass(frozen=True)
+class GlobalPool:
+    """Global average / max pooling to 1x1, before generated "FC" layers (1x1 convs)."""
+
+    kind: str = "avg"
+
+
+@dataclass(frozen=True)
+class Block:
+    """ResNet basic block: conv1 -> BN -> ReLU -> conv2 -> BN, + shortcut (1x1 conv + BN when shapes change), ReLU."""
+
+    conv1: ConvSpec
+    conv2: ConvSpec
+    shortcut: ConvSpec | None = None
+
+
+Op = Union[ConvSpec, Pool, GlobalPool, Block]
+
+
+def plan_convs(plan: list[Op]) -> list[ConvSpec]:
+    """The generated convs of a plan in Euler-step order (a block: conv1, conv2, shortcut)."""
+    convs: list[ConvSpec] = []
+    for op in plan:
+        if isinstance(op, ConvSpec):
+            convs.append(op)
+        elif isinstance(op, Block):
+            convs += [op.conv1, op.conv2] + ([op.shortcut] if op.shortcut else [])
+    return convs
+
+
+STAGE_WIDTHS = (64, 128, 256, 512)  # paper §3: "output channels 64, 128, 256, 512"
+
+
+def stage_plan(in_channels: int, max_channels: int, layers_per_stage: int) -> list[Op]:
+    """Puppet-CNN's puppet: four 3x3 stages of ``layers_per_stage`` convs, a max-pool at each channel change."""
+    plan: list[Op] = []
+    c_in = in_channels
+    for s, width in enumerate(STAGE_WIDTHS):
+        c_out = scaled(width, max_channels)
+        if s > 0:
+            plan.append(Pool())
+        for j in range(layers_per_stage):
+            plan.append(ConvSpec(c_in, c_out, f"s{s}_{j}"))
+            c_in = c_out
+    return plan
+
+
+# The fixed CNNs' structures of baselines/fixed.py re-declared here (the puppet package never
+# imports a baseline): same widths, pools and global pooling; the hidden FC layers of AlexNet and
+# VGG (4096 capped at max_channels) become generated 1x1 convs on the pooled features; the last
+# FC is the trainable head. Every generated conv is 3x3 (paper: "All the convolutions use 3x3
+# kernels"), so AlexNet's 11x11 and 5x5 convs become 3x3 with the same channels; each generated
+# conv is followed by BN (+ ReLU), as in the paper's puppet.
+ALEXNET_CFG = (64, "P3", 192, "P3", 384, 256, 256, "P3", "GAP", "FC", "FC")  # P3: 3x3 stride-2 max-pool
+FC_WIDTH = 4096  # AlexNet / VGG hidden FC width, capped at max_channels
+RESNET_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))  # (width, first stride)
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # basic blocks per stage
+
+
+def vgg_cfg(depth: int = 11) -> tuple:
+    """torchvision's VGG cfg ("A", "B", "D", "E") with the 5th max-pool as a global max-pool, then two FCs."""
+    from torchvision.models.vgg import cfgs  # a library table, not a baseline module
+
+    letters = {11: "A", 13: "B", 16: "D", 19: "E"}
+    if depth not in letters:
+        raise ValueError(f"VGG depth must be one of {sorted(letters)}, got {depth}")
+    return tuple(cfgs[letters[depth]][:-1]) + ("GMP", "FC", "FC")
+
+
+def cfg_plan(cfg: tuple, in_channels: int, max_channels: int) -> list[Op]:
+    plan: list[Op] = []
+    c_in = in_channels
+    tokens = {"M": Pool(), "P3": Pool(3, 2), "GAP": GlobalPool("avg"), "GMP": GlobalPool("max")}
+    for i, item in enumerate(cfg):
+        if item in tokens:
+            plan.append(tokens[item])
+            continue
+        kernel = 1 if item == "FC" else KERNEL
+        c_out = scaled(FC_WIDTH if item == "FC" else item, max_channels)
+        plan.append(ConvSpec(c_in, c_out, f"{'fc' if item == 'FC' else 'c'}{i}", kernel=kernel))
+        c_in = c_out
+    return plan
+
+
+def resnet_plan(in_channels: int, max_channels: int, depth: int = 18) -> list[Op]:
+    """CIFAR ResNet-18/34: 3x3 stem (64), no max-pool, stages 64/128/256/512 of basic blocks."""
+    if depth not in RESNET_BLOCKS:
+        raise ValueError(f"ResNet depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
+    stem = scaled(64, max_channels)
+    plan: list[Op] = [ConvSpec(in_channels, stem, "stem")]
+    c_in = stem
+    for s, ((width, stride), blocks) in enumerate(zip(RESNET_STAGES, RESNET_BLOCKS[depth])):
+        c_out = scaled(width, max_channels)
+        for b in range(blocks):
+            st = stride if b == 0 else 1
+            shortcut = ConvSpec(c_in, c_out, f"s{s}b{b}_sc", kernel=1, stride=st) if (st != 1 or c_in != c_out) else None
+            plan.append(Block(ConvSpec(c_in, c_out, f"s{s}b{b}_c1", stride=st), ConvSpec(c_out, c_out, f"s{s}b{b}_c2"), shortcut))
+            c_in = c_out
+    return plan
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class PuppetConfig:
+    """Every choice the paper does not pin down (docs/puppet_cnn.md). Unknown keys raise TypeError."""
+
+    dl_min: float = 1 / 8  # Euler step of the most complex inputs  (spec §2.1 DEFAULT)
+    dl_max: float = 1 / 2  # Euler step of the simplest inputs
+    stage_horizon: float = 1.0  # ODE time T integrated per channel stage: L = round(T / dl)
+    fixed_depth: int = 4  # layers per stage when depth is not adaptive
+    dl_static: float = 1 / 4  # the step of the "static" (Puppeteer-Puppet scheme) variants
+    p0_scale: float = 0.2  # P0 fill value v(h) = p0_scale * (h - 1/2)                  (eq. 11)
+    p0_static: float = 0.0  # the fill value of the static variants (v at h = 1/2)
+    template_std: float = 1.0  # fixed random template added to P0 (breaks the C_out symmetry)
+    template_seed: int = 0
+    complexity_levels: int = 16  # quantise h to this many levels (0: continuous)
+    complexity_quantile: float = 0.01  # h = 0 / 1 at these training-set quantiles of H
+    bins: int = DEFAULT_BINS
+    kernel_cache: bool = False  # inference: keep generated kernels per complexity level
+    standardise_kernels: bool = True  # zero mean, He-scaled std per output channel after pooling
+    puppeteer_norm: str = "trajectory"  # or "batch" (see Puppeteer)
+    conv_impl: str = "grouped"  # "grouped" (one grouped conv) or "loop" (per-sample reference)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dl_min <= self.dl_max:
+            raise ValueError(f"need 0 < dl_min <= dl_max, got {self.dl_min}, {self.dl_max}")
+        if self.kernel_cache and self.complexity_levels <= 0:
+            raise ValueError("kernel_cache needs complexity_levels > 0 (the cache is keyed on the quantised level)")
+        if self.conv_impl not in ("grouped", "loop"):
+            raise ValueError(f"conv_impl must be 'grouped' or 'loop', got {self.conv_impl!r}")
+        if self.fixed_depth < 1:
+            raise ValueError("fixed_depth must be >= 1")
+
+    def depth_for_step(self, dl: float) -> int:
+        """Layers per stage for step ``dl``: round(T / dl), halves rounded up, at least 1."""
+        return max(1, math.floor(self.stage_horizon / dl + 0.5))
+
+    @property
+    def max_depth(self) -> int:
+        return self.depth_for_step(self.dl_min)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class PuppetCNN(nn.Module):
+    """Puppet F whose kernels are generated by the puppeteer ODE G from the input's complexity.
+
+    ``plan_for_depth(L)`` gives the layer plan for L layers per stage (fixed-structure puppets
+    ignore L); ``adapt_kernels``: P0 and dl follow the input (else constant: the
+    "Puppeteer-Puppet scheme"); ``adapt_depth``: L follows dl (else ``fixed_depth``).
+    """
+
+    def __init__(
+        self,
+        plan_for_depth: Callable[[int], list[Op]],
+        num_classes: int,
+        c_max: int,
+        config: PuppetConfig,
+        *,
+        adapt_kernels: bool,
+        adapt_depth: bool,
+    ):
+        super().__init__()
+        if adapt_depth and not adapt_kernels:
+            raise ValueError("adaptive depth needs adaptive kernels (both follow the step dl)")
+        self.cfg, self.c_max = config, c_max
+        self.adapt_kernels, self.adapt_depth = adapt_kernels, adapt_depth
+        self.plan_for_depth = plan_for_depth
+        # BN slots: one BN per conv of the deepest plan, so a shallower sample uses the first
+        # L slots of each stage (running statistics per slot stay consistent across depths).
+        deepest = plan_for_depth(config.max_depth if adapt_depth else config.fixed_depth)
+        self.bns = nn.ModuleDict({c.slot: nn.BatchNorm2d(c.c_out) for c in plan_convs(deepest)})
+        c_last = plan_convs(deepest)[-1].c_out
+        self.head = nn.Linear(c_last, num_classes)  # GAP -> FC (the paper does not describe its head)
+        self.puppeteer = Puppeteer(c_max, config.puppeteer_norm)
+        # Fixed random template (not trained; regenerated from template_seed): a constant-filled
+        # P0 makes every C_out slice of the state identical forever (G treats slices alike), so all
+        # output channels of every layer would be equal. A (C, C, 3, 3) parameter outside any leaf
+        # module is also what torchinfo's "Total params" counts beside the puppeteer (Table 5).
+        template = torch.empty(c_max, c_max, KERNEL, KERNEL)  # (C, C, 3, 3); on "meta" when sizing (table5.py)
+        if template.device.type != "meta":  # drawn on the CPU so a seed gives the same template everywhere
+            g = torch.Generator().manual_seed(config.template_seed)
+            template = config.template_std * torch.randn(template.shape, generator=g, device="cpu").to(template.device)
+        self.template = nn.Parameter(template, requires_grad=False)  # (C, C, 3, 3)
+        # Normalisation statistics of H, fitted by prepare() on training data; saved in the checkpoint.
+        self.register_buffer("complexity_range", torch.tensor([0.0, MAX_ENTROPY_BITS]))
+        self.register_buffer("complexity_fitted", torch.tensor(False))
+        self._kernel_cache: dict[tuple, list[torch.Tensor]] = {}
+        self._cache_version: tuple = ()
+        self.last_stats: dict[str, torch.Tensor | float] = {}
+
+    # ---------------------------------------------------------------- parameter counts
+
+    def stored_param_count(self) -> int:
+        """Puppeteer + puppet BNs + head: what one stores (the template is regenerated from its seed)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def total_param_count(self) -> int:
+        """torchinfo's "Total params": every parameter, the fixed template included."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------- complexity -> step, depth, P0
+
+    @torch.no_grad()
+    def prepare(self, batches: Iterable[torch.Tensor]) -> None:
+        """Fit H's normalisation on (normalised) training images: h = 0 / 1 at the q / 1-q quantiles."""
+        values = torch.cat([image_complexity(x, self.cfg.bins).cpu() for x in batches])  # (N_train,)
+        q = self.cfg.complexity_quantile
+        lo, hi = torch.quantile(values.double(), torch.tensor([q, 1 - q], dtype=torch.double)).float()
+        self.complexity_range.copy_(torch.stack([lo, torch.maximum(hi, lo + 1e-3)]))
+        self.complexity_fitted.fill_(True)
+
+    def normalised_complexity(self, complexity: torch.Tensor) -> torch.Tensor:
+        """H (B,) in bits -> h (B,) in [0, 1], quantised to ``complexity_levels`` levels."""
+        lo, hi = self.complexity_range
+        h = ((complexity - lo) / (hi - lo)).clamp(0, 1)
+        levels = self.cfg.complexity_levels
+        return torch.round(h * (levels - 1)) / (levels - 1) if levels > 1 else h
+
+    def step_and_fill(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euler step dl and P0 fill value v for normalised complexities h (N,)."""
+        cfg = self.cfg
+        if not self.adapt_kernels:
+            return torch.full_like(h, cfg.dl_static), torch.full_like(h, cfg.p0_static)
+        dl = cfg.dl_max - (cfg.dl_max - cfg.dl_min) * h  # more complex -> smaller step -> more layers
+        # centred and small: a large constant fill would dominate the pooled template and make
+        # all output channels of the first layers nearly equal (docs/puppet_cnn.md)
+        return dl, cfg.p0_scale * (h - 0.5)
+
+    def depth_per_stage(self, dl: torch.Tensor) -> torch.Tensor:
+        """Layers per stage (B,) int64: round(T / dl) (eq. 10, our default), or the fixed depth."""
+        if not self.adapt_depth:
+            return torch.full(dl.shape, self.cfg.fixed_depth, dtype=torch.long, device=dl.device)
+        return torch.floor(self.cfg.stage_horizon / dl + 0.5).long().clamp_min(1)
+
+    # ---------------------------------------------------------------- Euler steps -> kernels
+
+    def generate_kernels(self, fill: torch.Tensor, dl: torch.Tensor, depth: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+        """Euler trajectories for N (fill value, step, layers per stage) triples (N,) each.
+
+        Every trajectory starts at P0 = fill * ones + template and takes one Euler step per conv
+        of its plan; after each step the state is average-pooled to that conv's kernel. All
+        trajectories step together, deepest first, and drop out when their plan is done, so a
+        batch costs max(steps) puppeteer calls, not the sum. Returns {depth d: [kernels of conv t:
+        (N_d, c_out, c_in, k, k)]}, trajectories of depth d in their input order.
+        """
+        depths = sorted(set(depth.tolist()), reverse=True)
+        members = [(depth == d).nonzero().squeeze(1) for d in depths]
+        order = torch.cat(members)  # deepest first: the still-active trajectories are always a prefix
+        convs = {d: plan_convs(self.plan_for_depth(d)) for d in depths}
+        n = len(order)
+        p = fill[order].view(n, 1, 1, 1, 1) + self.template  # (N, C, C, 3, 3), eq. (11)
+        step = dl[order].view(n, 1, 1, 1, 1)
+        kernels: dict[int, list[torch.Tensor]] = {d: [] for d in depths}
+        for t in range(len(convs[depths[0]])):
+            active = sum(len(m) for d, m in zip(depths, members) if len(convs[d]) > t)
+            p = p[:active]
+            p = p + step[:active] * self.puppeteer(p)  # eq. (7): P_l = P_{l-dl} + dl G(P_{l-dl})
+            start = 0
+            for d, m in zip(depths, members):
+                if len(convs[d]) > t:
+                    conv = convs[d][t]
+                    kernel = pool_kernel(p[start : start + len(m)], conv.c_out, conv.c_in, conv.kernel)
+                    kernels[d].append(self._standardise(kernel))  # (N_d, c_out, c_in, k, k)
+                start += len(m)
+        return kernels
+
+    def _standardise(self, kernel: torch.Tensor) -> torch.Tensor:
+        """Weight standardisation of generated kernels (N, c_out, c_in, k, k), per output channel.
+
+        The state's scale grows along the trajectory (tanh updates add up), so the same BN slot
+        would see kernels of very different scale from trajectories of different length and its
+        running statistics would fit none of them: training went well and inference was at
+        chance. Standardising also removes the constant-fill component shared by all output
+        channels. BN follows every conv, so this changes nothing else.
+        """
+        if not self.cfg.standardise_kernels:
+            return kernel
+        mean = kernel.mean(dim=(2, 3, 4), keepdim=True)
+        std = kernel.std(dim=(2, 3, 4), keepdim=True, unbiased=False)
+        fan_in = kernel[0, 0].numel()  # c_in * k * k
+        # He scale sqrt(2 / fan_in): activations keep their size even before BN has statistics
+        return (kernel - mean) / (std + 1e-5) * math.sqrt(2.0 / fan_in)
+
+    def kernels_for_levels(self, h: torch.Tensor, fill: torch.Tensor, dl: torch.Tensor,
+                           depth: torch.Tensor) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor]:
+        """Kernels for N distinct levels h (N,) (grouped by depth as in generate_kernels), taken
+        from the kernel cache where enabled (inference only); also which levels were generated (N,)."""
+        if not (self.cfg.kernel_cache and not torch.is_grad_enabled()):
+            return self.generate_kernels(fill, dl, depth), torch.ones_like(h, dtype=torch.bool)
+        # a parameter update (optimizer step, load_state_dict) bumps the tensors' version counters
+        # (a model built under inference_mode has no version counters: its tensors are keyed by identity)
+        version = tuple(t.data_ptr() if t.is_inference() else t._version
+                        for t in [*self.puppeteer.parameters(), *self.puppeteer.buffers(), self.template])
+        if version != self._cache_version:
+            self._kernel_cache, self._cache_version = {}, version
+        keys = [(round(v * (self.cfg.complexity_levels - 1)), d) for v, d in zip(h.tolist(), depth.tolist())]
+        missing = [i for i, k in enumerate(keys) if k not in self._kernel_cache]
+        if missing:
+            idx = torch.tensor(missing, device=h.device)
+            fresh = self.generate_kernels(fill[idx], dl[idx], depth[idx])
+            for d, ks in fresh.items():
+                for j, i in enumerate(i for i in missing if keys[i][1] == d):
+                    self._kernel_cache[keys[i]] = [k[j] for k in ks]
+        kernels = {}
+        for d in sorted(set(depth.tolist()), reverse=True):
+            group = [keys[i] for i in range(len(keys)) if keys[i][1] == d]
+            kernels[d] = [torch.stack([self._kernel_cache[k][t] for k in group]) for t in range(len(self._kernel_cache[group[0]]))]
+        generated = torch.zeros_like(h, dtype=torch.bool)
+        generated[missing] = True
+        return kernels, generated
+
+    # ---------------------------------------------------------------- the puppet's convs
+
+    def _conv_bn(self, x: torch.Tensor, spec: ConvSpec, kernel: torch.Tensor, traj: torch.Tensor, relu: bool) -> torch.Tensor:
+        """Generated conv -> BN (-> ReLU). kernel: (N, c_out, c_in, k, k); traj (B,) picks each sample's trajectory."""
+        pad = spec.kernel // 2
+        if kernel.shape[0] == 1:  # the whole group shares one trajectory: a plain conv
+            y = F.conv2d(x, kernel[0], stride=spec.stride, padding=pad)
+        else:
+            conv = batched_conv2d if self.cfg.conv_impl == "grouped" else per_sample_conv2d_loop
+            y = conv(x, kernel[traj], stride=spec.stride, padding=pad)  # (B, c_out, H', W')
+        y = self.bns[spec.slot](y)
+        return F.relu(y) if relu else y
+
+    def run_puppet(self, x: torch.Tensor, plan: list[Op], kernels: list[torch.Tensor], traj: torch.Tensor) -> torch.Tensor:
+        """Puppet F on a group of equal depth (eq. 13); kernels aligned with plan_convs(plan)."""
+        it = iter(kernels)
+        for op in plan:
+            if isinstance(op, Pool):
+                x = F.max_pool2d(x, op.kernel, op.stride) if x.shape[-1] >= op.kernel else x
+            elif isinstance(op, GlobalPool):
+                x = x.mean(dim=(-2, -1), keepdim=True) if op.kind == "avg" else x.amax(dim=(-2, -1), keepdim=True)
+            elif isinstance(op, ConvSpec):
+                x = self._conv_bn(x, op, next(it), traj, relu=True)
+            else:
+                out = self._conv_bn(x, op.conv1, next(it), traj, relu=True)
+                out = self._conv_bn(out, op.conv2, next(it), traj, relu=False)
+                short = self._conv_bn(x, op.shortcut, next(it), traj, relu=False) if op.shortcut else x
+                x = F.relu(out + short)
+        return self.head(x.mean(dim=(-2, -1)))  # GAP -> FC, (B, classes)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        # 1. complexity H (no gradient), normalised and quantised to h in [0, 1]
+        if self.adapt_kernels:
+            complexity = image_complexity(x, self.cfg.bins)  # (B,) bits
+            h = self.normalised_complexity(complexity)  # (B,)
+        else:  # static scheme: one input-independent trajectory
+            complexity, h = None, torch.full((b,), 0.5, device=x.device)
+        # 2. step dl, P0 fill value and layers per stage, once per distinct level in the batch
+        levels, traj = torch.unique(h, return_inverse=True)  # (N,), (B,): sample -> its level
+        dl, fill = self.step_and_fill(levels)  # (N,), (N,)
+        depth = self.depth_per_stage(dl)  # (N,)
+        # 3.-4. Euler steps -> pooled kernels, one trajectory per level
+        kernels, generated = self.kernels_for_levels(levels, fill, dl, depth)  # {d: [(N_d, c_out, c_in, k, k)]}
+        # 5. the puppet's convs, samples of equal depth together (nobody runs layers it does not use)
+        sample_depth = depth[traj]  # (B,)
+        logits = x.new_zeros(b, self.head.out_features)
+        for d in kernels:
+            in_group = (depth == d).nonzero().squeeze(1)  # this depth's levels, in kernel order
+            local = torch.full_like(depth, -1).index_copy(0, in_group, torch.arange(len(in_group), device=x.device))
+            if len(kernels) == 1:
+                logits = self.run_puppet(x, self.plan_for_depth(d), kernels[d], local[traj])
+            else:
+                idx = (sample_depth == d).nonzero().squeeze(1)  # (B_d,)
+                logits = logits.index_copy(0, idx, self.run_puppet(x[idx], self.plan_for_depth(d), kernels[d], local[traj[idx]]))
+
+        # generation MACs actually spent, shared among the samples that use each trajectory
+        steps = torch.tensor([len(plan_convs(self.plan_for_depth(d))) for d in depth.tolist()], device=x.device)  # (N,)
+        per_level = generated.double() * steps.double() * step_macs(self.c_max)  # (N,)
+        users = torch.bincount(traj, minlength=len(levels)).double()  # (N,)
+        self.last_stats = {
+            "depth": steps[traj],  # generated conv layers run per sample
+            "step": dl[traj],
+            "generation_macs": (per_level / users)[traj],
+        }
+        if complexity is not None:
+            self.last_stats.update(complexity=complexity, complexity_normalised=h)
+        return logits
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _config(kwargs: dict) -> PuppetConfig:
+    return PuppetConfig(**kwargs)  # unknown keys: TypeError, as the registry contract asks
+
+
+def _stages(in_channels: int, max_channels: int) -> Callable[[int], list[Op]]:
+    return lambda depth: stage_plan(in_channels, max_channels, depth)
+
+
+def _fixed(plan: list[Op]) -> Callable[[int], list[Op]]:
+    return lambda depth: plan
+
+
+def _stage_formula(adapt_depth: bool) -> Callable[..., int]:
+    def formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, **kw) -> int:
+        """C^2 + 15C (puppeteer) + 2 c_out per BN slot + head; slots per stage = round(T / dl_min) or fixed_depth."""
+        c = max_channels
+        dl_min, horizon = kw.get("dl_min", 1 / 8), kw.get("stage_horizon", 1.0)
+        per_stage = math.floor(horizon / dl_min + 0.5) if adapt_depth else kw.get("fixed_depth", 4)
+        widths = [max(4, min(round(w * c / 512), c)) for w in (64, 128, 256, 512)]
+        bn = sum(2 * w * per_stage for w in widths)
+        return (c * c + 15 * c) + bn + widths[-1] * num_classes + num_classes
+
+    return formula
+
+
+_ALEXNET_CONVS = (64, 192, 384, 256, 256)
+_VGG_CONVS = {11: (64, 128, 256, 256, 512, 512, 512, 512),
+              13: (64, 64, 128, 128, 256, 256, 512, 512, 512, 512),
+              16: (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
+              19: (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)}
+
+
+def _cfg_formula(conv_widths: tuple[int, ...], c: int, num_classes: int) -> int:
+    """Puppeteer + a BN per generated conv (the convs, then two hidden FCs of width min(4096 scaled, C)) + head."""
+    widths = [max(4, min(round(w * c / 512), c)) for w in conv_widths] + [c, c]
+    return (c * c + 15 * c) + sum(2 * w for w in widths) + widths[-1] * num_classes + num_classes
+
+
+def _alexnet_formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, **kw) -> int:
+    return _cfg_formula(_ALEXNET_CONVS, max_channels, num_classes)
+
+
+def _vgg_formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 11, **kw) -> int:
+    return _cfg_formula(_VGG_CONVS[depth], max_channels, num_classes)
+
+
+def _resnet_formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 18, **kw) -> int:
+    """Stem + two convs per block + a 1x1 shortcut at each stage change, each with a BN; head from the last width."""
+    c = max_channels
+    w = [max(4, min(round(v * c / 512), c)) for v in (64, 128, 256, 512)]
+    blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]
+    bn = 2 * w[0]  # stem
+    bn += 2 * (2 * blocks[0] * w[0])  # stage 1: no shortcut (64 -> 64, stride 1)
+    for width, n in zip(w[1:], blocks[1:]):
+        bn += 2 * (2 * n * width + width)  # two convs per block + one shortcut
+    return (c * c + 15 * c) + bn + w[3] * num_classes + num_classes
+
+
+def _build(plan_for_depth, num_classes: int, max_channels: int, kwargs: dict, adapt_kernels: bool, adapt_depth: bool) -> PuppetCNN:
+    return PuppetCNN(plan_for_depth, num_classes, max_channels, _config(kwargs), adapt_kernels=adapt_kernels, adapt_depth=adapt_depth)
+
+
+@register_model("puppet_cnn", family="puppet", paper_name="Puppet-CNN", param_formula=_stage_formula(True))
+def puppet_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+    """Puppet-CNN: kernels and depth generated from the input's complexity by the puppeteer ODE."""
+    return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, True, True)
+
+
+@register_model("puppet_cnn_param", family="puppet", paper_name="Puppet-CNN (parameter adaptation)", param_formula=_stage_formula(False))
+def puppet_cnn_param(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+    """Puppet-CNN with input-adaptive kernels and a fixed depth (fixed_depth layers per stage)."""
+    return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, True, False)
+
+
+@register_model("puppet_cnn_static", family="puppet", paper_name="Puppet-CNN (Puppeteer-Puppet scheme)", param_formula=_stage_formula(False))
+def puppet_cnn_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+    """Puppeteer-Puppet scheme: kernels generated by the ODE from a constant P0 and step (no input adaptation)."""
+    return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, False, False)
+
+
+def _fixed_structure_builder(make_plan: Callable[..., list[Op]], adapt: bool, doc: str, default_depth: int | None) -> Callable[..., PuppetCNN]:
+    if default_depth is None:
+        def builder(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+            return _build(_fixed(make_plan(in_channels, max_channels)), num_classes, max_channels, kwargs, adapt, False)
+    else:  # depth: the fixed CNN's depth variant (Fig. 4), as the baseline's builder takes it
+        def builder(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
+                    depth: int = default_depth, **kwargs) -> PuppetCNN:
+            return _build(_fixed(make_plan(in_channels, max_channels, depth)), num_classes, max_channels, kwargs, adapt, False)
+
+    builder.__doc__ = doc
+    return builder
+
+
+def _register_fixed_structure(name: str, paper: str, make_plan: Callable[..., list[Op]], formula, default_depth: int | None = None) -> None:
+    """puppet_<name> (P0 and dl from the input, fixed depth) and puppet_<name>_static (constant P0 and dl), for Table 3."""
+    for suffix, adapt, label in (("", True, "parameter adaptation"), ("_static", False, "Puppeteer-Puppet scheme")):
+        doc = f"Puppet-{paper}: the {paper} structure with puppeteer-generated 3x3 kernels ({label})."
+        register_model(f"puppet_{name}{suffix}", family="puppet", paper_name=f"Puppet-{paper} ({label})",
+                       param_formula=formula)(_fixed_structure_builder(make_plan, adapt, doc, default_depth))
+
+
+_register_fixed_structure("alexnet", "AlexNet", lambda i, c: cfg_plan(ALEXNET_CFG, i, c), _alexnet_formula)
+_register_fixed_structure("vgg", "VGG", lambda i, c, d: cfg_plan(vgg_cfg(d), i, c), _vgg_formula, default_depth=11)
+_register_fixed_structure("resnet", "ResNet", resnet_plan, _resnet_formula, default_depth=18)

@@ -1,0 +1,53 @@
+"""Table 5 of the paper (model size vs maximum output channel), computed from our model code.
+
+The paper's columns are torchinfo's summary lines (shared/spec/puppet_cnn.md §6):
+"Params size (MB)" sums the parameters of leaf modules only, "Total params" also counts
+parameters registered directly on a non-leaf module. For Puppet-CNN that reads:
+
+* Param Size   = the puppeteer G (DW 3x3 + bias, BN, PW 1x1 + bias, BN) = C^2 + 15C floats;
+* Total Params = G + the C x C x 3 x 3 kernel template held by the model itself = 10C^2 + 15C.
+
+We build ``puppet_cnn`` at each C_max on ``torch.device("meta")`` (no memory is allocated,
+even for the 4096-channel state) and count those parameters. The puppet's BatchNorms and
+our GAP -> FC head are not in the paper's numbers (they would not fit its rows); the
+``note`` column gives our full stored count beside them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from puppet.measure import param_size_mb
+from puppet.paper import TABLE5_PAPER
+from puppet.registry import create_model
+
+MODEL = "puppet_cnn"
+
+
+def table5(num_classes: int = 10) -> pd.DataFrame:
+    rows = []
+    for c_max, (paper_total_m, paper_size_mb) in sorted(TABLE5_PAPER.items()):
+        with torch.device("meta"):
+            model = create_model(MODEL, num_classes=num_classes, max_channels=c_max)
+        param_count = sum(p.numel() for p in model.puppeteer.parameters())  # leaf modules of G
+        total = param_count + model.template.numel()  # + the template on the model itself
+        size = param_size_mb(param_count)
+        stored = model.stored_param_count()
+        rows.append({
+            "label": f"C_max = {c_max}",
+            "model": MODEL,
+            "c_max": c_max,
+            "total_params_m": round(total / 1e6, 2),
+            "paper_total_params_m": paper_total_m,
+            "total_params_m_diff": round(round(total / 1e6, 2) - paper_total_m, 2),
+            "param_size_mb": round(size, 2),
+            "paper_param_size_mb": paper_size_mb,
+            "param_size_mb_diff": round(round(size, 2) - paper_size_mb, 2),
+            "total_params": total,
+            "param_count": param_count,
+            "note": (f"puppeteer C^2+15C = {param_count:,}; template 9C^2 = {model.template.numel():,}; "
+                     f"our stored model with puppet BNs + head ({num_classes} classes): {stored:,} "
+                     f"({param_size_mb(stored):.2f} MB), not in the paper's count"),
+        })
+    return pd.DataFrame(rows)

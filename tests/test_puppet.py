@@ -1,0 +1,272 @@
+"""Puppet-CNN: complexity, kernel generation, batching, parameter counts, Table 5, caching, learning."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from puppet import create_model, list_models
+from puppet.measure import count_macs_flopcounter, stored_param_count, total_param_count
+from puppet.models.complexity import histogram_entropy, image_complexity
+from puppet.models.puppet import PuppetCNN, plan_convs
+from puppet.models.puppeteer import puppeteer_param_count, step_macs
+
+C = 16  # test width: max_channels (the puppeteer state is C x C x 3 x 3)
+
+
+def _images(b: int = 6, seed: int = 0) -> torch.Tensor:
+    """Inputs from smooth (low entropy) to noisy (high entropy), normalised-looking floats."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(b, 3, 32, 32)
+    noise = torch.randn(b, 3, 32, 32, generator=g)
+    mix = torch.linspace(0, 1, b).view(b, 1, 1, 1)
+    return (1 - mix) * ramp + mix * noise  # (B, 3, 32, 32)
+
+
+def _model(name: str = "puppet_cnn", **kw) -> PuppetCNN:
+    torch.manual_seed(0)
+    model = create_model(name, max_channels=C, **kw)
+    model.prepare([_images(8, seed=1)])  # h spans [0, 1] over these inputs
+    return model
+
+
+# --------------------------------------------------------------------------- complexity
+
+
+def _numpy_complexity(img: np.ndarray, bins: int = 256) -> float:
+    """Per-image reference: grey -> min-max -> histogram entropy; |FFT| -> log1p -> min-max -> entropy."""
+
+    def unit(v):
+        span = v.max() - v.min()
+        return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+
+    def entropy(v):
+        counts, _ = np.histogram(v, bins=bins, range=(0.0, 1.0))
+        p = counts[counts > 0] / v.size
+        return float(-(p * np.log2(p)).sum())
+
+    grey = unit(img.astype(np.float64).mean(axis=0))
+    freq = unit(np.log1p(np.abs(np.fft.fft2(grey))))
+    return 0.5 * entropy(grey) + 0.5 * entropy(freq)
+
+
+def test_entropy_of_known_histograms():
+    # 4 equally frequent values: 2 bits; a 3:1 split: -(3/4 log2 3/4 + 1/4 log2 1/4); one value: 0
+    v = torch.tensor([[0.1, 0.3, 0.6, 0.9] * 4, [0.2] * 12 + [0.8] * 4, [0.5] * 16])
+    expected = [2.0, -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)), 0.0]
+    torch.testing.assert_close(histogram_entropy(v), torch.tensor(expected))
+    counts, _ = np.histogram(v[1].numpy(), bins=256, range=(0, 1))
+    p = counts[counts > 0] / 16
+    assert histogram_entropy(v[1:2]).item() == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-6)
+
+
+def test_complexity_is_batch_vectorised_and_matches_reference():
+    x = _images(6)
+    batched = image_complexity(x)
+    per_image = torch.cat([image_complexity(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(batched, per_image)
+    reference = torch.tensor([_numpy_complexity(img) for img in x.numpy()], dtype=torch.float32)
+    torch.testing.assert_close(batched, reference, atol=2e-2, rtol=0)  # float32 vs float64 bin edges
+    assert batched[-1] > batched[0]  # noise is more complex than a ramp
+    assert not batched.requires_grad
+
+
+def test_complexity_invariant_to_global_normalisation_and_zero_for_constant():
+    x = _images(4)
+    torch.testing.assert_close(image_complexity(3.0 * x - 0.7), image_complexity(x), atol=1e-4, rtol=0)
+    assert image_complexity(torch.full((2, 3, 8, 8), 0.3)).abs().max() == 0
+
+
+def test_prepare_statistics_round_trip_through_state_dict():
+    model = _model()
+    lo, hi = model.complexity_range.tolist()
+    assert bool(model.complexity_fitted) and lo < hi
+    fresh = create_model("puppet_cnn", max_channels=C)
+    assert fresh.complexity_range.tolist() != [lo, hi]
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.complexity_range.tolist() == [lo, hi] and bool(fresh.complexity_fitted)
+    x = _images(4, seed=3)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+
+
+# --------------------------------------------------------------------------- kernels, depth, batching
+
+
+def test_more_complex_input_gets_other_kernels_and_at_least_as_many_layers():
+    model = _model().eval()
+    x = _images(6)
+    simple, complex_ = x[:1], x[-1:]
+    with torch.no_grad():
+        model(simple)
+        h_s, d_s = model.last_stats["complexity"].item(), model.last_stats["depth"].item()
+        model(complex_)
+        h_c, d_c = model.last_stats["complexity"].item(), model.last_stats["depth"].item()
+        assert h_c > h_s and d_c >= d_s and d_c > d_s  # prepare() put them at h = 0 and h = 1
+        levels = torch.tensor([0.0, 1.0])
+        dl, fill = model.step_and_fill(levels)
+        kernels = model.generate_kernels(fill, dl, model.depth_per_stage(dl))
+    k_simple, k_complex = kernels[min(kernels)][0][0], kernels[max(kernels)][0][0]  # first conv
+    assert k_simple.shape == k_complex.shape and not torch.allclose(k_simple, k_complex)
+
+
+@pytest.mark.parametrize("conv_impl", ["grouped", "loop"])
+def test_batched_forward_equals_per_sample_loop(conv_impl):
+    # continuous complexity: every sample has its own kernels and several depths occur
+    model = _model(complexity_levels=0, conv_impl=conv_impl).eval()
+    x = _images(6, seed=2)
+    with torch.no_grad():
+        batched = model(x)
+        depths = model.last_stats["depth"]
+        singles = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+    assert depths.unique().numel() >= 2
+    torch.testing.assert_close(batched, singles, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_conv_equals_loop_conv():
+    x = _images(5, seed=4)
+    with torch.no_grad():
+        grouped = _model(complexity_levels=0).eval()(x)
+        loop = _model(complexity_levels=0, conv_impl="loop").eval()(x)
+    torch.testing.assert_close(grouped, loop, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_only_puppeteer_bns_and_head():
+    model = _model().train()
+    loss = F.cross_entropy(model(_images(4)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, p in model.puppeteer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert model.template.grad is None and not model.template.requires_grad
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.split(".")[0] in ("puppeteer", "bns", "head") for n in trainable)
+    # no puppet conv owns a weight: the only Conv2d modules are the puppeteer's own
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(n.startswith("puppeteer.") for n in convs)
+
+
+@pytest.mark.parametrize("name", ["puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_resnet", "puppet_vgg_static"])
+def test_stored_and_total_param_counts(name):
+    model = create_model(name, max_channels=C, num_classes=7)
+    bn = sum(p.numel() for p in model.bns.parameters())
+    head = model.head.in_features * 7 + 7
+    assert puppeteer_param_count(C) == C * C + 15 * C == sum(p.numel() for p in model.puppeteer.parameters())
+    assert stored_param_count(model) == C * C + 15 * C + bn + head
+    assert total_param_count(model) == stored_param_count(model) + 9 * C * C  # + the fixed template
+    assert bn == sum(2 * c.c_out for c in plan_convs(model.plan_for_depth(model.cfg.max_depth if model.adapt_depth else model.cfg.fixed_depth)))
+
+
+def test_variants_adapt_what_they_claim():
+    x = _images(6)
+    with torch.no_grad():
+        static = _model("puppet_cnn_static").eval()
+        static(x)
+        assert static.last_stats["depth"].unique().numel() == 1 and static.last_stats["step"].unique().numel() == 1
+        assert static.last_stats["generation_macs"].sum() == pytest.approx(16 * step_macs(C))  # one trajectory per batch
+        param = _model("puppet_cnn_param").eval()
+        param(x)
+        assert param.last_stats["depth"].unique().tolist() == [16] and param.last_stats["step"].unique().numel() > 1
+        for name in ("puppet_alexnet", "puppet_vgg", "puppet_resnet"):
+            fixed = _model(name).eval()
+            fixed(x)
+            assert fixed.last_stats["depth"].unique().numel() == 1
+    assert {"puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_alexnet_static"} <= set(list_models("puppet"))
+
+
+# --------------------------------------------------------------------------- MACs, Table 5, cache
+
+
+class _Generation(nn.Module):
+    def __init__(self, model: PuppetCNN, levels: torch.Tensor):
+        super().__init__()
+        self.model, self.levels = model, levels
+
+    def forward(self, x):
+        dl, fill = self.model.step_and_fill(self.levels)
+        self.model.generate_kernels(fill, dl, self.model.depth_per_stage(dl))
+        return x
+
+
+def test_generation_macs_match_flopcounter():
+    model = _model().eval()
+    levels = torch.tensor([0.0, 0.5, 1.0])
+    dl, _ = model.step_and_fill(levels)
+    steps = [len(plan_convs(model.plan_for_depth(int(d)))) for d in model.depth_per_stage(dl)]
+    counted = count_macs_flopcounter(_Generation(model, levels), torch.zeros(1))
+    assert counted == sum(steps) * step_macs(C)
+    with torch.no_grad():
+        x = _images(6)[-1:]
+        model(x)
+        reported = model.last_stats["generation_macs"].item()
+    alone = count_macs_flopcounter(_Generation(model, model.last_stats["complexity_normalised"]), torch.zeros(1))
+    assert reported == alone == model.last_stats["depth"].item() * step_macs(C)
+    assert step_macs(512) == pytest.approx(1.23e9, rel=0.01)  # spec §11
+
+
+def test_table5_matches_paper():
+    from puppet.models.table5 import table5
+
+    frame = table5()
+    assert len(frame) == 7 and list(frame.c_max) == [64, 128, 256, 512, 1024, 2048, 4096]
+    assert (frame.total_params_m == frame.paper_total_params_m).all()
+    assert (frame.param_size_mb == frame.paper_param_size_mb).all()
+    c = frame.c_max
+    assert (frame.param_count == c * c + 15 * c).all() and (frame.total_params == 10 * c * c + 15 * c).all()
+
+
+def test_kernel_cache_gives_the_same_output():
+    x = _images(6, seed=5)
+    plain = _model(complexity_levels=8).eval()
+    cached = _model(complexity_levels=8, kernel_cache=True).eval()
+    with torch.no_grad():
+        expected = plain(x)
+        first = cached(x)
+        assert cached.last_stats["generation_macs"].sum() > 0
+        second = cached(x)
+        assert cached.last_stats["generation_macs"].sum() == 0  # every level came from the cache
+        torch.testing.assert_close(first, expected)
+        torch.testing.assert_close(second, expected)
+        for m in (plain, cached):  # an update to G must invalidate the cache
+            m.puppeteer.pw.bias.add_(0.5)
+        torch.testing.assert_close(cached(x), plain(x))
+    with pytest.raises(ValueError):
+        create_model("puppet_cnn", max_channels=C, complexity_levels=0, kernel_cache=True)
+
+
+def test_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError):
+        create_model("puppet_cnn", max_channels=C, dl_minimum=0.1)
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def test_puppet_cnn_learns_synthetic_data():
+    from puppet.data import Batches, load_dataset, make_splits
+
+    torch.manual_seed(0)
+    splits = make_splits(load_dataset("synthetic"), train_size=600, test_size=300)
+    train = Batches(splits.x_train, splits.y_train, 50, splits.mean, splits.std, shuffle=True, seed=0)
+    test = Batches(splits.x_test, splits.y_test, 150, splits.mean, splits.std)
+    # 2-4 layers per stage instead of 2-8 keeps this test within seconds on one shared core
+    model = create_model("puppet_cnn", max_channels=32, dl_min=0.25)
+    model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, 300, splits.mean, splits.std))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    start = time.perf_counter()
+    for epoch in range(4):
+        model.train()
+        for x, y in train.epoch(epoch):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        if time.perf_counter() - start > 40:
+            break
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in test)
+    assert correct / test.num_samples > 0.3  # chance: 0.1
