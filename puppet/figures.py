@@ -1,20 +1,24 @@
-"""Figures from ``results/metrics.csv``: accuracy against cost, one marker per model.
+"""Figures from ``results/metrics.csv``: accuracy against cost, and Puppet-CNN's depth figures.
 
-For each dataset: top-1 against stored parameters, against MACs and against
-batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn.
-Written as PNG (for reading) and PDF (for papers). Models that add their own
-figures (Puppet-CNN's depth figures) register a function with ``figure_writer``.
+* For each dataset: top-1 against stored parameters, against MACs and against
+  batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn.
+* Fig. 3 of the paper: Puppet-CNN's realised depth against input complexity over
+  the test set (from each run's ``test_stats.pt``).
+* Fig. 4 of the paper: stored size against depth for VGG/ResNet and their puppets
+  (computed from the model code at the paper's width, 512 channels).
+
+Written as PNG (for reading) and PDF (for papers).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from puppet.io import _atomic  # noqa: E402
@@ -27,15 +31,6 @@ COST_AXES = {
 }
 FAMILY_COLOURS = {"fixed": "tab:blue", "puppet": "tab:red", "adaptive_params": "tab:green", "adaptive_depth": "tab:purple"}
 MARKERS = "osD^v<>pP*Xhd"
-
-_WRITERS: list[Callable[[pd.DataFrame, Path], list[Path]]] = []
-
-
-def figure_writer(fn: Callable[[pd.DataFrame, Path], list[Path]]) -> Callable:
-    """Register an extra figure function ``(metrics, out_dir) -> written paths``."""
-    _WRITERS.append(fn)
-    return fn
-
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Points no other point beats on both lower cost ``x`` and higher accuracy ``y``."""
@@ -103,6 +98,73 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
     return written
 
 
+def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -> list[Path]:
+    """Fig. 3: per test image, the puppet's realised depth against its complexity H (bits)."""
+    import torch
+
+    ok = metrics[metrics["status"] == "ok"]
+    panels = []
+    for _, r in ok.iterrows():
+        path = runs_root / str(r["profile"]) / str(r["dataset"]) / str(r["model"]) / f"seed{int(r['seed'])}" / "test_stats.pt"
+        if path.is_file():
+            stats = torch.load(path, weights_only=False)
+            if "complexity" in stats and "depth" in stats:
+                panels.append((r, stats["complexity"].numpy(), stats["depth"].numpy()))
+    if not panels:
+        return []
+    written = []
+    for dataset in sorted({str(r["dataset"]) for r, _, _ in panels}):
+        mine = [p for p in panels if str(p[0]["dataset"]) == dataset]
+        fig, axes = plt.subplots(1, len(mine), figsize=(5 * len(mine), 4), squeeze=False)
+        for ax, (r, h, depth) in zip(axes[0], mine):
+            jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(depth))  # depths are integers: spread the dots
+            ax.scatter(h, depth + jitter, s=4, alpha=0.3)
+            bins = pd.cut(pd.Series(h), 12)
+            mean = pd.Series(depth).groupby(bins, observed=True).mean()
+            ax.plot([b.mid for b in mean.index], mean.values, color="black", marker="o", label="mean depth per H bin")
+            ax.set_xlabel("input complexity H (bits)")
+            ax.set_ylabel("generated conv layers run")
+            ax.set_title(f"{r['model']} seed {int(r['seed'])} ({dataset}, {len(h)} test images)")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        written += save(fig, out_dir / f"{dataset}_depth_vs_complexity")
+    return written
+
+
+# Depth variants shown in Fig. 4: (fixed model, its puppet, the depths both builders accept)
+FIG4_FAMILIES = (("vgg", "puppet_vgg", (11, 13, 16, 19)), ("resnet", "puppet_resnet", (18, 34)))
+
+
+def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10) -> list[Path]:
+    """Fig. 4: stored size (MB) against depth at the paper's width; the puppets' size stays flat."""
+    from puppet.measure import param_size_mb, stored_param_count
+    from puppet.registry import create_model
+
+    rows = []
+    for fixed, puppet, depths in FIG4_FAMILIES:
+        for depth in depths:
+            for name in (fixed, puppet):
+                model = create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth)
+                rows.append({"family": fixed, "model": name, "depth": depth,
+                             "stored_params": stored_param_count(model), "param_size_mb": param_size_mb(stored_param_count(model))})
+    frame = pd.DataFrame(rows)
+    from puppet.io import atomic_write_csv
+
+    atomic_write_csv(frame, out_dir / "size_vs_depth.csv")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, g), marker in zip(frame.groupby("model", sort=False), MARKERS):
+        ax.plot(g["depth"], g["param_size_mb"], marker=marker, label=name,
+                color=FAMILY_COLOURS["puppet" if name.startswith("puppet") else "fixed"],
+                linestyle="--" if "resnet" in name else "-")
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (weight layers)")
+    ax.set_ylabel(f"stored size (MB, {max_channels} channels max)")
+    ax.set_title("Model size vs depth (Fig. 4): fixed CNNs grow, puppets stay flat")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(fig, out_dir / "size_vs_depth") + [out_dir / "size_vs_depth.csv"]
+
+
 def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +173,6 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     written = []
     for dataset in sorted(summary["dataset"].unique()):
         written += accuracy_vs_cost(summary, dataset, out_dir)
-    try:  # model-specific figures (e.g. Puppet-CNN depth vs complexity) register themselves on import
-        import puppet.models.figures  # noqa: F401
-    except ImportError:
-        pass
-    for writer in _WRITERS:
-        written += writer(metrics, out_dir)
+    written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
+    written += size_vs_depth(out_dir)
     return written

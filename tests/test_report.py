@@ -70,7 +70,19 @@ def test_figures_are_written(metrics, tmp_path):
     paths = write_figures(metrics, tmp_path / "fig")
     names = {p.name for p in paths}
     assert {"cifar10_top1_vs_stored_params.png", "cifar10_top1_vs_macs.pdf", "cifar10_top1_vs_latency_s_per_img.png"} <= names
-    assert all(p.stat().st_size > 1000 for p in paths)
+    assert all(p.stat().st_size > 1000 for p in paths if p.suffix in (".png", ".pdf"))
+    assert {"size_vs_depth.png", "size_vs_depth.csv"} <= names
+
+
+def test_size_vs_depth_fixed_grow_puppets_flat(tmp_path):
+    from puppet.figures import size_vs_depth
+
+    size_vs_depth(tmp_path)
+    frame = pd.read_csv(tmp_path / "size_vs_depth.csv")
+    vgg = frame[frame.model == "vgg"].sort_values("depth")["param_size_mb"].tolist()
+    puppet = frame[frame.model == "puppet_vgg"].sort_values("depth")["param_size_mb"].tolist()
+    assert vgg == sorted(vgg) and vgg[-1] > 2 * vgg[0]  # VGG-19 is over twice VGG-11
+    assert max(puppet) < 1.1 * min(puppet) and max(puppet) < vgg[0] / 10
 
 
 def test_pareto_front():
