@@ -43,6 +43,38 @@ def _fill_defaults(schema: dict, value: Any) -> Any:
     return value
 
 
+_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+
+
+def _coerce(schema: dict, value: Any, root: dict) -> Any:
+    """Undo Snakemake's ``--config`` parsing, which leaves nested scalars as strings
+    (``seeds='[0,1]'`` arrives as ``['0', '1']``): parse a string as YAML where the schema
+    wants a number, boolean or null, and in free-form objects (``model_kwargs``)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str):
+        free_form = not types and "enum" not in schema
+        if (free_form or (types and "string" not in types)) and value.strip():
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            if free_form and not isinstance(parsed, (int, float, bool, type(None))):
+                return value
+            if free_form or any(isinstance(parsed, _SCALAR_TYPES[t]) for t in types if t in _SCALAR_TYPES):
+                return parsed
+        return value
+    if isinstance(value, list):
+        return [_coerce(schema.get("items", {}), v, root) for v in value]
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", {})
+        return {k: _coerce(props.get(k, extra if isinstance(extra, dict) else {}), v, root) for k, v in value.items()}
+    return value
+
+
 def _describe(error) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "enum":
@@ -58,7 +90,8 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     import jsonschema
 
     schema = load_schema(schema_path)
-    config = _fill_defaults(schema, copy.deepcopy(dict(config)))
+    config = _coerce(schema, copy.deepcopy(dict(config)), schema)
+    config = _fill_defaults(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -109,7 +142,7 @@ def run_spec(config: dict, dataset: str, model: str, seed: int) -> dict:
         "data_root": config["data_root"],
         "download": config["download"],
         "data_source": config["data_sources"].get(dataset),
-        "data": config["data"],
+        "data": {**config["data"], **config.get("data_overrides", {}).get(dataset, {})},
         "train": config["train"],
         "measure": config["measure"],
         "model_kwargs": config["model_kwargs"].get(model, {}),

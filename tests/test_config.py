@@ -76,3 +76,26 @@ def test_spec_hash_changes_with_what_matters_only():
     b = dict(a, epochs=a["epochs"] + 1)
     c = dict(a, measure={**a["measure"], "warmup": 99})
     assert spec_hash(a) != spec_hash(b) and spec_hash(a) == spec_hash(c)
+
+
+def test_data_overrides_apply_to_one_dataset_only():
+    cfg = validate_config(_base(datasets=["synthetic", "cifar100"], data={"train_size": 4000},
+                                data_overrides={"cifar100": {"train_size": 900}}))
+    model = cfg["models"][0]
+    assert run_spec(cfg, "cifar100", model, 0)["data"]["train_size"] == 900
+    assert run_spec(cfg, "synthetic", model, 0)["data"]["train_size"] == 4000
+    with pytest.raises(ConfigError):
+        validate_config(_base(data_overrides={"cifar100": {"train_sise": 900}}))
+
+
+def test_snakemake_cli_strings_are_coerced():
+    """snakemake --config leaves nested scalars as strings; they must still validate as numbers."""
+    from snakemake.cli import parse_config
+
+    model = list_models()[0]
+    overrides = parse_config(["seeds=[0,1]", "epochs=3", f"model_kwargs={{{model}: {{dl_min: 0.25, impl: grouped}}}}",
+                              "data={train_size: 100, augment: none}"])
+    cfg = validate_config(_base(**overrides))
+    assert cfg["seeds"] == [0, 1] and cfg["epochs"] == 3 and cfg["data"]["train_size"] == 100
+    assert cfg["model_kwargs"][model] == {"dl_min": 0.25, "impl": "grouped"}
+    assert cfg["data"]["augment"] == "none"
