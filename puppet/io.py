@@ -56,12 +56,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+# What determines results; local edits elsewhere (README, docs) do not make a run "dirty".
+CODE_PATHS = ("puppet", "baselines", "workflow", "Snakefile", "config", "pyproject.toml")
+
+
 def git_commit() -> str:
-    """The commit of the code that ran, with '+dirty' when the tree had local changes."""
+    """The commit of the code that ran, with '+dirty' when code or config had local changes."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha or "unknown") + ("+dirty" if dirty else "")
