@@ -17,7 +17,7 @@ buffers, so they are saved with the checkpoint.
 
 Sizes: the default configuration of each model is the one, in a small stated
 grid, whose stored size at max_channels=512 and 10 classes is closest to the
-paper's Table 1 "Params Size" (docs/adaptive_depth.md lists the grid and the
+paper's Table 1 "Params Size" (the README, adaptive-depth section, lists the grid and the
 sizes). Spec: shared/spec/baselines.md section 3.
 """
 

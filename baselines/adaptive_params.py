@@ -18,7 +18,7 @@ is applied by ``F.conv2d``, so ptflops' aten backend and FlopCounterMode both co
 generation and the dynamic convolutions (element-wise products are invisible to both:
 the DDF filter product is a kernel-sized multiply, not a per-pixel one, so nothing
 per-pixel goes uncounted). Sizes at max_channels=512 against the paper's Table 1 are in
-docs/adaptive_params.md.
+the README (adaptive-parameter section).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Puppet-CNN (arXiv 2411.12876, Tables 2-4) compares against these six with "every model capped at 512
 output channels". The paper gives only their "Params Size" (float32 MB at 10 classes); its sizes grow
 by 0.19 MB from 10 to 100 classes, so each ends in a fully connected layer with fan-in 512. One recipe
-reproduces those sizes (docs/fixed_cnns.md has the numbers):
+reproduces those sizes (the README, fixed-CNN section, has the numbers):
 
 * take the ImageNet architecture as torchvision/timm define it, with every width ``c`` mapped to
   ``scaled(c, max_channels)``: ImageNet heads wider than the cap (AlexNet/VGG's 4096-wide FCs,

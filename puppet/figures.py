@@ -108,14 +108,14 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
         path = runs_root / str(r["profile"]) / str(r["dataset"]) / str(r["model"]) / f"seed{int(r['seed'])}" / "test_stats.pt"
         if path.is_file():
             stats = torch.load(path, weights_only=False)
-            if "complexity" in stats and "depth" in stats:
+            if "complexity" in stats and "depth" in stats and len(stats["depth"].unique()) > 1:  # depth-adaptive only
                 panels.append((r, stats["complexity"].numpy(), stats["depth"].numpy()))
     if not panels:
         return []
     written = []
     for dataset in sorted({str(r["dataset"]) for r, _, _ in panels}):
         mine = [p for p in panels if str(p[0]["dataset"]) == dataset]
-        fig, axes = plt.subplots(1, len(mine), figsize=(5 * len(mine), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(mine), figsize=(5.5 * len(mine), 4.2), squeeze=False)
         for ax, (r, h, depth) in zip(axes[0], mine):
             jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(depth))  # depths are integers: spread the dots
             ax.scatter(h, depth + jitter, s=4, alpha=0.3)
@@ -124,9 +124,10 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
             ax.plot([b.mid for b in mean.index], mean.values, color="black", marker="o", label="mean depth per H bin")
             ax.set_xlabel("input complexity H (bits)")
             ax.set_ylabel("generated conv layers run")
-            ax.set_title(f"{r['model']} seed {int(r['seed'])} ({dataset}, {len(h)} test images)")
+            ax.set_title(f"{r['model']} (seed {int(r['seed'])})\n{dataset}, {len(h)} test images", fontsize=10)
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
+        fig.suptitle("Realised depth vs input complexity (Fig. 3)", y=1.02)
         written += save(fig, out_dir / f"{dataset}_depth_vs_complexity")
     return written
 

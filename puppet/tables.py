@@ -16,6 +16,7 @@ import pandas as pd
 
 from puppet.io import atomic_write_csv, atomic_write_text
 from puppet.paper import RUN_TABLES, PaperTable
+from puppet.registry import create_model
 
 UNITS = {
     "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
@@ -134,15 +135,53 @@ def runs_markdown(metrics: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_sizes() -> dict[str, float]:
+    """The paper's Params Size (MB, 10 classes) for each of our models that a run table names."""
+    sizes: dict[str, float] = {}
+    for table in RUN_TABLES:
+        for row in table.rows:
+            if row.dataset == "cifar10" and "param_size_mb" in row.values:
+                sizes.setdefault(row.model, row.values["param_size_mb"])
+    return sizes
+
+
+def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
+    """Every registered model's stored size at the paper's width, beside the paper's Params Size.
+
+    Built on the meta device: nothing is allocated, however large the model."""
+    import torch
+
+    from puppet.measure import param_size_mb, stored_param_count, total_param_count
+    from puppet.registry import list_models, model_info
+
+    paper = paper_sizes()
+    rows = []
+    for name in list_models():
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, max_channels=max_channels)
+        stored = stored_param_count(model)
+        info = model_info(name)
+        rows.append({
+            "label": info.paper_name, "model": name, "family": info.family,
+            "stored_params": stored, "total_params": total_param_count(model),
+            "param_size_mb": param_size_mb(stored),
+            "paper_param_size_mb": paper.get(name, math.nan),
+            "param_size_mb_diff": param_size_mb(stored) - paper.get(name, math.nan),
+            "note": "paper counts the puppeteer only (Table 5)" if info.family == "puppet" else "",
+        })
+    return pd.DataFrame(rows)
+
+
 def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
-    """Tables computed from model code rather than runs (Table 5), when the model exists."""
-    try:
-        from puppet.models.table5 import table5  # noqa: WPS433 (optional until Puppet-CNN lands)
-    except ImportError:
-        return []
-    frame = table5()
-    return [("table5", "Table 5: Puppet-CNN size vs maximum output channel (from the model code)", frame,
-             ("total_params_m", "param_size_mb"))]
+    """Tables computed from model code rather than runs: Table 5 and the paper-scale sizes."""
+    from puppet.models.table5 import table5
+
+    return [
+        ("table5", "Table 5: Puppet-CNN size vs maximum output channel (from the model code)", table5(),
+         ("total_params_m", "param_size_mb")),
+        ("sizes", "Model sizes at the paper's width (max_channels 512, 10 classes), from the model code",
+         model_sizes(), ("param_size_mb",)),
+    ]
 
 
 def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.DataFrame]:
@@ -170,7 +209,7 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
     for name, title, frame, cols in extra_tables():
         frames[name] = frame
         atomic_write_csv(frame, out_dir / f"{name}.csv")
-        md.append(render_markdown(title, frame, cols))
+        md.append(render_markdown(title, frame.assign(note=""), cols))
     md.append(runs_markdown(metrics))
     atomic_write_text("\n".join(md), out_dir / "tables.md")
     return frames

@@ -160,6 +160,12 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
     chash = spec_hash(spec)
     device = pick_device(spec["device"])
     torch.manual_seed(spec["seed"])
+    if device.type == "cpu":
+        # Same config and seed -> same metrics on CPU. With several threads the backward of
+        # indexing with repeated indices (a per-sample kernel picked from shared trajectories)
+        # accumulates in a run-dependent order; the deterministic path is exact and changes
+        # nothing for models that were deterministic already.
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -18,7 +18,7 @@ from puppet.registry import list_models, model_info
 FIXED = sorted(PAPER_SIZE_MB)
 SMALL_WIDTH = 16
 
-# Stored params at max_channels=512, 10 classes, RGB: derived by hand in docs/fixed_cnns.md (and checked
+# Stored params at max_channels=512, 10 classes, RGB: derived by hand in the README (fixed-CNN section) (and checked
 # against torchvision/timm reference models below), not read off the module.
 EXPECTED_PARAMS_512 = {
     "alexnet": 2_869_066,

@@ -35,11 +35,15 @@ def test_resume_gives_the_same_final_metrics(tmp_path):
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
 
 
-def test_same_seed_same_metrics_on_cpu(tmp_path):
-    spec = make_spec(epochs=1)
+@pytest.mark.parametrize("model", ["alexnet", "puppet_cnn_param"])
+def test_same_seed_same_metrics_on_cpu(tmp_path, model):
+    """Bit-identical with several threads too (puppet_cnn_param's kernel indexing once was not)."""
+    torch.set_num_threads(2)
+    spec = make_spec(model=model, epochs=2, max_channels=16)
     a = train_run(spec, tmp_path / "a")
     b = train_run(spec, tmp_path / "b")
     assert a["top1"] == b["top1"] and a["test_loss"] == b["test_loss"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
 def test_checkpoint_of_another_config_is_kept_aside(tmp_path):

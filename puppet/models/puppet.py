@@ -16,7 +16,7 @@ kernel is applied in one grouped convolution over the group (``batched_conv2d``)
 
 Only the puppeteer G, the puppet's BatchNorms and the head are trainable; no puppet conv
 owns a weight. Every choice the paper leaves open is a ``PuppetConfig`` field (builder
-kwarg, hence ``model_kwargs`` in config) and is listed in docs/puppet_cnn.md.
+kwarg, hence ``model_kwargs`` in config) and is listed in the README (Puppet-CNN section).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def resnet_plan(in_channels: int, max_channels: int, depth: int = 18) -> list[Op
 
 @dataclass(frozen=True)
 class PuppetConfig:
-    """Every choice the paper does not pin down (docs/puppet_cnn.md). Unknown keys raise TypeError."""
+    """Every choice the paper does not pin down (the README (Puppet-CNN section)). Unknown keys raise TypeError."""
 
     dl_min: float = 1 / 8  # Euler step of the most complex inputs  (spec §2.1 DEFAULT)
     dl_max: float = 1 / 2  # Euler step of the simplest inputs
@@ -287,7 +287,7 @@ class PuppetCNN(nn.Module):
             return torch.full_like(h, cfg.dl_static), torch.full_like(h, cfg.p0_static)
         dl = cfg.dl_max - (cfg.dl_max - cfg.dl_min) * h  # more complex -> smaller step -> more layers
         # centred and small: a large constant fill would dominate the pooled template and make
-        # all output channels of the first layers nearly equal (docs/puppet_cnn.md)
+        # all output channels of the first layers nearly equal (the README (Puppet-CNN section))
         return dl, cfg.p0_scale * (h - 0.5)
 
     def depth_per_stage(self, dl: torch.Tensor) -> torch.Tensor:
