@@ -10,8 +10,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The default profile; --configfile FILE overlays it (top-level keys of FILE win).
-configfile: f"{workflow.basedir}/config/config.yaml"
+# The default profile, unless --configfile names another: a profile file replaces the
+# default rather than overlaying it, so the paper profile never inherits the quick
+# profile's overrides. --config key=value overlays whichever profile is in use.
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -5,6 +5,7 @@
     python -m puppet collate --runs A/train.json ... --out results/metrics.csv
     python -m puppet tables  --metrics results/metrics.csv --out-dir results
     python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
+    python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
     python -m puppet validate --configfile config/config.yaml   # check a config, print the grid
     python -m puppet models                                     # list registered models
 """
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("figures", help="figures from metrics.csv")
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
+    p = sub.add_parser("publish", help="copy the collated results to results/published/NAME (a committed snapshot)")
+    p.add_argument("--name", required=True, help="label: profile, machine and data, e.g. quick-cpu2-cifar10subset")
+    p.add_argument("--run-command", required=True, help="the command that produced the results")
+    p.add_argument("--timing", default="", help="measured wall-clock, free text")
+    p.add_argument("--results", default=Path("results"), type=Path)
     p = sub.add_parser("validate", help="validate config files and print the run grid")
     p.add_argument("--configfile", nargs="+", required=True)
     sub.add_parser("models", help="list registered models")
@@ -91,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             from puppet.figures import write_figures
 
             write_figures(args.metrics, args.out_dir)
+        elif args.command == "publish":
+            from puppet.publish import publish
+
+            print(publish(args.results, args.name, args.run_command, args.timing))
         elif args.command == "validate":
             from puppet.config import load_config, run_grid
 

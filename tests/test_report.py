@@ -88,3 +88,23 @@ def test_size_vs_depth_fixed_grow_puppets_flat(tmp_path):
 def test_pareto_front():
     pts = pd.DataFrame({"x": [1, 2, 3, 4], "y": [10, 5, 20, 15]})
     assert pareto_front(pts, "x", "y")["x"].tolist() == [1, 3]
+
+
+def test_publish_snapshot_with_provenance(metrics, tmp_path):
+    from puppet.publish import publish
+
+    results = metrics.parent
+    write_tables(metrics, results)
+    write_figures(metrics, results / "figures")
+    out = publish(results, "quick-test", "snakemake --cores all all", timing="1 min")
+    readme = (out / "README.md").read_text()
+    assert (out / "metrics.csv").read_text() == metrics.read_text()
+    assert (out / "table2.csv").is_file() and list((out / "figures").glob("*.png"))
+    assert "4 (2 ok, 2 failed)" in readme and "cpu (x86_64)" in readme and "commit(s) abc" in readme
+
+
+def test_publish_refuses_without_results(tmp_path):
+    from puppet.publish import publish
+
+    with pytest.raises(FileNotFoundError, match="run `snakemake"):
+        publish(tmp_path, "x", "cmd")

@@ -38,6 +38,21 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
     assert counts["collate"] == 1 and counts["paper_tables"] == 1
 
 
+def test_profile_file_replaces_the_default(tmp_path):
+    """--configfile config/paper.yaml must not inherit the quick profile's data_overrides or model_kwargs."""
+    import json
+
+    out = snakemake("tables", "-n", "-p", "--cores", "1", "--directory", str(tmp_path),
+                    "--configfile", str(REPO / "config" / "paper.yaml")).stdout
+    specs = [json.loads(line.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'"))
+             for line in out.splitlines() if "puppet train --spec" in line]
+    assert specs and all(s["profile"] == "paper" and s["max_channels"] == 512 for s in specs)
+    puppet = next(s for s in specs if s["model"] == "puppet_cnn" and s["dataset"] == "cifar10")
+    assert puppet["model_kwargs"] == {}  # the quick profile's dl_min override must not leak in
+    cifar100 = next(s for s in specs if s["dataset"] == "cifar100")
+    assert cifar100["data"]["train_size"] == 8000  # not the quick profile's cifar100 override
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     proc = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--config", "models=[resnet_9000]", check=False)
     assert proc.returncode != 0

@@ -20,7 +20,9 @@ rule paper_tables:
         "results/table2.csv",
         "results/table3.csv",
         "results/table4.csv",
+        "results/table5.csv",
         "results/table6.csv",
+        "results/sizes.csv",
     shell:
         "python -m puppet tables --metrics {input} --out-dir results"
 
