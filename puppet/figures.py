@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from puppet.io import _atomic  # noqa: E402
+from puppet.io import atomic_write, atomic_write_csv  # noqa: E402
 from puppet.registry import model_info  # noqa: E402
 
 COST_AXES = {
@@ -54,7 +54,7 @@ def save(fig, path_stem: Path) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = path_stem.with_suffix(f".{ext}")
-        _atomic(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
         paths.append(path)
     plt.close(fig)
     return paths
@@ -145,12 +145,10 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
     for fixed, puppet, depths in FIG4_FAMILIES:
         for depth in depths:
             for name in (fixed, puppet):
-                model = create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth)
+                stored = stored_param_count(create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth))
                 rows.append({"family": fixed, "model": name, "depth": depth,
-                             "stored_params": stored_param_count(model), "param_size_mb": param_size_mb(stored_param_count(model))})
+                             "stored_params": stored, "param_size_mb": param_size_mb(stored)})
     frame = pd.DataFrame(rows)
-    from puppet.io import atomic_write_csv
-
     atomic_write_csv(frame, out_dir / "size_vs_depth.csv")
     fig, ax = plt.subplots(figsize=(6, 4))
     for (name, g), marker in zip(frame.groupby("model", sort=False), MARKERS):

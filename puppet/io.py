@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, then rename the result onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,7 +32,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -39,11 +40,11 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_csv(df, path: str | os.PathLike) -> None:
-    _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def _json_default(o: Any) -> Any:

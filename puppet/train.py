@@ -100,9 +100,8 @@ class Progress:
             print(f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} {img_s:,.0f} img/s", end="", file=sys.stderr, flush=True)
 
     def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
-        end = "\n"
-        prefix = "\r" if self.live else ""
-        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s {seconds:.1f}s", end=end, file=sys.stderr, flush=True)
+        prefix = "\r" if self.live else ""  # overwrite the live bar with the epoch's summary
+        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s {seconds:.1f}s", file=sys.stderr, flush=True)
 
 
 def train_one_epoch(model, batches: Batches, epoch: int, opt, device, cfg: dict, progress: Progress) -> dict:
