@@ -2,9 +2,9 @@
 
 Measures, on the CPU (and on CUDA when available), with normalised synthetic images:
 
-* grouped vs per-sample loop: Puppet-CNN with continuous complexity (every sample its own
-  kernels), its puppet convs as one grouped conv (``batched_conv2d``) or a Python loop, for the
-  whole forward and for the puppet's convs alone (kernels generated beforehand);
+* dense per-level convs vs one grouped conv vs a per-sample loop: Puppet-CNN with continuous
+  complexity (every sample its own kernels, the worst case for per-level convs), for the whole
+  forward and for the puppet's convs alone (kernels generated beforehand);
 * Puppet-CNN latency (batch 1) and throughput (batch ``--batch``) with 16 complexity levels
   (the default), continuous levels, and a warm kernel cache, against a plain fixed CNN of the
   same realised depth (the puppet's layer plan with ordinary stored 3x3 weights);
@@ -120,44 +120,43 @@ def bench_device(device: torch.device, args, x_all: torch.Tensor, prepare_x: tor
         print(f"  {name:<38} latency {row['latency_s_per_img'] * 1e3:8.2f} ms/img   throughput {row['throughput_img_per_s']:9.1f} img/s", file=sys.stderr)
         return row
 
-    # 1. grouped conv vs per-sample loop, every sample its own kernels (continuous complexity)
-    grouped, loop = build(complexity_levels=0), build(complexity_levels=0, conv_impl="loop")
-    t_grouped = statistics.median(_time(lambda: grouped(xb), device, args.reps))
-    t_loop = statistics.median(_time(lambda: loop(xb), device, args.reps))
-    t_gen = _generation_time(grouped, xb, device, args.reps)
-    grouped(xb)
-    rows.append({"variant": "puppet_cnn continuous: grouped conv", "batch_time_s": t_grouped,
-                 "throughput_img_per_s": args.batch / t_grouped, "speedup_vs_loop": t_loop / t_grouped,
-                 "generation_time_share": t_gen / t_grouped, "depth_mean": float(grouped.last_stats["depth"].float().mean())})
-    rows.append({"variant": "puppet_cnn continuous: per-sample loop", "batch_time_s": t_loop,
-                 "throughput_img_per_s": args.batch / t_loop, "speedup_vs_loop": 1.0,
-                 "generation_time_share": t_gen / t_loop})
-    print(f"  grouped vs loop, whole forward: {t_loop / t_grouped:.2f}x (batch {args.batch})", file=sys.stderr)
+    # 1. dense per-level convs / one grouped conv / per-sample loop, every sample its own kernels
+    # (continuous complexity: the worst case for the per-level convs, one conv per sample)
+    impls = ("level", "grouped", "loop")
+    models = {impl: build(complexity_levels=0, conv_impl=impl) for impl in impls}
+    whole = {impl: statistics.median(_time(lambda m=m: m(xb), device, args.reps)) for impl, m in models.items()}
+    t_gen = _generation_time(models["level"], xb, device, args.reps)
+    models["level"](xb)
+    depth_mean = float(models["level"].last_stats["depth"].float().mean())
+    for impl in impls:
+        rows.append({"variant": f"puppet_cnn continuous: {impl} conv", "batch_time_s": whole[impl],
+                     "throughput_img_per_s": args.batch / whole[impl], "speedup_vs_loop": whole["loop"] / whole[impl],
+                     "generation_time_share": t_gen / whole[impl], "depth_mean": depth_mean})
+    print("  vs loop, whole forward: " + ", ".join(f"{i} {whole['loop'] / whole[i]:.2f}x" for i in impls), file=sys.stderr)
     # the puppet's convs alone (kernels generated once beforehand), one depth for every sample
     param = build("puppet_cnn_param", complexity_levels=0, fixed_depth=args.conv_depth)
     h = param.normalised_complexity(image_complexity(xb, param.cfg.bins))
     levels, traj = torch.unique(h, return_inverse=True)
     dl, fill = param.step_and_fill(levels)
     kernels = param.generate_kernels(fill, dl, param.depth_per_stage(dl))[args.conv_depth]
-    plan = param.plan_for_depth(args.conv_depth)
+    x_sorted = xb[torch.argsort(traj, stable=True)]  # run_puppet takes samples sorted by level
+    counts = torch.bincount(traj, minlength=len(levels)).tolist()
     times = {}
-    for impl in ("grouped", "loop"):
+    for impl in impls:
         param.cfg = dataclasses.replace(param.cfg, conv_impl=impl)
-        times[impl] = statistics.median(_time(lambda: param.run_puppet(xb, plan, kernels, traj), device, args.reps))
-    rows.append({"variant": f"puppet convs only ({4 * args.conv_depth} layers, {len(levels)} kernel sets): grouped",
-                 "batch_time_s": times["grouped"], "throughput_img_per_s": args.batch / times["grouped"],
-                 "speedup_vs_loop": times["loop"] / times["grouped"], "depth_mean": 4 * args.conv_depth})
-    rows.append({"variant": f"puppet convs only ({4 * args.conv_depth} layers, {len(levels)} kernel sets): per-sample loop",
-                 "batch_time_s": times["loop"], "throughput_img_per_s": args.batch / times["loop"], "speedup_vs_loop": 1.0,
-                 "depth_mean": 4 * args.conv_depth})
-    print(f"  grouped vs loop, puppet convs only: {times['loop'] / times['grouped']:.2f}x", file=sys.stderr)
+        times[impl] = statistics.median(_time(lambda: param.run_puppet(x_sorted, args.conv_depth, kernels, counts), device, args.reps))
+    for impl in impls:
+        rows.append({"variant": f"puppet convs only ({4 * args.conv_depth} layers, {len(levels)} kernel sets): {impl}",
+                     "batch_time_s": times[impl], "throughput_img_per_s": args.batch / times[impl],
+                     "speedup_vs_loop": times["loop"] / times[impl], "depth_mean": 4 * args.conv_depth})
+    print("  vs loop, puppet convs only: " + ", ".join(f"{i} {times['loop'] / times[i]:.2f}x" for i in impls), file=sys.stderr)
 
     # 2. latency / throughput of the variants, with the generation share of batch time
     default = build()
     default(xb)
     depth = int(round(default.last_stats["depth"].float().median().item() / 4))  # layers per stage
     for name, model in [("puppet_cnn (16 levels, default)", default),
-                        ("puppet_cnn continuous levels", grouped),
+                        ("puppet_cnn continuous levels", models["level"]),
                         ("puppet_cnn 16 levels + kernel cache (warm)", build(kernel_cache=True)),
                         ("puppet_cnn_static (one trajectory)", create_model("puppet_cnn_static", max_channels=args.max_channels).to(device).eval())]:
         row = measure(name, model, {})

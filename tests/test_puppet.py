@@ -115,7 +115,7 @@ def test_more_complex_input_gets_other_kernels_and_at_least_as_many_layers():
     assert k_simple.shape == k_complex.shape and not torch.allclose(k_simple, k_complex)
 
 
-@pytest.mark.parametrize("conv_impl", ["grouped", "loop"])
+@pytest.mark.parametrize("conv_impl", ["level", "grouped", "loop"])
 def test_batched_forward_equals_per_sample_loop(conv_impl):
     # continuous complexity: every sample has its own kernels and several depths occur
     model = _model(complexity_levels=0, conv_impl=conv_impl).eval()
@@ -128,12 +128,119 @@ def test_batched_forward_equals_per_sample_loop(conv_impl):
     torch.testing.assert_close(batched, singles, atol=1e-4, rtol=1e-4)
 
 
-def test_grouped_conv_equals_loop_conv():
-    x = _images(5, seed=4)
+def _loss_and_grads(model: PuppetCNN, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("levels", [0, 4])  # every sample its own trajectory / shared levels
+def test_conv_impls_agree_in_training_and_inference(levels):
+    """The dense per-level convs, the grouped conv and the per-sample loop: same logits, loss
+    and gradients, with samples in shuffled order (the level sort must be undone exactly).
+    In float64, so that summation order (BN over small groups amplifies it) cannot hide a bug."""
+    x = _images(8, seed=4)[torch.tensor([5, 0, 7, 2, 1, 6, 3, 4])].double()
+    y = torch.arange(8) % 10
+    models = {impl: _model(complexity_levels=levels, conv_impl=impl).double() for impl in ("level", "grouped", "loop")}
     with torch.no_grad():
-        grouped = _model(complexity_levels=0).eval()(x)
-        loop = _model(complexity_levels=0, conv_impl="loop").eval()(x)
-    torch.testing.assert_close(grouped, loop, atol=1e-5, rtol=1e-5)
+        outs = {impl: m.eval()(x) for impl, m in models.items()}
+    assert models["level"].last_stats["depth"].unique().numel() >= 2
+    torch.testing.assert_close(outs["level"], outs["loop"])
+    torch.testing.assert_close(outs["grouped"], outs["loop"])
+    results = {impl: _loss_and_grads(m.train(), x, y) for impl, m in models.items()}
+    for impl in ("level", "grouped"):
+        torch.testing.assert_close(results[impl][0], results["loop"][0])
+        assert results[impl][1].keys() == results["loop"][1].keys()
+        for name, grad in results[impl][1].items():
+            torch.testing.assert_close(grad, results["loop"][1][name], msg=f"{impl}: {name}")
+
+
+def test_checkpointed_generation_gives_the_same_loss_and_gradients():
+    x, y = _images(6, seed=6), torch.arange(6)
+    plain = _model(checkpoint_generation=False).train()
+    recomputed = _model(checkpoint_generation=True).train()
+    loss_plain, grads_plain = _loss_and_grads(plain, x, y)
+    loss_ckpt, grads_ckpt = _loss_and_grads(recomputed, x, y)
+    assert recomputed.last_stats["depth"].unique().numel() >= 2
+    torch.testing.assert_close(loss_ckpt, loss_plain)
+    assert grads_ckpt.keys() == grads_plain.keys()
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, msg=name)
+
+
+def test_checkpointing_keeps_less_for_backward():
+    """The Euler chain's saved tensors shrink when each step is recomputed in backward."""
+    x = _images(6, seed=6)
+
+    def saved_bytes(model: PuppetCNN) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            dl, fill = model.step_and_fill(torch.linspace(0, 1, 4))
+            model.generate_kernels(fill, dl, model.depth_per_stage(dl))
+        return total
+
+    plain = saved_bytes(_model(checkpoint_generation=False).train())
+    recomputed = saved_bytes(_model(checkpoint_generation=True).train())
+    assert recomputed < plain / 3, (recomputed, plain)
+
+
+def test_batchnorm_statistics_are_kept_per_depth():
+    """Evaluation normalises a depth-d sample with statistics gathered from depth-d samples only.
+
+    With momentum 1 a training pass leaves, in each slot's row for depth d, exactly the batch
+    statistics of the depth-d group's input to that slot; rows of depths absent from the batch
+    are untouched; in eval mode each group is normalised with its own depth's row."""
+    from puppet.models.puppet import DepthBatchNorm2d
+
+    model = _model()
+    seen: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []  # (slot, depth, input, output)
+
+    def hook(slot):
+        return lambda module, args, out: seen.append((slot, args[1], args[0].detach().clone(), out.detach()))
+
+    for slot, bn in model.bns.items():
+        assert isinstance(bn, DepthBatchNorm2d)
+        bn.momentum = 1.0
+        bn.register_forward_hook(hook(slot))
+    x = _images(8, seed=7)
+    with torch.no_grad():
+        model.train()(x)
+        depths_in_batch = {d for _, d, _, _ in seen}
+        assert len(depths_in_batch) >= 2
+        for slot, depth, inp, _ in seen:
+            bn = model.bns[slot]
+            row = bn.depths.index(depth)
+            torch.testing.assert_close(bn.running_mean[row], inp.mean(dim=(0, 2, 3)), msg=f"{slot} depth {depth}")
+            torch.testing.assert_close(bn.running_var[row], inp.var(dim=(0, 2, 3), unbiased=True), msg=f"{slot} depth {depth}")
+        bn = model.bns["s0_0"]  # used by every depth
+        for row, depth in enumerate(bn.depths):
+            if depth not in depths_in_batch:
+                assert (bn.running_mean[row] == 0).all() and (bn.running_var[row] == 1).all()
+        seen.clear()
+        model.eval()(x)
+        for slot, depth, inp, out in seen:
+            bn = model.bns[slot]
+            row = bn.depths.index(depth)
+            expected = (inp - bn.running_mean[row].view(1, -1, 1, 1)) / torch.sqrt(bn.running_var[row].view(1, -1, 1, 1) + bn.eps)
+            expected = expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+            torch.testing.assert_close(out, expected, msg=f"{slot} depth {depth}")
+
+
+def test_checkpoint_with_one_statistic_per_slot_still_loads():
+    model = _model()
+    old = {k: (v[0] if k.startswith("bns.") and k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") else v)
+           for k, v in model.state_dict().items()}
+    old["bns.s0_0.running_mean"] = torch.full_like(old["bns.s0_0.running_mean"], 0.25)
+    fresh = create_model("puppet_cnn", max_channels=C)
+    fresh.load_state_dict(old)
+    assert (fresh.bns["s0_0"].running_mean == 0.25).all()  # every depth starts from the old statistic
 
 
 def test_gradients_reach_only_puppeteer_bns_and_head():

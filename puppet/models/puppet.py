@@ -10,9 +10,12 @@ Read ``PuppetCNN.forward`` top to bottom:
 4. kernels      each conv's kernel = P average-pooled to (C_out, C_in, 3, 3), standardised per output channel
 5. convs        conv -> BN -> ReLU, max-pool between channel stages, GAP -> FC head        (eq. 13)
 
-Samples are grouped by depth, so none runs layers it does not use; within a group the
-kernel trajectories are generated once per distinct complexity level and each sample's
-kernel is applied in one grouped convolution over the group (``batched_conv2d``).
+Kernel trajectories are generated once per distinct complexity level in the batch. Samples
+are sorted by (depth, level): each depth group runs only the layers it uses, and within a
+group each level's samples are a contiguous slice convolved densely with that level's
+kernels (no kernel is gathered per sample). In training the Euler chain is checkpointed
+(each step is recomputed in backward), which keeps 512-channel training within a 24 GB card.
+BatchNorm affine parameters are shared by all depths; running statistics are kept per depth.
 
 Only the puppeteer G, the puppet's BatchNorms and the head are trainable; no puppet conv
 owns a weight. Every choice the paper leaves open is a ``PuppetConfig`` field (builder
@@ -28,6 +31,7 @@ from typing import Callable, Iterable, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from puppet.models.complexity import DEFAULT_BINS, image_complexity
 from puppet.models.layers import batched_conv2d, per_sample_conv2d_loop, scaled
@@ -161,6 +165,8 @@ def resnet_plan(in_channels: int, max_channels: int, depth: int = 18) -> list[Op
 
 # --------------------------------------------------------------------------- configuration
 
+CONV_IMPLS = ("level", "grouped", "loop")
+
 
 @dataclass(frozen=True)
 class PuppetConfig:
@@ -181,15 +187,16 @@ class PuppetConfig:
     kernel_cache: bool = False  # inference: keep generated kernels per complexity level
     standardise_kernels: bool = True  # zero mean, He-scaled std per output channel after pooling
     puppeteer_norm: str = "trajectory"  # or "batch" (see Puppeteer)
-    conv_impl: str = "grouped"  # "grouped" (one grouped conv) or "loop" (per-sample reference)
+    conv_impl: str = "level"  # "level" (a dense conv per level), "grouped" (one grouped conv), "loop" (reference)
+    checkpoint_generation: bool = True  # training: recompute each Euler step in backward (memory)
 
     def __post_init__(self) -> None:
         if not 0 < self.dl_min <= self.dl_max:
             raise ValueError(f"need 0 < dl_min <= dl_max, got {self.dl_min}, {self.dl_max}")
         if self.kernel_cache and self.complexity_levels <= 0:
             raise ValueError("kernel_cache needs complexity_levels > 0 (the cache is keyed on the quantised level)")
-        if self.conv_impl not in ("grouped", "loop"):
-            raise ValueError(f"conv_impl must be 'grouped' or 'loop', got {self.conv_impl!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.fixed_depth < 1:
             raise ValueError("fixed_depth must be >= 1")
 
@@ -200,6 +207,56 @@ class PuppetConfig:
     @property
     def max_depth(self) -> int:
         return self.depth_for_step(self.dl_min)
+
+    @property
+    def min_depth(self) -> int:
+        return self.depth_for_step(self.dl_max)
+
+
+class DepthBatchNorm2d(nn.Module):
+    """BatchNorm2d of one puppet conv slot: affine parameters shared by every depth, running
+    statistics kept per depth (row ``i`` of the buffers belongs to ``depths[i]``).
+
+    A slot is used by samples of several depths, and what reaches it differs with depth (the
+    kernels come from trajectories of other lengths and steps, and a deeper sample has been
+    through more layers). One running statistic updated by every depth group fitted none of
+    them: at width 32, a depth's batch variance was 0.67x to 1.63x the running variance. With
+    statistics per depth, evaluation normalises a depth-d sample as training did. The affine
+    parameters stay shared, so the stored parameter count (Table 5, the registry's formula)
+    does not change; buffers are not parameters.
+    """
+
+    def __init__(self, num_features: int, depths: tuple[int, ...], eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        self.depths, self.eps, self.momentum = tuple(depths), eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(len(depths), num_features))  # (depths, C)
+        self.register_buffer("running_var", torch.ones(len(depths), num_features))  # (depths, C)
+        self.register_buffer("num_batches_tracked", torch.zeros(len(depths), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        row = self.depths.index(depth)
+        momentum = self.momentum if self.momentum is not None else 0.0  # unused in eval
+        if self.training:
+            self.num_batches_tracked[row] += 1
+            if self.momentum is None:  # cumulative average, as nn.BatchNorm2d (re-estimating statistics)
+                momentum = 1.0 / float(self.num_batches_tracked[row])
+        # rows are views: batch_norm updates this depth's running statistics in place
+        return F.batch_norm(x, self.running_mean[row], self.running_var[row], self.weight, self.bias,
+                            self.training, momentum, self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before statistics were kept per depth hold one (C,) statistic
+        # per slot: start every depth from it, so an older run still loads and resumes
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            old = state_dict.get(prefix + name)
+            if old is not None and old.dim() == getattr(self, name).dim() - 1:
+                state_dict[prefix + name] = old.expand_as(getattr(self, name)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, depths={self.depths}, eps={self.eps}, momentum={self.momentum}"
 
 
 # --------------------------------------------------------------------------- the model
@@ -230,9 +287,10 @@ class PuppetCNN(nn.Module):
         self.adapt_kernels, self.adapt_depth = adapt_kernels, adapt_depth
         self.plan_for_depth = plan_for_depth
         # BN slots: one BN per conv of the deepest plan, so a shallower sample uses the first
-        # L slots of each stage (running statistics per slot stay consistent across depths).
-        deepest = plan_for_depth(config.max_depth if adapt_depth else config.fixed_depth)
-        self.bns = nn.ModuleDict({c.slot: nn.BatchNorm2d(c.c_out) for c in plan_convs(deepest)})
+        # L slots of each stage; each slot keeps running statistics per depth (DepthBatchNorm2d).
+        depths = tuple(range(config.min_depth, config.max_depth + 1)) if adapt_depth else (config.fixed_depth,)
+        deepest = plan_for_depth(depths[-1])
+        self.bns = nn.ModuleDict({c.slot: DepthBatchNorm2d(c.c_out, depths) for c in plan_convs(deepest)})
         c_last = plan_convs(deepest)[-1].c_out
         self.head = nn.Linear(c_last, num_classes)  # GAP -> FC (the paper does not describe its head)
         self.puppeteer = Puppeteer(c_max, config.puppeteer_norm)
@@ -294,7 +352,9 @@ class PuppetCNN(nn.Module):
         """Layers per stage (B,) int64: round(T / dl) (eq. 10, our default), or the fixed depth."""
         if not self.adapt_depth:
             return torch.full(dl.shape, self.cfg.fixed_depth, dtype=torch.long, device=dl.device)
-        return torch.floor(self.cfg.stage_horizon / dl + 0.5).long().clamp_min(1)
+        depth = torch.floor(self.cfg.stage_horizon / dl + 0.5).long()
+        # dl lies in [dl_min, dl_max]; the clamp only guards float32 rounding at the two ends
+        return depth.clamp(self.cfg.min_depth, self.cfg.max_depth)
 
     # ---------------------------------------------------------------- Euler steps -> kernels
 
@@ -314,19 +374,40 @@ class PuppetCNN(nn.Module):
         n = len(order)
         p = fill[order].view(n, 1, 1, 1, 1) + self.template  # (N, C, C, 3, 3), eq. (11)
         step = dl[order].view(n, 1, 1, 1, 1)
+        # Training at 512 channels: each step's intermediates (a few copies of the 2.4 M-number
+        # state per trajectory, plus the pooled copies) would be kept for backward over up to 32
+        # steps and 16 levels. Checkpointed, a step keeps only its input state and recomputes the
+        # rest in backward (a third more generation compute). Not with puppeteer_norm="batch",
+        # whose running statistics would be updated twice by the recomputation.
+        recompute = (self.cfg.checkpoint_generation and self.training and torch.is_grad_enabled()
+                     and self.cfg.puppeteer_norm == "trajectory")
         kernels: dict[int, list[torch.Tensor]] = {d: [] for d in depths}
         for t in range(len(convs[depths[0]])):
-            active = sum(len(m) for d, m in zip(depths, members) if len(convs[d]) > t)
-            p = p[:active]
-            p = p + step[:active] * self.puppeteer(p)  # eq. (7): P_l = P_{l-dl} + dl G(P_{l-dl})
-            start = 0
-            for d, m in zip(depths, members):
-                if len(convs[d]) > t:
-                    conv = convs[d][t]
-                    kernel = pool_kernel(p[start : start + len(m)], conv.c_out, conv.c_in, conv.kernel)
-                    kernels[d].append(self._standardise(kernel))  # (N_d, c_out, c_in, k, k)
-                start += len(m)
+            groups = [(d, len(m)) for d, m in zip(depths, members) if len(convs[d]) > t]  # still active
+            active = sum(size for _, size in groups)
+            specs = tuple((convs[d][t], size) for d, size in groups)
+            if recompute:
+                p, *ks = checkpoint(self._euler_step, p[:active], step[:active], specs,
+                                    use_reentrant=False, preserve_rng_state=False)
+            else:
+                p, *ks = self._euler_step(p[:active], step[:active], specs)
+            for (d, _), k in zip(groups, ks):
+                kernels[d].append(k)  # (N_d, c_out, c_in, k, k)
         return kernels
+
+    def _euler_step(self, p: torch.Tensor, step: torch.Tensor, specs: tuple[tuple[ConvSpec, int], ...]) -> tuple[torch.Tensor, ...]:
+        """One Euler step of N states (N, C, C, 3, 3), then each group's kernel for this step.
+
+        ``specs``: (conv, trajectories) per depth group, groups contiguous along N in that order.
+        Returns (next state, kernel of group 0, kernel of group 1, ...).
+        """
+        p = p + step * self.puppeteer(p)  # eq. (7): P_l = P_{l-dl} + dl G(P_{l-dl})
+        kernels, start = [], 0
+        for conv, size in specs:
+            kernel = pool_kernel(p[start : start + size], conv.c_out, conv.c_in, conv.kernel)
+            kernels.append(self._standardise(kernel))  # (N_d, c_out, c_in, k, k)
+            start += size
+        return (p, *kernels)
 
     def _standardise(self, kernel: torch.Tensor) -> torch.Tensor:
         """Weight standardisation of generated kernels (N, c_out, c_in, k, k), per output channel.
@@ -375,31 +456,45 @@ class PuppetCNN(nn.Module):
 
     # ---------------------------------------------------------------- the puppet's convs
 
-    def _conv_bn(self, x: torch.Tensor, spec: ConvSpec, kernel: torch.Tensor, traj: torch.Tensor, relu: bool) -> torch.Tensor:
-        """Generated conv -> BN (-> ReLU). kernel: (N, c_out, c_in, k, k); traj (B,) picks each sample's trajectory."""
+    def _conv_bn(self, x: torch.Tensor, spec: ConvSpec, kernel: torch.Tensor, counts: list[int],
+                 traj: torch.Tensor | None, depth: int, relu: bool) -> torch.Tensor:
+        """Generated conv -> BN (-> ReLU) on one depth group, its samples sorted by level.
+
+        kernel: (N, c_out, c_in, k, k), one per level; counts: samples per level (contiguous
+        slices of x); traj (B,): each sample's level, for the "grouped" and "loop" references.
+        """
         pad = spec.kernel // 2
-        if kernel.shape[0] == 1:  # the whole group shares one trajectory: a plain conv
+        if len(counts) == 1:  # the whole group shares one trajectory: a plain conv
             y = F.conv2d(x, kernel[0], stride=spec.stride, padding=pad)
+        elif self.cfg.conv_impl == "level":  # a dense conv per level: no per-sample kernel copies
+            y = torch.cat([F.conv2d(xs, k, stride=spec.stride, padding=pad) for xs, k in zip(x.split(counts), kernel)])
         else:
             conv = batched_conv2d if self.cfg.conv_impl == "grouped" else per_sample_conv2d_loop
             y = conv(x, kernel[traj], stride=spec.stride, padding=pad)  # (B, c_out, H', W')
-        y = self.bns[spec.slot](y)
+        y = self.bns[spec.slot](y, depth)
         return F.relu(y) if relu else y
 
-    def run_puppet(self, x: torch.Tensor, plan: list[Op], kernels: list[torch.Tensor], traj: torch.Tensor) -> torch.Tensor:
-        """Puppet F on a group of equal depth (eq. 13); kernels aligned with plan_convs(plan)."""
+    def run_puppet(self, x: torch.Tensor, depth: int, kernels: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+        """Puppet F on a group of equal depth (eq. 13), samples sorted by level, ``counts[j]``
+        of them using level j's kernels; kernels aligned with plan_convs(plan_for_depth(depth))."""
+        traj = None
+        if self.cfg.conv_impl != "level" and len(counts) > 1:
+            traj = torch.repeat_interleave(torch.arange(len(counts), device=x.device), torch.tensor(counts, device=x.device))
         it = iter(kernels)
-        for op in plan:
+
+        def conv_bn(x, spec, relu):
+            return self._conv_bn(x, spec, next(it), counts, traj, depth, relu)
+
+        for op in self.plan_for_depth(depth):
             if isinstance(op, Pool):
                 x = F.max_pool2d(x, op.kernel, op.stride) if x.shape[-1] >= op.kernel else x
             elif isinstance(op, GlobalPool):
                 x = x.mean(dim=(-2, -1), keepdim=True) if op.kind == "avg" else x.amax(dim=(-2, -1), keepdim=True)
             elif isinstance(op, ConvSpec):
-                x = self._conv_bn(x, op, next(it), traj, relu=True)
+                x = conv_bn(x, op, relu=True)
             else:
-                out = self._conv_bn(x, op.conv1, next(it), traj, relu=True)
-                out = self._conv_bn(out, op.conv2, next(it), traj, relu=False)
-                short = self._conv_bn(x, op.shortcut, next(it), traj, relu=False) if op.shortcut else x
+                out = conv_bn(conv_bn(x, op.conv1, relu=True), op.conv2, relu=False)
+                short = conv_bn(x, op.shortcut, relu=False) if op.shortcut else x
                 x = F.relu(out + short)
         return self.head(x.mean(dim=(-2, -1)))  # GAP -> FC, (B, classes)
 
@@ -415,26 +510,34 @@ class PuppetCNN(nn.Module):
             complexity, h = None, torch.full((b,), 0.5, device=x.device)
         # 2. step dl, P0 fill value and layers per stage, once per distinct level in the batch
         levels, traj = torch.unique(h, return_inverse=True)  # (N,), (B,): sample -> its level
+        n = len(levels)
         dl, fill = self.step_and_fill(levels)  # (N,), (N,)
         depth = self.depth_per_stage(dl)  # (N,)
         # 3.-4. Euler steps -> pooled kernels, one trajectory per level
         kernels, generated = self.kernels_for_levels(levels, fill, dl, depth)  # {d: [(N_d, c_out, c_in, k, k)]}
-        # 5. the puppet's convs, samples of equal depth together (nobody runs layers it does not use)
-        sample_depth = depth[traj]  # (B,)
-        logits = x.new_zeros(b, self.head.out_features)
-        for d in kernels:
-            in_group = (depth == d).nonzero().squeeze(1)  # this depth's levels, in kernel order
-            local = torch.full_like(depth, -1).index_copy(0, in_group, torch.arange(len(in_group), device=x.device))
-            if len(kernels) == 1:
-                logits = self.run_puppet(x, self.plan_for_depth(d), kernels[d], local[traj])
-            else:
-                idx = (sample_depth == d).nonzero().squeeze(1)  # (B_d,)
-                logits = logits.index_copy(0, idx, self.run_puppet(x[idx], self.plan_for_depth(d), kernels[d], local[traj[idx]]))
+        # 5. the puppet's convs. Sort the samples by (depth, level): each depth group is a slice
+        # (nobody runs layers it does not use) and, inside it, so is each level (dense convs)
+        level_order = torch.argsort(depth * n + torch.arange(n, device=x.device))  # (N,) levels by (depth, h)
+        rank = torch.empty_like(level_order)
+        rank[level_order] = torch.arange(n, device=x.device)
+        order = torch.argsort(rank[traj], stable=True)  # (B,) samples by (depth, level)
+        counts = torch.bincount(traj, minlength=n)[level_order].tolist()  # samples per level, sorted
+        depth_sorted = depth[level_order].tolist()
+        x_sorted = x[order] if n > 1 else x
+        outputs, first = [], 0
+        for d in sorted(kernels):  # ascending, as level_order
+            group = [c for c, dd in zip(counts, depth_sorted) if dd == d]  # samples per level of depth d
+            size = sum(group)
+            outputs.append(self.run_puppet(x_sorted[first : first + size], d, kernels[d], group))
+            first += size
+        logits = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # (B, classes), sorted
+        if n > 1:
+            logits = logits[torch.argsort(order)]  # back to input order
 
         # generation MACs actually spent, shared among the samples that use each trajectory
         steps = torch.tensor([len(plan_convs(self.plan_for_depth(d))) for d in depth.tolist()], device=x.device)  # (N,)
         per_level = generated.double() * steps.double() * step_macs(self.c_max)  # (N,)
-        users = torch.bincount(traj, minlength=len(levels)).double()  # (N,)
+        users = torch.bincount(traj, minlength=n).double()  # (N,)
         self.last_stats = {
             "depth": steps[traj],  # generated conv layers run per sample
             "step": dl[traj],
