@@ -90,6 +90,15 @@ def hard_gumbel_gate(logits: torch.Tensor) -> torch.Tensor:
     return F.gumbel_softmax(logits.float(), tau=1.0, hard=True)[:, 1].to(logits.dtype)  # (B,)
 
 
+def _put_rows(out: torch.Tensor | None, batch: int, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``out[rows] = values`` for a (batch, ...) result that is allocated at the first write, in the
+    dtype the layers return: under autocast that is bf16 / fp16, and a float32 buffer would make
+    ``index_copy_`` raise (it never casts; CPU autocast promotes only the out-of-place form)."""
+    if out is None:
+        out = values.new_empty(batch, *values.shape[1:])
+    return out.index_copy_(0, rows, values.to(out.dtype))
+
+
 def _materialise(batches: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
     data = [(x, y) for x, y in batches]
     if not data:
@@ -198,25 +207,26 @@ class BranchyNet(nn.Module):
             self._record(torch.full((x.shape[0],), self.num_exits - 1, device=x.device))
             return self.exit_logits(x)[-1]
         b = x.shape[0]
-        out = x.new_empty(b, self.num_classes)
+        out: torch.Tensor | None = None  # (B, classes), allocated by the first exit that writes
         exit_index = torch.full((b,), self.num_exits - 1, dtype=torch.long, device=x.device)
         alive = torch.arange(b, device=x.device)  # original batch positions of the samples still running
         h = self.stem(x)
         for n, segment in enumerate(self.segments):
             h = segment(h)
             if n == len(self.branches):  # final exit takes everyone left
-                out.index_copy_(0, alive, self.fc(h.mean((2, 3))))
+                out = _put_rows(out, b, alive, self.fc(h.mean((2, 3))))
                 break
             logits = self.branches[n](h)  # (B_alive, classes)
             leave = softmax_entropy(logits) < self.thresholds[n]  # (B_alive,)
             if leave.any():  # host sync: the decision drives control flow
-                out.index_copy_(0, alive[leave], logits[leave])
+                out = _put_rows(out, b, alive[leave], logits[leave])
                 exit_index[alive[leave]] = n
                 if leave.all():
                     break
                 stay = (~leave).nonzero().squeeze(1)
                 alive, h = alive[stay], h.index_select(0, stay)  # later layers run on survivors only
         self._record(exit_index)
+        assert out is not None  # written by the final exit or by the exit the last samples left at
         return out
 
     def _record(self, exit_index: torch.Tensor) -> None:
@@ -496,10 +506,16 @@ class HaltGate(nn.Module):
 def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """Gate-corrected LVBN (our reading of DRNN): in training, batch statistics and the running
     statistics come only from the samples still looping (``active``), so halted samples do not
-    bias loop t's BN. In eval this is the plain BN with its running statistics."""
+    bias loop t's BN. In eval this is the plain BN with its running statistics.
+
+    Mixed precision: as ``nn.BatchNorm2d`` under autocast, the statistics and the normalisation are
+    computed in the running buffers' dtype (float32) and the result has ``x``'s dtype (bf16 / fp16):
+    bf16 batch statistics are too coarse, and ``lerp_`` into a float32 buffer raises. In float32
+    both casts are no-ops."""
     if not bn.training:
         return bn(x)
-    xa = x[active]  # (B_active, C, H, W)
+    xs = x.to(torch.promote_types(x.dtype, bn.running_mean.dtype))  # (B, C, H, W) in the statistics' dtype
+    xa = xs[active]  # (B_active, C, H, W)
     n = xa.numel() // xa.shape[1]
     mean = xa.mean((0, 2, 3))  # (C,)
     var = xa.var((0, 2, 3), unbiased=False)  # (C,)
@@ -508,7 +524,8 @@ def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.BatchNorm2d)
         bn.running_mean.lerp_(mean.detach(), bn.momentum)
         bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
     scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
-    return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
+    y = (xs - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
+    return y.to(x.dtype)
 
 
 class RecursiveStage(nn.Module):
