@@ -1,11 +1,13 @@
 """Command line: the small interface the Snakemake rules call (``python -m puppet ...``).
 
-    python -m puppet train   --spec JSON --out-dir DIR      # -> DIR/train.json, model.pt
+    python -m puppet train   --spec JSON --out-dir DIR [--time-limit-min M]   # -> DIR/train.json, model.pt
+                                                        # (exit 75: paused by the limit, rerun to resume)
     python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
     python -m puppet collate --runs A/train.json ... --out results/metrics.csv
     python -m puppet tables  --metrics results/metrics.csv --out-dir results
     python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
     python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
+    python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
     python -m puppet validate --configfile config/config.yaml   # check a config, print the grid
     python -m puppet models                                     # list registered models
 """
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train one run")
     p.add_argument("--spec", required=True, help="run spec as JSON (see puppet.config.run_spec)")
     p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--time-limit-min", type=float, default=None,
+                   help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
+                        "exit code 75); rerun to resume. Snakemake passes train.time_limit_min")
     p = sub.add_parser("measure", help="measure a trained run")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
@@ -69,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-command", required=True, help="the command that produced the results")
     p.add_argument("--timing", default="", help="measured wall-clock, free text")
     p.add_argument("--results", default=Path("results"), type=Path)
+    p.add_argument("--merge", action="store_true",
+                   help="add the rows of results/metrics.csv to the existing snapshot NAME (a row of the same "
+                        "profile, dataset, model and seed is replaced) and rebuild its tables and figures")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --merge: let a row replace one of the same run whose config_hash differs")
     p = sub.add_parser("validate", help="validate config files and print the run grid")
     p.add_argument("--configfile", nargs="+", required=True)
     sub.add_parser("models", help="list registered models")
@@ -80,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "train":
-            from puppet.train import train_main
+            from puppet.train import PAUSED_EXIT_CODE, train_main
 
-            train_main(json.loads(args.spec), args.out_dir)  # a failed run is a status=error row, not a crash
-        if args.command == "measure":
+            # a failed run is a status=error row, not a crash; a paused one is neither
+            record = train_main(json.loads(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
+            if record["status"] == "paused":
+                return PAUSED_EXIT_CODE
+        elif args.command == "measure":
             _measure(json.loads(args.spec), args.run_dir)
         elif args.command == "collate":
             from puppet.collate import collate
@@ -98,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
 
             write_figures(args.metrics, args.out_dir)
         elif args.command == "publish":
-            from puppet.publish import publish
+            from puppet.publish import PublishError, publish  # pandas: not imported for train jobs
 
-            print(publish(args.results, args.name, args.run_command, args.timing))
+            try:
+                print(publish(args.results, args.name, args.run_command, args.timing,
+                              merge=args.merge, allow_config_change=args.allow_config_change))
+            except PublishError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         elif args.command == "validate":
             from puppet.config import load_config, run_grid
 

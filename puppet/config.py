@@ -128,9 +128,15 @@ def run_grid(config: dict) -> list[tuple[str, str, int]]:
     return [(d, m, s) for d, m in pairs for s in config["seeds"]]
 
 
+# ``train`` keys that control how long one sitting of a job trains, not what the run
+# computes: kept out of the run spec (so out of Snakemake's params and the config_hash),
+# so a run paused under one limit resumes from its checkpoint under another.
+RUN_CONTROL_KEYS = ("time_limit_min",)
+
+
 def run_spec(config: dict, dataset: str, model: str, seed: int) -> dict:
     """Everything that determines one run's results, and nothing else (so editing
-    one model's kwargs reruns only that model)."""
+    one model's kwargs reruns only that model, and a new time limit reruns nothing)."""
     return {
         "profile": config["profile"],
         "dataset": dataset,
@@ -143,13 +149,17 @@ def run_spec(config: dict, dataset: str, model: str, seed: int) -> dict:
         "download": config["download"],
         "data_source": config["data_sources"].get(dataset),
         "data": {**config["data"], **config.get("data_overrides", {}).get(dataset, {})},
-        "train": config["train"],
+        "train": {k: v for k, v in config["train"].items() if k not in RUN_CONTROL_KEYS},
         "measure": config["measure"],
         "model_kwargs": config["model_kwargs"].get(model, {}),
     }
 
 
 def spec_hash(spec: dict) -> str:
-    """Short, stable hash of a run spec (the ``config_hash`` column)."""
+    """Short, stable hash of a run spec (the ``config_hash`` column). Measurement settings
+    and run-control keys (a hand-written spec may carry ``train.time_limit_min``) are not
+    part of a run's identity."""
     keep = {k: v for k, v in spec.items() if k not in ("measure",)}
+    if isinstance(keep.get("train"), dict):
+        keep["train"] = {k: v for k, v in keep["train"].items() if k not in RUN_CONTROL_KEYS}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]

@@ -5,24 +5,46 @@ The workflow's live outputs (``results/metrics.csv``, ``table*.csv``, ``tables.m
 must rebuild them, and Snakemake would not rebuild a committed ``metrics.csv``
 whose per-run inputs are absent. A snapshot under ``results/published/<name>/``
 is what we commit, labelled with the machine and data that produced it.
+
+A protocol too long for one sitting (a GPU lent for minutes) is published piece by
+piece: ``publish(..., merge=True)`` adds the rows of the current ``metrics.csv`` to
+the snapshot's, rebuilds its tables and figures from the merged rows, and appends
+the sitting (command, wall-clock, runs) to ``sittings.csv`` and the README.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from puppet.io import atomic_write_text
+from puppet.collate import COLUMNS, KEY
+from puppet.io import atomic_write_csv, atomic_write_text
 
 LIVE = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "table6.csv",
         "sizes.csv", "tables.md"]
+SITTINGS = "sittings.csv"
+SITTING_COLUMNS = ["sitting", "published_utc", "command", "wall_clock", "runs_merged", "runs", "git_commit"]
 
 
-def publish(results: str | Path, name: str, command: str, timing: str = "") -> Path:
+class PublishError(ValueError):
+    """A publish that would mix results of different run specs; one line naming the run and the fix."""
+
+
+def publish(results: str | Path, name: str, command: str, timing: str = "", *,
+            merge: bool = False, allow_config_change: bool = False) -> Path:
+    """Copy ``results/`` into ``results/published/<name>/`` (replacing it), or with ``merge``
+    add this sitting's rows to that snapshot (see ``merge_metrics``) and rebuild its tables
+    and figures. Returns the snapshot's folder."""
     results = Path(results)
     out = results / "published" / name
+    if merge:
+        return _publish_merged(results, out, name, command, timing, allow_config_change)
     missing = [f for f in LIVE if not (results / f).is_file()]
     if missing:
         raise FileNotFoundError(f"nothing to publish: {', '.join(missing)} missing under {results}; run `snakemake --cores all all` first")
@@ -35,13 +57,133 @@ def publish(results: str | Path, name: str, command: str, timing: str = "") -> P
         if fig.suffix in (".png", ".pdf", ".csv"):
             shutil.copy2(fig, out / "figures" / fig.name)
     m = pd.read_csv(results / "metrics.csv")
+    sittings = _add_sitting(_empty_sittings(), m, command, timing)
+    atomic_write_csv(sittings, out / SITTINGS)
+    atomic_write_text(_readme(name, m, sittings), out / "README.md")
+    return out
+
+
+def merge_metrics(snapshot: pd.DataFrame, sitting: pd.DataFrame, allow_config_change: bool = False) -> pd.DataFrame:
+    """The snapshot's rows plus the sitting's. A run is keyed by (profile, dataset, model, seed):
+    the sitting's row replaces the snapshot's row of the same run when both have the same
+    ``config_hash`` (a resumed or redone run of the same spec); a different ``config_hash``
+    (the run's spec changed) is refused unless ``allow_config_change``."""
+    duplicated = sitting[sitting.duplicated(KEY, keep=False)]
+    if len(duplicated):
+        raise PublishError(f"cannot merge: {_run_name(duplicated.iloc[0])} appears {len(duplicated)} times in the new metrics.csv; collate it again")
+    new_keys = {_key(r): r for _, r in sitting.iterrows()}
+    changed = [(r, new_keys[_key(r)]) for _, r in snapshot.iterrows()
+               if _key(r) in new_keys and _hash(r) != _hash(new_keys[_key(r)])]
+    if changed and not allow_config_change:
+        old, new = changed[0]
+        more = f" (and {len(changed) - 1} more run(s))" if len(changed) > 1 else ""
+        raise PublishError(
+            f"cannot merge: {_run_name(old)}{more} has config_hash {_hash(old) or '(none)'} in the snapshot but "
+            f"{_hash(new) or '(none)'} in the new metrics.csv (its run spec changed); publish under a new --name, "
+            f"or pass --allow-config-change to replace the snapshot's row")
+    kept = snapshot[[_key(r) not in new_keys for _, r in snapshot.iterrows()]]
+    merged = pd.concat([frame for frame in (kept, sitting) if len(frame)], ignore_index=True)
+    extra = sorted(c for c in merged.columns if c not in COLUMNS)  # e.g. mean_depth, as collate orders them
+    return merged.reindex(columns=COLUMNS + extra).sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+def _publish_merged(results: Path, out: Path, name: str, command: str, timing: str, allow_config_change: bool) -> Path:
+    from puppet.figures import write_figures
+    from puppet.tables import write_tables
+
+    if not (results / "metrics.csv").is_file():
+        raise FileNotFoundError(f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first")
+    sitting = pd.read_csv(results / "metrics.csv")
+    snapshot = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else sitting.iloc[0:0]
+    merged = merge_metrics(snapshot, sitting, allow_config_change)  # refuses before anything is written
+    sittings = _add_sitting(_read_sittings(out), sitting, command, timing)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(merged, out / "metrics.csv")
+    write_tables(out / "metrics.csv", out)
+    if (out / "figures").exists():  # rebuilt whole, so no figure of the previous merge lingers
+        shutil.rmtree(out / "figures")
+    # write_figures reads Fig. 3's per-run test_stats.pt from runs/ beside the metrics file it is
+    # given, so the merged rows go through a temporary copy in results/: every sitting run in this
+    # checkout left its run folder in results/runs/ (resuming needs it anyway).
+    fd, tmp = tempfile.mkstemp(prefix=".merged-metrics.", suffix=".csv", dir=results)
+    os.close(fd)
+    try:
+        atomic_write_csv(merged, tmp)
+        write_figures(tmp, out / "figures")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write_csv(sittings, out / SITTINGS)
+    atomic_write_text(_readme(out.name, merged, sittings), out / "README.md")
+    return out
+
+
+def _key(row: pd.Series) -> tuple:
+    return (str(row["profile"]), str(row["dataset"]), str(row["model"]), int(row["seed"]))
+
+
+def _hash(row: pd.Series) -> str:
+    value = row.get("config_hash")
+    return "" if pd.isna(value) else str(value)
+
+
+def _run_name(row: pd.Series) -> str:
+    """The run's folder under results/runs/."""
+    profile, dataset, model, seed = _key(row)
+    return f"{profile}/{dataset}/{model}/seed{seed}"
+
+
+def _empty_sittings() -> pd.DataFrame:
+    return pd.DataFrame(columns=SITTING_COLUMNS)
+
+
+def _read_sittings(out: Path) -> pd.DataFrame:
+    """The snapshot's sittings; a snapshot published before sittings were recorded counts as
+    one sitting, its command and wall-clock read back from its README."""
+    if (out / SITTINGS).is_file():
+        return pd.read_csv(out / SITTINGS, dtype=str, keep_default_na=False)
+    if not (out / "metrics.csv").is_file():
+        return _empty_sittings()
+    readme = (out / "README.md").read_text() if (out / "README.md").is_file() else ""
+    command = re.search(r"^- command: `(.*)`$", readme, re.M)
+    wall = re.search(r"^- wall-clock: (.*)$", readme, re.M)
+    old = pd.read_csv(out / "metrics.csv")
+    return pd.DataFrame([{
+        "sitting": "1", "published_utc": "", "command": command.group(1) if command else "(not recorded)",
+        "wall_clock": wall.group(1) if wall else "", "runs_merged": str(len(old)),
+        "runs": "; ".join(_run_name(r) for _, r in old.iterrows()),
+        "git_commit": ", ".join(sorted(old["git_commit"].dropna().astype(str).unique())),
+    }], columns=SITTING_COLUMNS)
+
+
+def _add_sitting(sittings: pd.DataFrame, rows: pd.DataFrame, command: str, timing: str) -> pd.DataFrame:
+    entry = {
+        "sitting": str(len(sittings) + 1),
+        "published_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command, "wall_clock": timing, "runs_merged": str(len(rows)),
+        "runs": "; ".join(_run_name(r) for _, r in rows.iterrows()),
+        "git_commit": ", ".join(sorted(rows["git_commit"].dropna().astype(str).unique())),
+    }
+    return pd.concat([sittings, pd.DataFrame([entry], columns=SITTING_COLUMNS)], ignore_index=True)
+
+
+def _readme(name: str, m: pd.DataFrame, sittings: pd.DataFrame) -> str:
+    one = len(sittings) == 1
     lines = [
         f"# Published results: {name}",
         "",
-        "A snapshot of the collated outputs of one workflow run (copied by `python -m puppet publish`).",
-        "Regenerate with the command below; the live outputs land in `results/`.",
+        "A snapshot of the collated outputs of one workflow run (copied by `python -m puppet publish`).\n"
+        "Regenerate with the command below; the live outputs land in `results/`." if one else
+        f"A snapshot of the collated outputs of {len(sittings)} workflow sittings, merged by "
+        "`python -m puppet publish --merge`: a later sitting's row replaces an earlier one of the same run "
+        "(same config_hash), and the tables and figures were rebuilt from the merged `metrics.csv`.\n"
+        "Regenerate by running the sittings' commands below in order (a paused run resumes where it stopped); "
+        "the live outputs land in `results/`.",
         "",
-        f"- command: `{command}`",
+    ]
+    if one:
+        lines.append(f"- command: `{sittings['command'].iloc[0]}`")
+    lines += [
         f"- profile(s): {', '.join(sorted(m['profile'].astype(str).unique()))}; runs: {len(m)} "
         f"({(m['status'] == 'ok').sum()} ok, {(m['status'] != 'ok').sum()} failed)",
         f"- data: {', '.join(sorted(m['data_source'].dropna().astype(str).unique()))}",
@@ -51,7 +193,13 @@ def publish(results: str | Path, name: str, command: str, timing: str = "") -> P
         f"- trained on: {', '.join(sorted(m['train_device'].dropna().astype(str).unique()))}",
         f"- code: commit(s) {', '.join(sorted(m['git_commit'].dropna().astype(str).unique()))}",
     ]
-    if timing:
-        lines.append(f"- wall-clock: {timing}")
-    atomic_write_text("\n".join(lines) + "\n", out / "README.md")
-    return out
+    if one and sittings["wall_clock"].iloc[0]:
+        lines.append(f"- wall-clock: {sittings['wall_clock'].iloc[0]}")
+    if not one:
+        lines += ["", f"## Sittings (in order; also `{SITTINGS}`)", ""]
+        for _, s in sittings.iterrows():
+            runs = s["runs"] if int(s["runs_merged"]) <= 10 else f"{s['runs_merged']} runs"
+            when = ", ".join(x for x in (s["published_utc"] and f"published {s['published_utc']}",
+                                         s["wall_clock"] and f"wall-clock {s['wall_clock']}") if x)
+            lines.append(f"{s['sitting']}. `{s['command']}`{f' ({when})' if when else ''}: {runs}")
+    return "\n".join(lines) + "\n"

@@ -4,6 +4,11 @@
 data -> model -> optimise -> calibrate on validation -> evaluate on test ->
 ``train.json`` + ``model.pt``. A run interrupted at any point resumes from its
 last checkpoint and ends with the same metrics as an uninterrupted one (CPU).
+
+With a time limit (``train.time_limit_min``, passed as ``time_limit_min``) a job that would
+overrun it pauses at an epoch boundary instead: checkpoint saved, no ``train.json``, exit
+code ``PAUSED_EXIT_CODE``; the same command resumes it. That is how a 100-epoch protocol
+fits GPUs lent for minutes at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -24,6 +29,11 @@ from puppet.data import Batches, Splits, load_dataset, make_splits
 from puppet.evaluate import evaluate
 from puppet.io import atomic_save, atomic_write_json, git_commit
 from puppet.registry import create_model
+
+
+# EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"): a paused
+# run is neither a success (Snakemake must rerun it) nor a failure (no status=error row).
+PAUSED_EXIT_CODE = 75
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,11 +158,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None = None) -> dict[str, Any]:
-    """Run (or resume) one training job; return the ``train.json`` record.
+def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None = None,
+              time_limit_min: float | None = None, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Run (or resume) one training job; return the ``train.json`` record, or a record with
+    ``status="paused"`` (and a one-line ``message``) when ``time_limit_min`` stops it early.
 
-    ``stop_after_epoch`` simulates an interruption after that many epochs (tests).
+    Before each epoch after the first of this sitting, the job pauses if the time since it
+    started plus the duration of its last epoch would pass ``time_limit_min``; the first
+    epoch always runs, so every sitting makes progress. ``clock`` (seconds) lets tests fake
+    time. ``stop_after_epoch`` simulates an interruption after that many epochs (tests).
     """
+    started = clock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -195,7 +211,16 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
             ckpt_path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
 
     progress = Progress(spec["epochs"], f"{spec['model']}/{spec['dataset']}/seed{spec['seed']}")
+    last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
     for epoch in range(start_epoch, spec["epochs"]):
+        if time_limit_min is not None and last_epoch_s is not None:
+            elapsed_s = clock() - started
+            if elapsed_s + last_epoch_s > 60 * time_limit_min:
+                return {"status": "paused", "epoch": epoch, "epochs": spec["epochs"], "elapsed_min": elapsed_s / 60,
+                        "message": f"{progress.label}: paused at epoch {epoch}/{spec['epochs']} after {elapsed_s / 60:.1f} min "
+                                   f"(train.time_limit_min={time_limit_min:g}, last epoch {last_epoch_s / 60:.1f} min); "
+                                   f"rerun the same command to resume"}
+        epoch_start = clock()
         record = train_one_epoch(model, train_batches, epoch, opt, device, cfg, progress)
         sched.step()
         train_time += record["seconds"]
@@ -206,6 +231,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
             "rng": _rng_state(), "epoch": epoch + 1, "history": history, "train_time_s": train_time,
             "config_hash": chash,
         }, ckpt_path)
+        last_epoch_s = clock() - epoch_start
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec["epochs"]:
             return {"status": "interrupted", "epoch": epoch + 1}
 
@@ -248,12 +274,17 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def train_main(spec: dict, out_dir: str | Path) -> dict:
+def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = None) -> dict:
     """Train and write ``train.json``; a failure becomes a ``status=error`` record, not a crash,
-    so one bad run never stops the tables."""
+    so one bad run never stops the tables. A run paused by ``time_limit_min`` writes nothing
+    but its checkpoint (so Snakemake reruns it and it resumes) and prints one line saying so."""
     out_dir = Path(out_dir)
     try:
-        record = train_run(spec, out_dir)
+        record = train_run(spec, out_dir, time_limit_min=time_limit_min)
+        if record["status"] == "paused":
+            # stdout: the train rule sends stderr to the run's log, so this line reaches the console
+            print(record["message"], flush=True)
+            return record
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, not swallowed: the row says what failed

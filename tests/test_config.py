@@ -18,10 +18,27 @@ def _base(**kw):
     return cfg
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
 def test_shipped_profiles_validate(name):
     cfg = load_config(REPO / "config" / name)
     assert run_grid(cfg)
+
+
+def test_paper_subset_profile_fits_the_offline_cifar10_subset(cifar10_npz):
+    """Its train_size + val_size fit the 5,438 training images of ../shared/data/cifar10_subset.npz,
+    which its data_sources names relative to the repository root (where snakemake runs)."""
+    from puppet.train import load_splits
+
+    cfg = load_config(REPO / "config" / "paper_subset.yaml")
+    assert (REPO / cfg["data_sources"]["cifar10"]).resolve() == cifar10_npz.resolve()
+    assert [m for _, m, _ in run_grid(cfg)] == ["resnet", "puppet_resnet", "puppet_cnn",  # Table 4 first
+                                                 "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"]
+    spec = run_spec(cfg, "cifar10", "resnet", 0)
+    spec["data_source"] = str(cifar10_npz)
+    splits = load_splits(spec)
+    assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (4400, 1000, 1017)
+    assert cfg["max_channels"] == 512 and cfg["train"]["amp"] and cfg["train"]["time_limit_min"]
+    assert f"{cfg['epochs']}ep" in cfg["profile"]  # not the paper's 100 epochs: the name says so
 
 
 def test_defaults_are_filled():
@@ -76,6 +93,24 @@ def test_spec_hash_changes_with_what_matters_only():
     b = dict(a, epochs=a["epochs"] + 1)
     c = dict(a, measure={**a["measure"], "warmup": 99})
     assert spec_hash(a) != spec_hash(b) and spec_hash(a) == spec_hash(c)
+
+
+def test_time_limit_is_not_part_of_a_run():
+    """train.time_limit_min decides how long a sitting trains, not what the run computes: it stays
+    out of the spec (Snakemake params) and the hash, so a run paused under one limit resumes under another."""
+    plain = validate_config(_base())
+    limited = validate_config(_base(train={"time_limit_min": 8}))
+    assert plain["train"]["time_limit_min"] is None and limited["train"]["time_limit_min"] == 8
+    model = plain["models"][0]
+    assert run_spec(plain, "synthetic", model, 0) == run_spec(limited, "synthetic", model, 0)
+    spec = run_spec(plain, "synthetic", model, 0)
+    by_hand = dict(spec, train={**spec["train"], "time_limit_min": 3})
+    assert spec_hash(by_hand) == spec_hash(spec)
+
+
+def test_time_limit_must_be_positive():
+    with pytest.raises(ConfigError, match="time_limit_min"):
+        validate_config(_base(train={"time_limit_min": 0}))
 
 
 def test_data_overrides_apply_to_one_dataset_only():

@@ -108,3 +108,79 @@ def test_publish_refuses_without_results(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="run `snakemake"):
         publish(tmp_path, "x", "cmd")
+
+
+def _sitting(tmp_path, label, *runs, config_hash="h"):
+    """One sitting: its runs collated into tmp_path/results/metrics.csv, as `snakemake tables` leaves it."""
+    root = tmp_path / label
+    paths = [_run(root, model, seed, top1) for model, seed, top1 in runs]
+    for p in paths:
+        p.write_text(json.dumps({**json.loads(p.read_text()), "config_hash": config_hash}))
+    results = tmp_path / "results"
+    collate(paths, results / "metrics.csv")
+    return results
+
+
+def test_publish_merge_adds_each_sitting(tmp_path):
+    from puppet.publish import publish
+
+    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0), ("mobilenet_v1", 0, 45.0))
+    out = publish(results, "paper-x", "snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'", "9 min", merge=True)
+    assert len(pd.read_csv(out / "metrics.csv")) == 2 and (out / "table2.csv").is_file()
+    # A second sitting: a new run, and alexnet redone (same spec) with another result.
+    _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0), ("alexnet", 0, 60.0))
+    publish(results, "paper-x", "snakemake --cores all tables --config models='[squeezenet,alexnet]'", "7 min", merge=True)
+    merged = pd.read_csv(out / "metrics.csv")
+    assert sorted(merged["model"]) == ["alexnet", "mobilenet_v1", "squeezenet"]
+    assert merged.loc[merged.model == "alexnet", "top1"].item() == 60.0  # the newer row of the same run
+    t2 = pd.read_csv(out / "table2.csv")  # tables rebuilt from the merged rows
+    assert t2.loc[t2.model == "squeezenet", "top1"].item() == 40.0 and t2.loc[t2.model == "alexnet", "top1"].item() == 60.0
+    assert "60.00" in (out / "tables.md").read_text() and list((out / "figures").glob("cifar10_top1_vs_*.png"))
+    sittings = pd.read_csv(out / "sittings.csv")
+    assert sittings["command"].str.contains("models=").all() and list(sittings["wall_clock"]) == ["9 min", "7 min"]
+    assert sittings["runs"].iloc[1] == "quick/cifar10/alexnet/seed0; quick/cifar10/squeezenet/seed0"
+    readme = (out / "README.md").read_text()
+    assert "2 workflow sittings" in readme and "runs: 3 (3 ok, 0 failed)" in readme
+    assert "1. `snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'`" in readme and "wall-clock 7 min" in readme
+
+
+def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
+    from puppet.publish import PublishError, publish
+
+    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
+    out = publish(results, "paper-x", "sitting 1", merge=True)
+    before = (out / "metrics.csv").read_text()
+    _sitting(tmp_path, "s2", ("alexnet", 0, 70.0), config_hash="other")
+    with pytest.raises(PublishError) as err:
+        publish(results, "paper-x", "sitting 2", merge=True)
+    assert "\n" not in str(err.value) and "quick/cifar10/alexnet/seed0" in str(err.value)
+    assert "config_hash h in the snapshot but other" in str(err.value) and "--allow-config-change" in str(err.value)
+    assert (out / "metrics.csv").read_text() == before and len(pd.read_csv(out / "sittings.csv")) == 1
+    publish(results, "paper-x", "sitting 2", merge=True, allow_config_change=True)
+    assert pd.read_csv(out / "metrics.csv")["config_hash"].tolist() == ["other"]
+
+
+def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recorded(tmp_path):
+    from puppet.publish import publish
+
+    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
+    write_tables(results / "metrics.csv", results)
+    out = publish(results, "quick-old", "snakemake --cores all all", timing="20 min")
+    (out / "sittings.csv").unlink()  # as in snapshots published before --merge existed
+    _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0))
+    publish(results, "quick-old", "snakemake --cores all tables --config models='[squeezenet]'", merge=True)
+    sittings = pd.read_csv(out / "sittings.csv", keep_default_na=False)
+    assert list(sittings["command"]) == ["snakemake --cores all all", "snakemake --cores all tables --config models='[squeezenet]'"]
+    assert sittings["wall_clock"].iloc[0] == "20 min" and sorted(pd.read_csv(out / "metrics.csv")["model"]) == ["alexnet", "squeezenet"]
+
+
+def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
+    from puppet.cli import main
+
+    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
+    argv = ["publish", "--merge", "--name", "x", "--run-command", "c", "--results", str(results)]
+    assert main(argv) == 0
+    _sitting(tmp_path, "s2", ("alexnet", 0, 50.0), config_hash="other")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot merge") and "\n" not in err

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from puppet.config import run_spec, validate_config
-from puppet.train import NonFiniteLossError, train_main, train_run
+import puppet.train
+from puppet.cli import main as cli_main
+from puppet.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main, train_run
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
@@ -33,6 +35,64 @@ def test_resume_gives_the_same_final_metrics(tmp_path):
     resumed = train_run(spec, tmp_path / "resumed")
     assert resumed["top1"] == straight["top1"] and resumed["test_loss"] == straight["test_loss"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+
+
+class EpochClock:
+    """Fake time for train_run: each training epoch takes ``epoch_s`` seconds, nothing else does."""
+
+    def __init__(self, monkeypatch, epoch_s: float):
+        self.now = 0.0
+        real = puppet.train.train_one_epoch
+
+        def timed_epoch(*args, **kwargs):
+            self.now += epoch_s
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(puppet.train, "train_one_epoch", timed_epoch)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_limit_pauses_and_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    """40 s epochs under a 1-minute limit: one epoch per sitting (the second would end at 80 s),
+    three sittings for three epochs, and the same result as one uninterrupted run."""
+    spec = make_spec(epochs=3)
+    straight = train_run(spec, tmp_path / "straight")
+    sittings = []
+    for _ in range(3):
+        record = train_run(spec, tmp_path / "paused", time_limit_min=1, clock=EpochClock(monkeypatch, 40.0))
+        sittings.append(record)
+        if record["status"] != "paused":
+            break
+    assert [r["status"] for r in sittings] == ["paused", "paused", "ok"]
+    assert sittings[0]["message"] == ("alexnet/synthetic/seed0: paused at epoch 1/3 after 0.7 min "
+                                      "(train.time_limit_min=1, last epoch 0.7 min); rerun the same command to resume")
+    assert "paused at epoch 2/3" in sittings[1]["message"]
+    resumed = sittings[-1]
+    assert resumed["top1"] == straight["top1"] and resumed["test_loss"] == straight["test_loss"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+
+
+def test_time_limit_that_fits_changes_nothing(tmp_path, monkeypatch):
+    record = train_run(make_spec(epochs=2), tmp_path, time_limit_min=1, clock=EpochClock(monkeypatch, 20.0))
+    assert record["status"] == "ok" and record["epochs"] == 2
+
+
+def test_paused_run_writes_no_record_and_exits_75(tmp_path, capsys):
+    """A pause is neither an ok nor an error row: no train.json (so Snakemake reruns the job), exit 75."""
+    spec = make_spec(epochs=2)
+    argv = ["train", "--spec", json.dumps(spec), "--out-dir", str(tmp_path)]
+    assert cli_main(argv + ["--time-limit-min", "1e-6"]) == PAUSED_EXIT_CODE == 75
+    assert capsys.readouterr().out.strip().endswith("rerun the same command to resume")
+    assert not (tmp_path / "train.json").exists() and (tmp_path / "checkpoint.pt").is_file()
+    assert cli_main(argv) == 0
+    assert json.loads((tmp_path / "train.json").read_text())["status"] == "ok"
+
+
+def test_train_main_passes_the_limit_and_records_nothing_when_paused(tmp_path):
+    record = train_main(make_spec(epochs=2), tmp_path, time_limit_min=1e-6)
+    assert record["status"] == "paused" and record["epoch"] == 1 and not (tmp_path / "train.json").exists()
 
 
 @pytest.mark.parametrize("model", ["alexnet", "puppet_cnn_param"])

@@ -1,7 +1,13 @@
-"""The Snakemake workflow: the grid is planned, bad configs fail early, the smoke profile runs end to end."""
+"""The Snakemake workflow: the workflow profile is in force, the grid is planned, bad configs fail
+early, the smoke profile runs end to end.
+
+Every call runs `snakemake` as the README does: from the repository root, without -s (Snakemake
+finds workflow/Snakefile and, beside it, profiles/default); --directory keeps outputs out of the repo.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,12 +22,64 @@ SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("sna
 
 
 def snakemake(*args, cwd=REPO, check=True):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
     return proc
+
+
+def parsed_cli(*args, cwd=REPO) -> dict:
+    """The settings Snakemake's own CLI parsing (profiles included) gives ``snakemake ARGS`` in ``cwd``."""
+    code = (
+        "import json, sys\n"
+        "from snakemake.cli import parse_args\n"
+        "_, a = parse_args(sys.argv[1:])\n"
+        "print(json.dumps({'keep_going': a.keep_going, 'rerun_incomplete': a.rerun_incomplete,\n"
+        "    'resources': {k: v.value for k, v in (a.resources or {}).items()},\n"
+        "    'set_resources': {r: {k: v.value for k, v in res.items()} for r, res in (a.set_resources or {}).items()},\n"
+        "    'rerun_triggers': sorted(t.name.lower() for t in a.rerun_triggers), 'jobs': a.jobs}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# What workflow/profiles/default must put in force (README "The workflow").
+DEFAULT_PROFILE = {"keep_going": True, "rerun_incomplete": True, "resources": {"gpu": 1, "speed_lock": 1},
+                   "rerun_triggers": ["input", "mtime", "params"]}
+
+
+@pytest.mark.parametrize("how", ["repo root, no -s", "elsewhere, -s workflow/Snakefile"])
+def test_workflow_profile_is_in_force(how, tmp_path):
+    """Snakemake 9 reads a workflow profile only from profiles/default in the cwd or beside the
+    Snakefile: with the Snakefile at the repository root the profile was silently ignored."""
+    if how == "repo root, no -s":
+        got = parsed_cli("--cores", "1", "tables")
+    else:
+        got = parsed_cli("--cores", "1", "tables", "-s", str(REPO / "workflow" / "Snakefile"), cwd=tmp_path)
+    assert {k: got[k] for k in DEFAULT_PROFILE} == DEFAULT_PROFILE
+
+
+def test_dry_run_says_it_uses_the_workflow_profile(tmp_path):
+    proc = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path))
+    assert "workflow specific profile workflow/profiles/default" in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_replaces_the_default_one():
+    """Used as the workflow profile, the slurm profile drops the default's global gpu=1 (one GPU job at
+    a time) and gives each train/measure job a GPU of its own. --executor dryrun stands in for the
+    slurm plugin, which is an optional extra; every other entry comes from the profile file."""
+    got = parsed_cli("tables", "--workflow-profile", "workflow/profiles/slurm", "--executor", "dryrun")
+    assert got["resources"] == {"speed_lock": 1} and got["jobs"] == 16
+    assert got["keep_going"] and got["rerun_incomplete"] and got["rerun_triggers"] == ["input", "mtime", "params"]
+    assert got["set_resources"]["train"] == {"gpu": 1} and got["set_resources"]["measure"] == {"gpu": 1}
+
+
+def test_slurm_profile_plans_with_the_plugin(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="optional extra: pip install -e '.[slurm]'")
+    proc = snakemake("tables", "-n", "--workflow-profile", "workflow/profiles/slurm", "--directory", str(tmp_path))
+    assert "workflow specific profile workflow/profiles/slurm" in proc.stdout + proc.stderr
 
 
 def test_dry_run_plans_the_whole_grid(tmp_path):
@@ -40,8 +98,6 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
 
 def test_profile_file_replaces_the_default(tmp_path):
     """--configfile config/paper.yaml must not inherit the quick profile's data_overrides or model_kwargs."""
-    import json
-
     out = snakemake("tables", "-n", "-p", "--cores", "1", "--directory", str(tmp_path),
                     "--configfile", str(REPO / "config" / "paper.yaml")).stdout
     specs = [json.loads(line.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'"))
@@ -51,6 +107,31 @@ def test_profile_file_replaces_the_default(tmp_path):
     assert puppet["model_kwargs"] == {}  # the quick profile's dl_min override must not leak in
     cifar100 = next(s for s in specs if s["dataset"] == "cifar100")
     assert cifar100["data"]["train_size"] == 8000  # not the quick profile's cifar100 override
+
+
+def planned_train_commands(tmp_path, *args) -> list[str]:
+    out = snakemake("tables", "-n", "-p", "--cores", "1", "--directory", str(tmp_path), *args).stdout
+    return [line for line in out.splitlines() if "puppet train --spec" in line]
+
+
+def test_paper_subset_profile_plans_tables_4_and_2_with_a_time_limit(tmp_path):
+    commands = planned_train_commands(tmp_path, "--configfile", str(REPO / "config" / "paper_subset.yaml"))
+    specs = [json.loads(c.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'")) for c in commands]
+    assert sorted((s["dataset"], s["model"], s["seed"]) for s in specs) == sorted(
+        ("cifar10", m, 0) for m in ("resnet", "puppet_resnet", "puppet_cnn", "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"))
+    for s in specs:
+        assert s["max_channels"] == 512 and s["train"]["amp"] and s["data_source"] == "../shared/data/cifar10_subset.npz"
+        assert "time_limit_min" not in s["train"]  # not part of the run's identity
+    assert all(c.split(" 2> ")[0].endswith("--time-limit-min 6") for c in commands)
+
+
+def test_time_limit_changes_no_run_spec(tmp_path):
+    """A new limit between sittings must neither change a spec (params trigger reruns) nor its hash."""
+    smoke = ("--configfile", str(REPO / "config" / "smoke.yaml"))
+    plain = planned_train_commands(tmp_path, *smoke)
+    limited = planned_train_commands(tmp_path, *smoke, "--config", "train={batch_size: 64, time_limit_min: 2.5}")
+    assert [c.split(" --out-dir")[0] for c in limited] == [c.split(" --out-dir")[0] for c in plain]
+    assert all("--time-limit-min 2.5 2>" in c for c in limited) and not any("--time-limit-min" in c for c in plain)
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -71,3 +152,18 @@ def test_smoke_profile_end_to_end(tmp_path):
     # Finished runs are not redone, and the tables survive a rerun.
     again = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_paused_run_resumes_through_snakemake(tmp_path):
+    """A job paused by train.time_limit_min exits 75 without train.json; the same command resumes it."""
+    target = "results/runs/smoke/synthetic/alexnet/seed0/train.json"
+    args = (target, "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"),
+            "--config", "epochs=2", "models=[alexnet]", "train={batch_size: 64, time_limit_min: 0.0001}")
+    paused = snakemake(*args, check=False)
+    assert paused.returncode != 0 and "exit status 75" in paused.stdout + paused.stderr
+    assert "paused at epoch 1/2" in paused.stdout and "rerun the same command to resume" in paused.stdout
+    assert not (tmp_path / target).exists() and (tmp_path / target).with_name("checkpoint.pt").is_file()
+    snakemake(*args)  # the first epoch of a sitting always runs, so this one finishes
+    log = (tmp_path / target).with_name("train.log").read_text()
+    assert json.loads((tmp_path / target).read_text())["status"] == "ok" and "resuming" in log

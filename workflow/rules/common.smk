@@ -22,6 +22,14 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# train.time_limit_min reaches the train job as a flag, not through params: it says how long
+# one sitting may train, not what the run computes, so changing it between sittings must not
+# rerun finished runs (rerun-triggers: params) nor change their config_hash.
+TIME_LIMIT_FLAG = (
+    f" --time-limit-min {config['train']['time_limit_min']}" if config["train"]["time_limit_min"] is not None else ""
+)
+
+
 def grid(filename):
     """One path per (dataset, model, seed) the config asks for."""
     return [RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s) + f"/{filename}" for d, m, s in RUNS]

@@ -12,8 +12,10 @@ rule train:
     threads: 2
     resources:
         gpu=1,
+    # Exit code 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
+    # train.json, so the next invocation reruns the job and it resumes (see puppet/train.py).
     shell:
-        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir} 2> {log}"
+        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + " 2> {log}"
 
 
 rule measure:
