@@ -20,3 +20,14 @@ def cifar10_npz() -> Path:
     if not CIFAR10_NPZ.is_file():
         pytest.skip(f"real-data test: {CIFAR10_NPZ} is absent (the ../shared folder beside the checkout)")
     return CIFAR10_NPZ
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: small models run fastest and steadiest on one thread,
+    and backward through grouped convs oversubscribes a shared 2-core machine (seconds became
+    minutes under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)
 NAMES = ("branchynet", "skipnet", "drnn")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: these small models run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _model(name: str, seed: int = 0, **kw) -> torch.nn.Module:

@@ -191,14 +191,6 @@ def test_ddf_filters_are_normalised_and_spatial_branch_is_the_averaged_official_
     assert (spatial[0, 0] - spatial[1, 0]).abs().max() > 1e-3  # and it differs per sample
 
 
-@pytest.fixture
-def one_thread():
-    # backward through grouped convs with B*C groups oversubscribes a shared 2-core machine
-    # (seconds became minutes under load); one intra-op thread keeps the test short
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", NAMES)

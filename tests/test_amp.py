@@ -38,13 +38,7 @@ def batch(cifar10_npz):
     return real_cifar10_batch(cifar10_npz, BATCH)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared; these small models run fastest (and steadiest) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _autocast(dtype: torch.dtype):
