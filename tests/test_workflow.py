@@ -130,7 +130,8 @@ def test_time_limit_changes_no_run_spec(tmp_path):
     smoke = ("--configfile", str(REPO / "config" / "smoke.yaml"))
     plain = planned_train_commands(tmp_path, *smoke)
     limited = planned_train_commands(tmp_path, *smoke, "--config", "train={batch_size: 64, time_limit_min: 2.5}")
-    assert [c.split(" --out-dir")[0] for c in limited] == [c.split(" --out-dir")[0] for c in plain]
+    # Snakemake's dry-run order of independent jobs is not fixed: compare as sets of specs.
+    assert sorted(c.split(" --out-dir")[0] for c in limited) == sorted(c.split(" --out-dir")[0] for c in plain)
     assert all("--time-limit-min 2.5 2>" in c for c in limited) and not any("--time-limit-min" in c for c in plain)
 
 
