@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from puppet.data import DATASETS
+from puppet.data import DATASETS, DataError, check_npz, default_source_problem
 from puppet.registry import list_models
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.json"
@@ -46,6 +46,14 @@ def _fill_defaults(schema: dict, value: Any) -> Any:
 _SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity") else None
+
+
 def _coerce(schema: dict, value: Any, root: dict) -> Any:
     """Undo Snakemake's ``--config`` parsing, which leaves nested scalars as strings
     (``seeds='[0,1]'`` arrives as ``['0', '1']``): parse a string as YAML where the schema
@@ -63,6 +71,10 @@ def _coerce(schema: dict, value: Any, root: dict) -> Any:
                 return value
             if free_form and not isinstance(parsed, (int, float, bool, type(None))):
                 return value
+            if isinstance(parsed, str) and ("number" in types or free_form):
+                parsed = _float_or_none(parsed)  # YAML 1.1 reads 1e-4 (no dot) as a string
+                if parsed is None:
+                    return value
             if free_form or any(isinstance(parsed, _SCALAR_TYPES[t]) for t in types if t in _SCALAR_TYPES):
                 return parsed
         return value
@@ -117,13 +129,17 @@ def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
 
 def run_grid(config: dict) -> list[tuple[str, str, int]]:
     """Every (dataset, model, seed) the config asks for: the datasets x models product
-    plus each ``extra_grid`` block, without duplicates, in a stable order."""
+    plus each ``extra_grid`` block, without duplicates, in a stable order.
+
+    ``models`` is the list of models the grid runs: an ``extra_grid`` block adds datasets for
+    those of its models that are also in ``models``, so ``--config models=[resnet]`` runs
+    resnet alone (on every dataset the profile gives it), never another block's models."""
     pairs: list[tuple[str, str]] = []
     blocks = [{"datasets": config["datasets"], "models": config["models"]}] + list(config.get("extra_grid", []))
     for block in blocks:
         for dataset in block["datasets"]:
             for model in block["models"]:
-                if (dataset, model) not in pairs:
+                if model in config["models"] and (dataset, model) not in pairs:
                     pairs.append((dataset, model))
     return [(d, m, s) for d, m in pairs for s in config["seeds"]]
 
@@ -163,3 +179,23 @@ def spec_hash(spec: dict) -> str:
     if isinstance(keep.get("train"), dict):
         keep["train"] = {k: v for k, v in keep["train"].items() if k not in RUN_CONTROL_KEYS}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def preflight(config: dict) -> list[str]:
+    """Check the data of every dataset the grid uses before any job starts: each configured
+    ``data_sources`` path must be a readable .npz in the expected layout (``DataError``, one
+    line naming the file and the fix, on the first that is not). Returns warnings: datasets
+    whose default source is absent and cannot be downloaded (their runs will fail)."""
+    warnings = []
+    for dataset in dict.fromkeys(d for d, _, _ in run_grid(config)):
+        image_size = {**config["data"], **config.get("data_overrides", {}).get(dataset, {})}.get("image_size")
+        source = config["data_sources"].get(dataset)
+        if source:
+            check_npz(source, dataset, image_size=image_size)
+            continue
+        problem, fatal = default_source_problem(dataset, config["data_root"], config["download"])
+        if fatal:
+            raise DataError(problem)
+        if problem:
+            warnings.append(problem)
+    return warnings

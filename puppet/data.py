@@ -105,8 +105,90 @@ def resolve_data_root(config_root: str | os.PathLike | None) -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or config_root or "data").expanduser()
 
 
-def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = None) -> ArrayData:
-    """Read the packed-array format of ``../shared/data/README.md``."""
+def _layout_problem(shapes: dict[str, tuple], dtypes: dict[str, np.dtype], labels: dict[str, np.ndarray],
+                    info: DatasetInfo, image_size: int | None) -> str:
+    """What is wrong with a packed data set's arrays ('' when nothing): the layout this
+    harness reads is uint8 ``(N, H, W, C)`` (or ``(N, H, W)`` grey), channels last, with
+    train and test images of the dataset's size and channel count, integer labels in
+    ``[0, num_classes)``, and no empty split."""
+    for split in ("train", "test"):
+        shape, dtype, y = shapes[f"x_{split}"], dtypes[f"x_{split}"], labels[f"y_{split}"]
+        if dtype != np.uint8:
+            return f"x_{split} is {dtype}, not uint8; store images as uint8 0-255"
+        if len(shape) not in (3, 4):
+            return f"x_{split} has shape {shape}; expected (N, H, W, C) or (N, H, W)"
+        if len(shape) == 4 and shape[-1] not in (1, 3) and shape[1] in (1, 3):
+            return (f"x_{split} has shape {shape}, which looks channels-first (N, C, H, W); "
+                    f"store channels last: x.transpose(0, 2, 3, 1)")
+        if shape[0] == 0:
+            return f"x_{split} is empty; the {split} split needs images"
+        if y.ndim != 1 or len(y) != shape[0]:
+            return f"y_{split} has shape {y.shape} for {shape[0]} images; give one label per image"
+        if not np.issubdtype(y.dtype, np.integer):
+            return f"y_{split} is {y.dtype}; labels must be integers 0..{info.num_classes - 1}"
+    h, w, c = (shapes["x_train"] + (1,))[1:4]
+    if shapes["x_test"][1:] != shapes["x_train"][1:]:
+        return f"test images {shapes['x_test'][1:]} differ from training images {shapes['x_train'][1:]}; both splits need one size"
+    if c != info.in_channels:
+        return f"images have {c} channel(s) but {info.name} has {info.in_channels}; convert them (or name the right dataset)"
+    want = image_size or info.image_size
+    if info.name != "mini_imagenet" and (h, w) != (want, want):  # mini-ImageNet: any square size, see image_size
+        return f"images are {h}x{w} but {info.name} is {want}x{want}; resize them or name the right dataset"
+    if h != w:
+        return f"images are {h}x{w}; expected square images"
+    for split in ("train", "test"):
+        y = labels[f"y_{split}"]
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= info.num_classes:
+            return f"y_{split} holds labels {lo}..{hi} but {info.name} has {info.num_classes} classes (0..{info.num_classes - 1})"
+    return ""
+
+
+def _npz_headers(path: Path) -> tuple[dict[str, tuple], dict[str, np.dtype]]:
+    """Shapes and dtypes of an .npz's arrays from their headers, without reading the data."""
+    import zipfile
+
+    shapes, dtypes = {}, {}
+    with zipfile.ZipFile(path) as zf:
+        for member in zf.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with zf.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            shapes[member[:-4]], dtypes[member[:-4]] = shape, dtype
+    return shapes, dtypes
+
+
+def check_npz(path: str | os.PathLike, name: str, image_size: int | None = None) -> None:
+    """Pre-flight of a configured .npz source: exists, readable, and in the layout
+    ``load_npz`` accepts. Reads array headers and the labels only (milliseconds even for a
+    large file); raises ``DataError`` with one line naming the file, the problem and the fix."""
+    path = Path(path)
+    where = f"data_sources.{name}"
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "no file"
+        raise DataError(f"{where}: {what} at '{path}'; give the path of an .npz with keys {', '.join(NPZ_KEYS)}")
+    try:
+        shapes, dtypes = _npz_headers(path)
+        missing = [k for k in NPZ_KEYS if k not in shapes]
+        if missing:
+            raise DataError(f"{where}: '{path}' lacks arrays {missing}; expected {', '.join(NPZ_KEYS)}")
+        with np.load(path, allow_pickle=False) as f:
+            labels = {k: f[k] for k in ("y_train", "y_test")}
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
+    problem = _layout_problem(shapes, dtypes, labels, DATASETS[name], image_size)
+    if problem:
+        raise DataError(f"{where}: '{path}': {problem}")
+
+
+def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = None, image_size: int | None = None) -> ArrayData:
+    """Read the packed-array format (keys x_train, y_train, x_test, y_test; uint8 images
+    channels last), refusing anything else before training starts (``_layout_problem``)."""
     path = Path(path)
     where = f"data_sources.{name}"
     if not path.is_file():
@@ -115,27 +197,33 @@ def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = 
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
-                raise DataError(f"{where}: '{path}' lacks keys {missing}; expected {', '.join(NPZ_KEYS)} (see shared/data/README.md)")
+                raise DataError(f"{where}: '{path}' lacks keys {missing}; expected {', '.join(NPZ_KEYS)}")
             arrays = {k: f[k] for k in NPZ_KEYS}
             n_named = len(f["classes"]) if "classes" in f.files else None
     except DataError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, ...
         raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) != len(y):
-            raise DataError(f"{where}: '{path}' x_{split} must be uint8 (N,H,W[,C]) with one label per image; got {x.dtype} {x.shape} and {len(y)} labels")
-    num_classes = n_named or int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    if expected_classes is not None and num_classes != expected_classes:
-        raise DataError(f"{where}: '{path}' has {num_classes} classes but {name} has {expected_classes}; point {where} at a {name} file")
+    info = DATASETS.get(name)
+    if info is None or name == "mini_imagenet":  # classes from the file (mini-ImageNet: any square size)
+        x = arrays["x_train"]
+        num_classes = n_named or int(max(arrays["y_train"].max(initial=0), arrays["y_test"].max(initial=0))) + 1
+        info = DatasetInfo(name, num_classes, x.shape[3] if x.ndim == 4 else 1, x.shape[1] if x.ndim > 1 else 0, "")
+    if expected_classes is not None and info.num_classes != expected_classes:
+        info = DatasetInfo(name, expected_classes, info.in_channels, info.image_size, "")
+    if n_named is not None and n_named != info.num_classes:
+        raise DataError(f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} file")
+    problem = _layout_problem({k: v.shape for k, v in arrays.items()}, {k: v.dtype for k, v in arrays.items()},
+                              {k: arrays[k] for k in ("y_train", "y_test")}, info, image_size)
+    if problem:
+        raise DataError(f"{where}: '{path}': {problem}")
     return ArrayData(
         name=name,
         x_train=_to_nchw(arrays["x_train"]),
         y_train=torch.as_tensor(arrays["y_train"], dtype=torch.int64),
         x_test=_to_nchw(arrays["x_test"]),
         y_test=torch.as_tensor(arrays["y_test"], dtype=torch.int64),
-        num_classes=num_classes,
+        num_classes=info.num_classes,
         source=f"npz:{path}",
     )
 
@@ -155,6 +243,8 @@ def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
         "cifar100": (tvd.CIFAR100, "cifar-100-python"),
         "fashion_mnist": (tvd.FashionMNIST, "FashionMNIST/raw"),
     }[name]
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder")
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
@@ -264,13 +354,31 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     info = DATASETS[name]
     if source:
-        return load_npz(source, name, expected_classes=None if name == "mini_imagenet" else info.num_classes)
+        return load_npz(source, name, expected_classes=None if name == "mini_imagenet" else info.num_classes, image_size=image_size)
     if name == "synthetic":
         return _synthetic(num_classes=info.num_classes, size=image_size or info.image_size)
     root = resolve_data_root(data_root)
     if name == "mini_imagenet":
         return _mini_imagenet(root, image_size or info.image_size, split_seed)
     return _torchvision(name, root, download)
+
+
+def default_source_problem(name: str, data_root: str | os.PathLike | None, download: bool) -> tuple[str, bool]:
+    """Pre-flight of a dataset read from its default source (no ``data_sources`` entry):
+    ``(problem, fatal)``. A data_root that is a file is fatal; data that is absent and cannot
+    be downloaded is reported but not fatal (the run becomes a status=error row, and the
+    tables say "not run", as for mini-ImageNet in the paper profile without a local copy)."""
+    if name == "synthetic":
+        return "", False
+    root = resolve_data_root(data_root)
+    if root.exists() and not root.is_dir():
+        return f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder", True
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "fashion_mnist": "FashionMNIST/raw",
+              "mini_imagenet": "mini_imagenet"}[name]
+    if not (root / folder).exists() and (not download or name == "mini_imagenet"):
+        how = "there is no download" if name == "mini_imagenet" else "download: false"
+        return f"{name}: no data at '{root / folder}' and {how}; its runs will fail (set data_sources.{name} to an .npz)", False
+    return "", False
 
 
 # --------------------------------------------------------------------------- splits
@@ -319,6 +427,9 @@ def make_splits(
         test_index = _balanced_order(data.y_test, data.num_classes, split_seed + 1)[:test_size].sort().values
     else:
         test_index = torch.arange(n_test)
+    if len(test_index) == 0 or len(train_index) == 0:
+        empty = "test" if len(test_index) == 0 else "train"
+        raise DataError(f"{data.name}: the {empty} split of {data.source} is empty; give it images or change data.{empty}_size")
     x_train = data.x_train[train_index]
     xf = x_train.float() / 255.0
     mean = xf.mean(dim=(0, 2, 3))

@@ -68,7 +68,7 @@ def test_corrupt_npz_is_one_line(tmp_path):
 
 
 def test_npz_with_wrong_class_count_is_rejected(tmp_path):
-    with pytest.raises(DataError, match="has 3 classes but cifar10 has 10"):
+    with pytest.raises(DataError, match="names 3 classes but cifar10 has 10"):
         load_dataset("cifar10", source=_write_npz(tmp_path / "d.npz"))
 
 
