@@ -8,7 +8,7 @@
     python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
     python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
     python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
-    python -m puppet validate --configfile config/config.yaml   # check a config, print the grid
+    python -m puppet validate --configfile config/config.yaml   # check a config and its data, print each run's state
     python -m puppet models                                     # list registered models
 """
 
@@ -28,10 +28,13 @@ def _measure(spec: dict, run_dir: Path) -> dict:
     from puppet.measure import measure_model
     from puppet.train import build_model, load_splits, pick_device
 
-    train = json.loads((run_dir / "train.json").read_text())
+    from puppet.runs import inspect_run, record_failure
+
     record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
-    if train.get("status") != "ok":
-        record.update(status="skipped", error=f"training failed: {train.get('error', '')}")
+    state = inspect_run(run_dir)
+    if state.train != "ok":
+        why = state.error or f"train.json is {state.train}"
+        record.update(status="skipped", error=f"training failed: {why}")
     else:
         try:
             device = pick_device(spec["device"])
@@ -44,6 +47,8 @@ def _measure(spec: dict, run_dir: Path) -> dict:
         except Exception as exc:  # recorded in the row, never a silent None
             record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
             print(f"measure failed: {record['error']}", file=sys.stderr)
+            print(f"measure failed: {spec['dataset']}/{spec['model']}/seed{spec['seed']}: {record['error']}", flush=True)
+            record_failure(run_dir, "measure", record["error"])
     atomic_write_json(record, run_dir / "measure.json")
     return record
 
@@ -79,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                         "profile, dataset, model and seed is replaced) and rebuild its tables and figures")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --merge: let a row replace one of the same run whose config_hash differs")
-    p = sub.add_parser("validate", help="validate config files and print the run grid")
+    p = sub.add_parser("validate", help="validate config files and their data sources; print each run, its state and folder")
     p.add_argument("--configfile", nargs="+", required=True)
+    p.add_argument("--results", default=Path("results"), type=Path, help="where the runs' folders are (default: results)")
     sub.add_parser("models", help="list registered models")
     args = parser.parse_args(argv)
 
@@ -122,11 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "validate":
             from puppet.config import load_config, run_grid
 
+            from puppet.config import preflight, run_spec, spec_hash
+            from puppet.runs import inspect_run, run_dir
+
             cfg = load_config(*args.configfile)
             runs = run_grid(cfg)
-            print(f"config OK: profile {cfg['profile']}, {len(runs)} runs")
+            warnings = preflight(cfg)  # raises DataError on the first bad data source
+            print(f"config OK: profile {cfg['profile']}, {len(runs)} runs; data sources checked")
+            for warning in warnings:
+                print(f"warning: {warning}")
             for dataset, model, seed in runs:
-                print(f"  {dataset:14s} {model:24s} seed {seed}")
+                path = run_dir(args.results, cfg["profile"], dataset, model, seed, spec_hash(run_spec(cfg, dataset, model, seed)))
+                state = inspect_run(path)
+                print(f"  {dataset:14s} {model:24s} seed {seed}  {state.describe():24s} {path}")
         elif args.command == "models":
             from puppet.registry import list_models, model_info
 

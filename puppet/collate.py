@@ -28,11 +28,25 @@ COLUMNS = KEY + [
 ]
 
 
+def _record(path: Path) -> dict:
+    """A run's JSON record; a damaged one becomes an error record naming the file (the workflow
+    sets such files aside and redoes the run; this keeps a hand-run collate from crashing)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        record = None
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if not isinstance(record, dict) or "status" not in record:
+        why = why if record is None else "no status"
+        return {"status": "error", "error": f"damaged {path} ({why}); rerun the workflow to redo the run"}
+    return record
+
+
 def run_row(train_json: Path) -> dict:
     """One metrics row from a run folder's ``train.json`` and ``measure.json``."""
-    train = json.loads(Path(train_json).read_text())
+    train = _record(Path(train_json))
     measure_path = Path(train_json).with_name("measure.json")
-    measure = json.loads(measure_path.read_text()) if measure_path.exists() else {"status": "missing", "error": "not measured"}
+    measure = _record(measure_path) if measure_path.exists() else {"status": "missing", "error": "not measured"}
     row = {k: v for k, v in train.items() if not isinstance(v, (dict, list))}
     for k, v in (train.get("stats") or {}).items():  # adaptive models: mean_depth, mean_exit, ...
         row[k] = v

@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from puppet.io import atomic_write, atomic_write_csv  # noqa: E402
 from puppet.registry import model_info  # noqa: E402
+from puppet.runs import run_dir  # noqa: E402
 
 COST_AXES = {
     "stored_params": "stored parameters",
@@ -105,7 +106,8 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
     ok = metrics[metrics["status"] == "ok"]
     panels = []
     for _, r in ok.iterrows():
-        path = runs_root / str(r["profile"]) / str(r["dataset"]) / str(r["model"]) / f"seed{int(r['seed'])}" / "test_stats.pt"
+        path = run_dir(runs_root.parent, str(r["profile"]), str(r["dataset"]), str(r["model"]), int(r["seed"]),
+                       str(r.get("config_hash", ""))) / "test_stats.pt"
         if path.is_file():
             stats = torch.load(path, weights_only=False)
             if "complexity" in stats and "depth" in stats and len(stats["depth"].unique()) > 1:  # depth-adaptive only

@@ -128,7 +128,7 @@ def _hash(row: pd.Series) -> str:
 
 
 def _run_name(row: pd.Series) -> str:
-    """The run's folder under results/runs/."""
+    """The run's label (its folder under results/runs/, less the config_hash)."""
     profile, dataset, model, seed = _key(row)
     return f"{profile}/{dataset}/{model}/seed{seed}"
 

@@ -29,6 +29,13 @@ from puppet.data import Batches, Splits, load_dataset, make_splits
 from puppet.evaluate import evaluate
 from puppet.io import atomic_save, atomic_write_json, git_commit
 from puppet.registry import create_model
+from puppet.runs import archive_problem, record_failure, remove_orphan_temporaries, set_aside
+
+# Fault injection for the test suite (tests/test_faults.py), off unless the variable is set:
+# "kill-after-epoch:N[:RUN]" SIGKILLs the job right after epoch N's checkpoint is saved;
+# "raise[:RUN]" fails the job with a RuntimeError before training. RUN is a model name or
+# "model/seedS"; without it every job is hit.
+FAILPOINT_ENV = "PUPPET_FAILPOINT"
 
 
 # EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"): a paused
@@ -38,6 +45,22 @@ PAUSED_EXIT_CODE = 75
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def _failpoint(spec: dict, event: str, epoch: int | None = None) -> None:
+    point = os.environ.get(FAILPOINT_ENV, "")
+    if not point:
+        return
+    kind, *args = point.split(":")
+    target = args[-1] if (kind == "raise" and args) or (kind == "kill-after-epoch" and len(args) > 1) else None
+    if target not in (None, spec["model"], f"{spec['model']}/seed{spec['seed']}"):
+        return
+    if kind == "raise" and event == "start":
+        raise RuntimeError(f"injected failure ({FAILPOINT_ENV}={point})")
+    if kind == "kill-after-epoch" and event == "epoch" and epoch == int(args[0]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -186,8 +209,13 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    _failpoint(spec, "start")
+    for tmp in remove_orphan_temporaries(out_dir):  # left by a killed writer; this job owns the folder
+        print(f"removed {tmp.name}, an unfinished write of an earlier attempt", file=sys.stderr)
     splits = load_splits(spec)
     model = build_model(spec, splits).to(device)
+    if hasattr(model, "calibrate") and len(splits.y_val) == 0:  # refused before training, not after it
+        raise ValueError(f"{spec['model']} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
     cfg = spec["train"]
     train_batches = Batches(splits.x_train, splits.y_train, cfg["batch_size"], splits.mean, splits.std,
                             shuffle=True, seed=spec["seed"], augment=spec["data"]["augment"], device=device)
@@ -198,8 +226,8 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
     sched = make_schedule(opt, cfg, spec["epochs"])
 
     start_epoch, history, train_time = 0, [], 0.0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    ckpt = _load_checkpoint(ckpt_path, device)
+    if ckpt is not None:
         if ckpt.get("config_hash") == chash:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -209,6 +237,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
             print(f"resuming {out_dir} from epoch {start_epoch}", file=sys.stderr)
         else:  # a checkpoint of another config: keep it aside rather than delete work
             ckpt_path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
+        del ckpt
 
     progress = Progress(spec["epochs"], f"{spec['model']}/{spec['dataset']}/seed{spec['seed']}")
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
@@ -226,27 +255,26 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
         train_time += record["seconds"]
         history.append(record)
         progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
-        atomic_save({
+        _save(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
             "rng": _rng_state(), "epoch": epoch + 1, "history": history, "train_time_s": train_time,
             "config_hash": chash,
-        }, ckpt_path)
+        })
+        _failpoint(spec, "epoch", epoch + 1)
         last_epoch_s = clock() - epoch_start
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec["epochs"]:
             return {"status": "interrupted", "epoch": epoch + 1}
 
     calibration = {}
     if hasattr(model, "calibrate"):
-        if len(splits.y_val) == 0:
-            raise ValueError(f"{spec['model']} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
         calibration = model.calibrate(Batches(splits.x_val, splits.y_val, **eval_kw)) or {}
 
     test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
-    atomic_save({"model": model.state_dict(), "spec": spec, "num_classes": splits.num_classes,
+    _save(out_dir / "model.pt", {"model": model.state_dict(), "spec": spec, "num_classes": splits.num_classes,
                  "in_channels": splits.in_channels, "image_size": splits.image_size,
-                 "mean": splits.mean, "std": splits.std}, out_dir / "model.pt")
+                 "mean": splits.mean, "std": splits.std})
     if test.per_sample:  # per-sample depth / exit / complexity feed the depth figures
-        atomic_save(test.per_sample, out_dir / "test_stats.pt")
+        _save(out_dir / "test_stats.pt", test.per_sample)
     return {
         "status": "ok",
         "error": "",
@@ -270,6 +298,38 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
     }
 
 
+class CheckpointWriteError(OSError):
+    pass
+
+
+def _save(path: Path, obj: dict) -> None:
+    """atomic_save with an error that names the file and the free space: torch reports a full
+    disk as "[enforce fail at inline_container.cc:...]"."""
+    try:
+        atomic_save(obj, path)
+    except (OSError, RuntimeError) as exc:
+        from puppet.runs import disk_hint
+
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise CheckpointWriteError(f"cannot write {path} ({reason}){disk_hint(path)}; free space or move results/") from None
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The checkpoint to resume from, or None. A damaged one (a truncated copy, a half-synced
+    file) is set aside with a warning and the run starts over, rather than failing forever."""
+    if not path.exists():
+        return None
+    problem = archive_problem(path)
+    if not problem:
+        try:
+            return torch.load(path, map_location=device, weights_only=False)
+        except Exception as exc:  # complete archive, unreadable content
+            problem = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    kept = set_aside(path, problem, keep_original=False)
+    print(f"warning: {path} is damaged ({problem}); set aside as {kept.name}, training starts over", file=sys.stderr)
+    return None
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -279,6 +339,11 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
     so one bad run never stops the tables. A run paused by ``time_limit_min`` writes nothing
     but its checkpoint (so Snakemake reruns it and it resumes) and prints one line saying so."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # train.log holds this attempt; the rule appends it to train.log.history, where this header
+    # starts each attempt.
+    print(f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · config_hash {spec_hash(spec)} "
+          f"· commit {git_commit()} ====", file=sys.stderr, flush=True)
     try:
         record = train_run(spec, out_dir, time_limit_min=time_limit_min)
         if record["status"] == "paused":
@@ -291,7 +356,10 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             message = f"out of memory: lower train.batch_size or max_channels ({message[:200]})"
+        label = f"{spec.get('dataset')}/{spec.get('model')}/seed{spec.get('seed')}"
         print(f"run failed: {message}", file=sys.stderr)
+        print(f"run failed: {label}: {message} (log: {out_dir / 'train.log'})", flush=True)  # stdout: the console
+        record_failure(out_dir, "train", message, config_hash=spec_hash(spec), git_commit=git_commit())
         record = {"status": "error", "error": message, "config_hash": spec_hash(spec), "git_commit": git_commit()}
     record.update({k: spec[k] for k in ("profile", "dataset", "model", "seed")})
     atomic_write_json(record, out_dir / "train.json")

@@ -11,11 +11,12 @@ import pytest
 from puppet.collate import COLUMNS, collate
 from puppet.figures import pareto_front, write_figures
 from puppet.paper import TABLE2
+from puppet.runs import run_dir
 from puppet.tables import write_tables
 
 
 def _run(root, model, seed, top1, status="ok", measured=True):
-    d = root / "runs" / "quick" / "cifar10" / model / f"seed{seed}"
+    d = run_dir(root, "quick", "cifar10", model, seed, "h")
     d.mkdir(parents=True)
     train = {"profile": "quick", "dataset": "cifar10", "model": model, "seed": seed, "status": status,
              "error": "" if status == "ok" else "RuntimeError: boom", "epochs": 2, "train_size": 100,

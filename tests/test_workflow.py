@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,7 +116,13 @@ def planned_train_commands(tmp_path, *args) -> list[str]:
 
 
 def test_paper_subset_profile_plans_tables_4_and_2_with_a_time_limit(tmp_path):
-    commands = planned_train_commands(tmp_path, "--configfile", str(REPO / "config" / "paper_subset.yaml"))
+    # The profile reads ../shared/data/cifar10_subset.npz, which the pre-flight checks: give it one.
+    rng = np.random.default_rng(0)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    np.savez(tmp_path / "shared" / "data" / "cifar10_subset.npz",
+             x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_train=np.arange(20) % 10,
+             x_test=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), y_test=np.arange(10) % 10)
+    commands = planned_train_commands(tmp_path / "work", "--configfile", str(REPO / "config" / "paper_subset.yaml"))
     specs = [json.loads(c.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'")) for c in commands]
     assert sorted((s["dataset"], s["model"], s["seed"]) for s in specs) == sorted(
         ("cifar10", m, 0) for m in ("resnet", "puppet_resnet", "puppet_cnn", "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"))
@@ -158,7 +165,11 @@ def test_smoke_profile_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_paused_run_resumes_through_snakemake(tmp_path):
     """A job paused by train.time_limit_min exits 75 without train.json; the same command resumes it."""
-    target = "results/runs/smoke/synthetic/alexnet/seed0/train.json"
+    from puppet.config import load_config, run_spec, spec_hash
+
+    train = {"batch_size": 64, "time_limit_min": 0.0001}
+    cfg = load_config(REPO / "config" / "smoke.yaml", overrides={"epochs": 2, "models": ["alexnet"], "train": train})
+    target = f"results/runs/smoke/synthetic/alexnet/seed0/{spec_hash(run_spec(cfg, 'synthetic', 'alexnet', 0))}/train.json"
     args = (target, "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"),
             "--config", "epochs=2", "models=[alexnet]", "train={batch_size: 64, time_limit_min: 0.0001}")
     paused = snakemake(*args, check=False)

@@ -7,15 +7,18 @@ rule train:
     params:
         spec=spec_json,
         out_dir=RUN_DIR,
+        failed_attempts=failed_attempts("train"),
     log:
         f"{RUN_DIR}/train.log",
     threads: 2
     resources:
         gpu=1,
-    # Exit code 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
-    # train.json, so the next invocation reruns the job and it resumes (see puppet/train.py).
+    # Snakemake empties train.log before each attempt; KEEP_LOG appends it to train.log.history,
+    # so a failure's log survives its retry. Exit code 75: paused by train.time_limit_min at an
+    # epoch boundary, checkpoint saved and no train.json, so the next invocation resumes it.
     shell:
         "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + " 2> {log}"
+        + KEEP_LOG
 
 
 rule measure:
@@ -28,6 +31,7 @@ rule measure:
     params:
         spec=spec_json,
         run_dir=RUN_DIR,
+        failed_attempts=failed_attempts("measure"),
     log:
         f"{RUN_DIR}/measure.log",
     threads: config["measure"]["threads"]
@@ -35,4 +39,4 @@ rule measure:
         gpu=1,
         speed_lock=1,
     shell:
-        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}"
+        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}" + KEEP_LOG

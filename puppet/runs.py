@@ -1,0 +1,211 @@
+"""Where a run lives, what state it is in, and what to do about a damaged one.
+
+A run's folder is ``results/runs/<profile>/<dataset>/<model>/seed<N>/<config_hash>/``: the
+hash of its spec (``puppet.config.spec_hash``: everything that determines its result) is part
+of its identity, so a rerun with another spec (a typo in a data path, another learning rate)
+trains in a folder of its own and can never replace a finished result; going back to the old
+spec finds the old result again.
+
+The workflow reads every planned run's state when it starts (``inspect_run``), and:
+
+* a run that failed (``status=error`` in ``train.json`` or ``measure.json``) is redone: each
+  failure is appended to the run's ``failures.jsonl``, and the number of lines there is a
+  parameter of the train and measure rules, so Snakemake's params trigger reruns exactly the
+  runs that failed since they last ran (a plain dry run shows them, nothing else moves);
+* a damaged file (truncated or unreadable ``train.json`` / ``measure.json``, a ``model.pt`` that
+  is not a complete archive) is set aside beside the original as ``NAME.corrupt-<sha>`` with a
+  warning, which also counts as an attempt, so the run is redone (resumed from its checkpoint
+  where that is sound);
+* at the end, ``failure_lines`` gives the one-line-per-run summary the console shows, and the
+  invocation exits non-zero when any run failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+FAILURES = "failures.jsonl"
+CORRUPT_TAG = ".corrupt-"
+# train.json keys a finished (status=ok) record must have; anything less is a damaged file.
+TRAIN_OK_KEYS = ("top1", "config_hash", "epochs")
+
+
+def run_dir(results: str | Path, profile: str, dataset: str, model: str, seed: int, config_hash: str) -> Path:
+    return Path(results) / "runs" / profile / dataset / model / f"seed{int(seed)}" / config_hash
+
+
+@dataclass
+class RunState:
+    """What is on disk for one run."""
+
+    path: Path
+    train: str = "missing"  # missing | paused | ok | error | corrupt
+    measure: str = "missing"  # missing | ok | error | skipped | corrupt
+    error: str = ""  # the one-line message of a failed train or measure
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
+
+    @property
+    def failed(self) -> bool:
+        return self.train == "error" or (self.train == "ok" and self.measure == "error")
+
+    def describe(self) -> str:
+        if self.train == "ok":
+            return {"ok": "done", "missing": "trained, not measured"}.get(self.measure, f"trained, measure {self.measure}")
+        return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(self.train, self.train)
+
+
+def _read_json(path: Path) -> tuple[dict | None, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if not isinstance(data, dict) or data.get("status") not in ("ok", "error", "skipped"):
+        return None, "not a run record (no status)"
+    return data, ""
+
+
+def archive_problem(path: Path) -> str:
+    """Why ``path`` is not a complete ``torch.save`` archive ('' when it is one).
+
+    torch.save writes a zip archive whose directory sits at the end of the file, so a
+    truncated or half-copied file fails here; the check reads the directory only, never the
+    tensors, so it costs milliseconds even for a paper-scale checkpoint."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        return f"not a complete archive ({type(exc).__name__}: {exc})".splitlines()[0]
+    if not any(n.endswith("data.pkl") for n in names):
+        return "not a torch.save archive (no data.pkl)"
+    return ""
+
+
+def inspect_run(path: str | Path) -> RunState:
+    """The state of one run folder, with every damaged file it holds."""
+    path = Path(path)
+    state = RunState(path)
+    train_json, measure_json, model_pt = path / "train.json", path / "measure.json", path / "model.pt"
+    if train_json.exists():
+        train, why = _read_json(train_json)
+        if train is None or (train["status"] == "ok" and any(k not in train for k in TRAIN_OK_KEYS)):
+            state.train = "corrupt"
+            state.damaged.append((train_json, why or f"record lacks {[k for k in TRAIN_OK_KEYS if k not in train]}"))
+        elif train["status"] == "error":
+            state.train, state.error = "error", str(train.get("error") or "unknown error")
+        else:
+            state.train = "ok"
+            problem = archive_problem(model_pt) if model_pt.exists() else "missing"
+            if problem:
+                state.damaged.append((model_pt, problem))
+    elif (path / "checkpoint.pt").exists():
+        state.train = "paused"
+    if measure_json.exists():
+        measure, why = _read_json(measure_json)
+        if measure is None:
+            state.measure = "corrupt"
+            state.damaged.append((measure_json, why))
+        else:
+            state.measure = measure["status"]
+            if measure["status"] == "error" and state.train == "ok":
+                state.error = f"measure: {measure.get('error') or 'unknown error'}"
+    return state
+
+
+def set_aside(path: Path, why: str, *, keep_original: bool = True) -> Path | None:
+    """Keep a damaged file as ``NAME.corrupt-<sha>`` beside it; idempotent (the same damaged
+    content is kept once). The kept copy counts as an attempt (``attempts``), which makes the
+    rule that writes the file run again.
+
+    ``keep_original``: copy, leaving the damaged file for Snakemake to replace when the job
+    reruns (a missing output of a finished grid would not be remade: Snakemake does not
+    rebuild missing intermediate files of up-to-date targets). Otherwise move it (``model.pt``:
+    large, and not a rule output)."""
+    if not path.exists():  # e.g. model.pt gone beside a finished train.json: leave a marker
+        record = path.with_name("train.json")
+        stamp = hashlib.sha256(record.read_bytes() if record.exists() else b"").hexdigest()[:12]
+        kept = path.with_name(f"{path.name}{CORRUPT_TAG}missing-{stamp}")
+        kept.touch()
+        return kept
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    kept = path.with_name(f"{path.name}{CORRUPT_TAG}{digest.hexdigest()[:12]}")
+    if not kept.exists():
+        if keep_original:
+            shutil.copy2(path, kept)
+        else:
+            path.rename(kept)
+    elif not keep_original:
+        path.unlink()
+    return kept
+
+
+def record_failure(path: str | Path, stage: str, message: str, **extra) -> None:
+    """Append one failed attempt to the run's ``failures.jsonl`` (never rewritten)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    line = {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stage": stage, "error": message, **extra}
+    with open(path / FAILURES, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def attempts(path: str | Path, stage: str | None = None) -> int:
+    """Failed attempts and set-aside files of a run (of one stage: 'train' or 'measure').
+
+    The train and measure rules take this number as a parameter: it grows with each failure,
+    so Snakemake's params trigger reruns a failed job at the next invocation, and it stays put
+    once the job succeeds, so a finished run is never redone."""
+    path = Path(path)
+    n = 0
+    if (path / FAILURES).is_file():
+        for line in (path / FAILURES).read_text().splitlines():
+            try:
+                n += stage is None or json.loads(line).get("stage") == stage
+            except ValueError:  # a torn last line of a killed writer still counts
+                n += 1
+    owners = {"train.json": "train", "model.pt": "train", "measure.json": "measure"}  # not checkpoint.pt:
+    for kept in path.glob(f"*{CORRUPT_TAG}*"):  # the train job sets that aside itself, mid-attempt
+        owner = owners.get(kept.name.split(CORRUPT_TAG)[0])
+        n += owner is not None and (stage is None or owner == stage)
+    return n
+
+
+def remove_orphan_temporaries(path: str | Path) -> list[Path]:
+    """Delete ``.NAME.*.tmp`` files a killed writer left in a run folder (puppet.io writes to
+    such names, then renames). Call it only while no other process writes there: the train
+    job owns its folder."""
+    removed = []
+    for tmp in Path(path).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def failure_lines(states: list[RunState]) -> list[str]:
+    """One console line per failed run: where it is and the one-line error."""
+    lines = []
+    for s in states:
+        if s.failed:
+            parts = s.path.parts
+            label = "/".join(parts[-5:-1]) if len(parts) >= 5 else str(s.path)
+            lines.append(f"FAILED {label}: {s.error}  [{s.path}]")
+    return lines
+
+
+def disk_hint(path: Path) -> str:
+    """'' or a note on free space where ``path`` is written, for write errors."""
+    try:
+        free = shutil.disk_usage(path if path.is_dir() else path.parent).free
+    except OSError:
+        return ""
+    return f"; {free / 1e9:.2f} GB free there" + (" (disk full?)" if free < 1e9 else "")
