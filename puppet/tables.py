@@ -44,7 +44,8 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
         if runs.empty:
             row["note"] = "not run"
         elif ok.empty:
-            row["note"] = "failed: " + str(runs["error"].iloc[0])[:160]
+            error = runs["error"].iloc[0]
+            row["note"] = "failed: " + (str(error)[:160] if isinstance(error, str) and error else "no message recorded")
         else:
             row["note"] = ""
         for m in table.metrics:

@@ -67,6 +67,15 @@ def test_table2_puts_paper_numbers_beside_ours(metrics, tmp_path):
     assert set(frames) >= {"table1", "table2", "table3", "table4", "table6"}
 
 
+def test_a_failure_without_message_is_said_so(metrics, tmp_path):
+    df = pd.read_csv(metrics)
+    df.loc[df.model == "squeezenet", "error"] = None  # an error record with an empty message
+    df.to_csv(tmp_path / "m.csv", index=False)
+    write_tables(tmp_path / "m.csv", tmp_path / "out")
+    squeeze = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["squeezenet"]
+    assert squeeze["note"] == "failed: no message recorded"
+
+
 def test_figures_are_written(metrics, tmp_path):
     paths = write_figures(metrics, tmp_path / "fig")
     names = {p.name for p in paths}
