@@ -181,13 +181,16 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def preflight(config: dict) -> list[str]:
-    """Check the data of every dataset the grid uses before any job starts: each configured
-    ``data_sources`` path must be a readable .npz in the expected layout (``DataError``, one
-    line naming the file and the fix, on the first that is not). Returns warnings: datasets
-    whose default source is absent and cannot be downloaded (their runs will fail)."""
+def preflight(config: dict, datasets: set[str] | None = None) -> list[str]:
+    """Check the data of every dataset the grid uses (or of ``datasets``: the workflow passes
+    those with runs left to train, so a finished grid tabulates without its data) before any
+    job starts: each configured ``data_sources`` path must be a readable .npz in the expected
+    layout (``DataError``, one line naming the file and the fix, on the first that is not).
+    Returns warnings: datasets whose default source is absent and cannot be downloaded."""
     warnings = []
     for dataset in dict.fromkeys(d for d, _, _ in run_grid(config)):
+        if datasets is not None and dataset not in datasets:
+            continue
         image_size = {**config["data"], **config.get("data_overrides", {}).get(dataset, {})}.get("image_size")
         source = config["data_sources"].get(dataset)
         if source:

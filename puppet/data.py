@@ -177,11 +177,18 @@ def check_npz(path: str | os.PathLike, name: str, image_size: int | None = None)
             raise DataError(f"{where}: '{path}' lacks arrays {missing}; expected {', '.join(NPZ_KEYS)}")
         with np.load(path, allow_pickle=False) as f:
             labels = {k: f[k] for k in ("y_train", "y_test")}
+            n_named = len(f["classes"]) if "classes" in f.files else None
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
-    problem = _layout_problem(shapes, dtypes, labels, DATASETS[name], image_size)
+    info = DATASETS[name]
+    if n_named is not None and name != "mini_imagenet" and n_named != info.num_classes:
+        raise DataError(f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} file")
+    if name == "mini_imagenet":  # classes from the file, any square size (see load_npz)
+        info = DatasetInfo(name, n_named or 1 + int(max(labels["y_train"].max(initial=0), labels["y_test"].max(initial=0))),
+                           3, image_size or shapes["x_train"][1], "")
+    problem = _layout_problem(shapes, dtypes, labels, info, image_size)
     if problem:
         raise DataError(f"{where}: '{path}': {problem}")
 

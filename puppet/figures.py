@@ -12,6 +12,7 @@ Written as PNG (for reading) and PDF (for papers).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from puppet.io import atomic_write, atomic_write_csv  # noqa: E402
 from puppet.registry import model_info  # noqa: E402
-from puppet.runs import run_dir  # noqa: E402
+from puppet.runs import archive_problem, run_dir  # noqa: E402
 
 COST_AXES = {
     "stored_params": "stored parameters",
@@ -109,6 +110,10 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
         path = run_dir(runs_root.parent, str(r["profile"]), str(r["dataset"]), str(r["model"]), int(r["seed"]),
                        str(r.get("config_hash", ""))) / "test_stats.pt"
         if path.is_file():
+            problem = archive_problem(path)
+            if problem:  # a damaged per-sample record costs one panel, not the figures
+                print(f"warning: skipping {path} in Fig. 3: {problem}", file=sys.stderr)
+                continue
             stats = torch.load(path, weights_only=False)
             if "complexity" in stats and "depth" in stats and len(stats["depth"].unique()) > 1:  # depth-adaptive only
                 panels.append((r, stats["complexity"].numpy(), stats["depth"].numpy()))
@@ -169,7 +174,7 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
 def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = pd.read_csv(metrics_path)
+    metrics = pd.read_csv(metrics_path, dtype={"config_hash": str})  # "012345678901" is a hash, not a number
     summary = summarise(metrics)
     written = []
     for dataset in sorted(summary["dataset"].unique()):

@@ -93,8 +93,8 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
 
     if not (results / "metrics.csv").is_file():
         raise FileNotFoundError(f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first")
-    sitting = pd.read_csv(results / "metrics.csv")
-    snapshot = pd.read_csv(out / "metrics.csv") if (out / "metrics.csv").is_file() else sitting.iloc[0:0]
+    sitting = pd.read_csv(results / "metrics.csv", dtype={"config_hash": str})
+    snapshot = pd.read_csv(out / "metrics.csv", dtype={"config_hash": str}) if (out / "metrics.csv").is_file() else sitting.iloc[0:0]
     merged = merge_metrics(snapshot, sitting, allow_config_change)  # refuses before anything is written
     sittings = _add_sitting(_read_sittings(out), sitting, command, timing)
 
@@ -147,7 +147,7 @@ def _read_sittings(out: Path) -> pd.DataFrame:
     readme = (out / "README.md").read_text() if (out / "README.md").is_file() else ""
     command = re.search(r"^- command: `(.*)`$", readme, re.M)
     wall = re.search(r"^- wall-clock: (.*)$", readme, re.M)
-    old = pd.read_csv(out / "metrics.csv")
+    old = pd.read_csv(out / "metrics.csv", dtype={"config_hash": str})
     return pd.DataFrame([{
         "sitting": "1", "published_utc": "", "command": command.group(1) if command else "(not recorded)",
         "wall_clock": wall.group(1) if wall else "", "runs_merged": str(len(old)),

@@ -6,23 +6,26 @@ of its identity, so a rerun with another spec (a typo in a data path, another le
 trains in a folder of its own and can never replace a finished result; going back to the old
 spec finds the old result again.
 
-The workflow reads every planned run's state when it starts (``inspect_run``), and:
+The workflow reads every planned run's state when it starts (``inspect_run``, read only):
 
 * a run that failed (``status=error`` in ``train.json`` or ``measure.json``) is redone: each
-  failure is appended to the run's ``failures.jsonl``, and the number of lines there is a
+  failure is appended to the run's ``failures.jsonl``, and the number of failed attempts is a
   parameter of the train and measure rules, so Snakemake's params trigger reruns exactly the
-  runs that failed since they last ran (a plain dry run shows them, nothing else moves);
-* a damaged file (truncated or unreadable ``train.json`` / ``measure.json``, a ``model.pt`` that
-  is not a complete archive) is set aside beside the original as ``NAME.corrupt-<sha>`` with a
-  warning, which also counts as an attempt, so the run is redone (resumed from its checkpoint
-  where that is sound);
+  runs that failed since they last ran;
+* a damaged file (truncated or unreadable ``train.json`` / ``measure.json``; a ``model.pt``
+  that is not a complete archive while the run still needs measuring) counts as one more
+  attempt, so a dry run already shows the rerun; when the jobs start (``onstart``, inside
+  Snakemake's lock, never in a dry run) the file is kept beside the original as
+  ``NAME.corrupt-<mtime_ns>`` with a warning, and that kept copy carries the count from then on;
 * at the end, ``failure_lines`` gives the one-line-per-run summary the console shows, and the
   invocation exits non-zero when any run failed.
+
+The params trigger needs Snakemake's record of the last execution (``.snakemake/metadata``);
+without it a failed run is not redone by itself, and the workflow says so.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import zipfile
@@ -52,7 +55,12 @@ class RunState:
 
     @property
     def failed(self) -> bool:
-        return self.train == "error" or (self.train == "ok" and self.measure == "error")
+        return self.train in ("error", "corrupt") or (self.train == "ok" and self.measure in ("error", "corrupt"))
+
+    def pending(self, stage: str) -> int:
+        """Damaged files of this stage not yet set aside: counted as attempts until they are."""
+        owners = {"train.json": "train", "model.pt": "train", "measure.json": "measure"}
+        return sum(owners[p.name] == stage for p, _ in self.damaged)
 
     def describe(self) -> str:
         if self.train == "ok":
@@ -100,9 +108,6 @@ def inspect_run(path: str | Path) -> RunState:
             state.train, state.error = "error", str(train.get("error") or "unknown error")
         else:
             state.train = "ok"
-            problem = archive_problem(model_pt) if model_pt.exists() else "missing"
-            if problem:
-                state.damaged.append((model_pt, problem))
     elif (path / "checkpoint.pt").exists():
         state.train = "paused"
     if measure_json.exists():
@@ -114,29 +119,39 @@ def inspect_run(path: str | Path) -> RunState:
             state.measure = measure["status"]
             if measure["status"] == "error" and state.train == "ok":
                 state.error = f"measure: {measure.get('error') or 'unknown error'}"
+    if state.train == "ok" and state.measure != "ok":
+        # model.pt matters only while the run still has to be measured: a finished run whose
+        # model.pt was deleted to save space is left alone (its numbers are all recorded)
+        problem = archive_problem(model_pt) if model_pt.exists() else "missing"
+        if problem:
+            state.damaged.append((model_pt, problem))
+    if state.train == "corrupt":
+        state.error = f"damaged train.json ({state.damaged[0][1]})"
+    elif state.train == "ok" and state.measure == "corrupt":
+        state.error = "damaged measure.json"
     return state
 
 
-def set_aside(path: Path, why: str, *, keep_original: bool = True) -> Path | None:
-    """Keep a damaged file as ``NAME.corrupt-<sha>`` beside it; idempotent (the same damaged
-    content is kept once). The kept copy counts as an attempt (``attempts``), which makes the
-    rule that writes the file run again.
+def set_aside(path: Path, why: str, *, keep_original: bool = True) -> Path:
+    """Keep a damaged file as ``NAME.corrupt-<mtime_ns>`` beside it, and return that path.
+
+    The kept file counts as an attempt (``attempts``), which makes the rule that writes the
+    file run again. Named by the damaged file's modification time: the same damaged file is
+    kept once however often this is called, and a file damaged again later (even with the
+    same bytes) is kept again, so it is redone again.
 
     ``keep_original``: copy, leaving the damaged file for Snakemake to replace when the job
     reruns (a missing output of a finished grid would not be remade: Snakemake does not
     rebuild missing intermediate files of up-to-date targets). Otherwise move it (``model.pt``:
-    large, and not a rule output)."""
-    if not path.exists():  # e.g. model.pt gone beside a finished train.json: leave a marker
+    large, and not a rule output). A missing file leaves an empty marker, named by the
+    run's ``train.json``."""
+    if not path.exists():
         record = path.with_name("train.json")
-        stamp = hashlib.sha256(record.read_bytes() if record.exists() else b"").hexdigest()[:12]
+        stamp = record.stat().st_mtime_ns if record.exists() else 0
         kept = path.with_name(f"{path.name}{CORRUPT_TAG}missing-{stamp}")
         kept.touch()
         return kept
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    kept = path.with_name(f"{path.name}{CORRUPT_TAG}{digest.hexdigest()[:12]}")
+    kept = path.with_name(f"{path.name}{CORRUPT_TAG}{path.stat().st_mtime_ns}")
     if not kept.exists():
         if keep_original:
             shutil.copy2(path, kept)
@@ -152,8 +167,10 @@ def record_failure(path: str | Path, stage: str, message: str, **extra) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     line = {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stage": stage, "error": message, **extra}
-    with open(path / FAILURES, "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+    ledger = path / FAILURES
+    torn = ledger.is_file() and ledger.stat().st_size > 0 and not ledger.read_bytes().endswith(b"\n")
+    with open(ledger, "a") as f:  # a killed writer's torn last line must not swallow this one
+        f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
 
 
 def attempts(path: str | Path, stage: str | None = None) -> int:
@@ -168,8 +185,8 @@ def attempts(path: str | Path, stage: str | None = None) -> int:
         for line in (path / FAILURES).read_text().splitlines():
             try:
                 n += stage is None or json.loads(line).get("stage") == stage
-            except ValueError:  # a torn last line of a killed writer still counts
-                n += 1
+            except ValueError:  # a torn line of a killed writer counts once, for training
+                n += stage in (None, "train")
     owners = {"train.json": "train", "model.pt": "train", "measure.json": "measure"}  # not checkpoint.pt:
     for kept in path.glob(f"*{CORRUPT_TAG}*"):  # the train job sets that aside itself, mid-attempt
         owner = owners.get(kept.name.split(CORRUPT_TAG)[0])

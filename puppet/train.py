@@ -229,9 +229,16 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
     ckpt = _load_checkpoint(ckpt_path, device)
     if ckpt is not None:
         if ckpt.get("config_hash") == chash:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["schedule"])
+            try:
+                model.load_state_dict(ckpt["model"])
+                opt.load_state_dict(ckpt["optimizer"])
+                sched.load_state_dict(ckpt["schedule"])
+            except (RuntimeError, ValueError, KeyError) as exc:  # same spec, other code: the model changed
+                raise RuntimeError(
+                    f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, commit {ckpt.get('git_commit', 'unknown')}) does "
+                    f"not fit this code's {spec['model']}: {str(exc).splitlines()[0][:160]}; check out that commit to "
+                    f"resume, or move the checkpoint away to retrain"
+                ) from None
             _set_rng_state(ckpt["rng"])
             start_epoch, history, train_time = ckpt["epoch"], ckpt["history"], ckpt["train_time_s"]
             print(f"resuming {out_dir} from epoch {start_epoch}", file=sys.stderr)
@@ -239,6 +246,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
             ckpt_path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
         del ckpt
 
+    commit = git_commit()
     progress = Progress(spec["epochs"], f"{spec['model']}/{spec['dataset']}/seed{spec['seed']}")
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
     for epoch in range(start_epoch, spec["epochs"]):
@@ -258,7 +266,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
         _save(ckpt_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
             "rng": _rng_state(), "epoch": epoch + 1, "history": history, "train_time_s": train_time,
-            "config_hash": chash,
+            "config_hash": chash, "git_commit": commit,
         })
         _failpoint(spec, "epoch", epoch + 1)
         last_epoch_s = clock() - epoch_start

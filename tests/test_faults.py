@@ -28,6 +28,7 @@ import torch
 
 from puppet.config import ConfigError, load_config, preflight, run_grid, validate_config
 from puppet.data import DataError, check_npz, load_dataset, make_splits
+from puppet.runs import attempts, inspect_run, record_failure, set_aside
 from puppet.train import train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +121,7 @@ def test_failed_run_is_loud_tables_complete_and_only_it_is_retried(finished, tmp
 
     plan = snakemake(workdir, *grid4, "-n")  # after "fixing the cause": the failed run and nothing else
     assert [Path(p).parent.name for p in planned_trains(plan)] == ["seed3"]
-    assert "failed before and are retried" in output(plan)
+    assert "failed or were damaged before and are retried" in output(plan)
     retried = snakemake(workdir, *grid4)
     assert retried.returncode == 0, retried.stderr[-3000:]
     assert [Path(p).parent.name for p in planned_trains(retried)] == ["seed3"]
@@ -138,14 +139,20 @@ def test_damaged_files_are_set_aside_and_the_runs_redone(finished, tmp_path):
     runs = run_dirs(workdir)
     (runs[0] / "train.json").write_text((runs[0] / "train.json").read_text()[:60])  # truncated
     (runs[1] / "measure.json").write_text("{}")  # emptied
-    for name in ("model.pt", "checkpoint.pt"):  # a half-copied run folder
+    for name in ("model.pt", "checkpoint.pt"):  # a half-copied run folder, not measured yet
         with open(runs[2] / name, "r+b") as f:
             f.truncate(1000)
+    (runs[2] / "measure.json").unlink()
+    seed1_train = (runs[1] / "train.json").read_bytes()
+    plan = snakemake(workdir, *GRID, "-n")  # a dry run shows the redo and changes nothing
+    assert sorted(Path(p).parent.name for p in planned_trains(plan)) == ["seed0", "seed2"]
+    assert not list(workdir.glob("results/runs/**/*.corrupt-*"))
     proc = snakemake(workdir, *GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in (runs[0] / "train.json", runs[1] / "measure.json", runs[2] / "model.pt"):
         assert f"{path.relative_to(workdir)} is damaged" in output(proc)
         assert list(path.parent.glob(f"{path.name}.corrupt-*")), path  # kept, not deleted
+    assert (runs[1] / "train.json").read_bytes() == seed1_train  # only measured again, not retrained
     assert "training starts over" in (runs[2] / "train.log").read_text()  # the damaged checkpoint
     assert "resuming" in (runs[0] / "train.log").read_text()  # a sound checkpoint is resumed
     reference = run_dirs(finished)
@@ -211,7 +218,17 @@ def test_ctrl_c_then_rerun_completes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     (run,) = run_dirs(tmp_path).values()
     assert record(run / "train.json")["status"] == "ok" and len(record(run / "train.json")["history"]) == 4
-    assert not list(run.glob(".*.tmp"))
+    assert "resuming" in (run / "train.log").read_text()
+    assert (run / "train.log.history").read_text().count("==== attempt started") == 2  # the interrupted log kept
+
+
+@pytest.mark.slow
+def test_without_snakemakes_record_the_fix_is_named(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    (run_dirs(workdir)[0] / "measure.json").write_text("")
+    shutil.rmtree(workdir / ".snakemake")
+    plan = output(snakemake(workdir, *GRID, "-n"))
+    assert "no record of earlier runs" in plan and "--forcerun results/runs/smoke/synthetic/alexnet/seed0/" in plan
 
 
 @pytest.mark.slow
@@ -297,6 +314,8 @@ def test_preflight_checks_configured_sources_and_warns_on_absent_defaults(tmp_pa
     warnings = preflight(_config(data_root=str(tmp_path), download=False))
     assert len(warnings) == 1 and "cifar10: no data at" in warnings[0]
     assert preflight(_config(data_sources={"cifar10": str(_npz(tmp_path / "ok.npz"))})) == []
+    # the workflow checks only datasets with runs left to train: a finished grid tabulates without its data
+    assert preflight(_config(data_sources={"cifar10": str(tmp_path / "gone.npz")}), datasets=set()) == []
 
 
 def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
@@ -312,6 +331,60 @@ def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "puppet", "validate", "--configfile", str(tmp_path / "nope.yaml")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.yaml" in missing.stderr
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def _finished_run(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "train.json").write_text(json.dumps({"status": "ok", "top1": 1.0, "config_hash": path.name, "epochs": 1}))
+    (path / "measure.json").write_text(json.dumps({"status": "ok"}))
+    torch.save({"model": {}}, path / "model.pt")
+    return path
+
+
+def test_a_finished_run_without_model_pt_is_left_alone(tmp_path):
+    run = _finished_run(tmp_path / "abc")
+    (run / "model.pt").unlink()  # deleted to save space: every number is recorded
+    state = inspect_run(run)
+    assert state.describe() == "done" and not state.damaged and not state.failed
+    (run / "measure.json").unlink()  # but a run still to be measured needs it
+    assert [p.name for p, _ in inspect_run(run).damaged] == ["model.pt"]
+
+
+def test_damage_is_counted_once_per_event(tmp_path):
+    run = _finished_run(tmp_path / "abc")
+    (run / "train.json").write_text("")
+    state = inspect_run(run)
+    assert state.train == "corrupt" and state.failed and state.pending("train") == 1 and attempts(run, "train") == 0
+    for _ in range(2):  # dry runs and repeated starts keep one copy
+        set_aside(run / "train.json", "empty")
+    assert attempts(run, "train") == 1 and (run / "train.json").exists()  # the original waits for the rerun
+    (run / "train.json").write_text("")  # damaged again later, with the same bytes
+    os.utime(run / "train.json", ns=(1, 1))
+    set_aside(run / "train.json", "empty")
+    assert attempts(run, "train") == 2 and attempts(run, "measure") == 0
+
+
+def test_a_torn_failure_line_does_not_swallow_the_next(tmp_path):
+    (tmp_path / "failures.jsonl").write_text('{"stage": "train", "err')  # a writer killed mid-line
+    record_failure(tmp_path, "measure", "boom")
+    assert attempts(tmp_path, "train") == 1 and attempts(tmp_path, "measure") == 1
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_says_how_to_resume(tmp_path):
+    spec = _spec(tmp_path)
+    out = tmp_path / "run"
+    assert train_main(spec, out)["status"] == "ok"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt["model"] = {"not": torch.zeros(1)}  # what a model changed by a code edit looks like
+    ckpt["epoch"] = 0
+    torch.save(ckpt, out / "checkpoint.pt")
+    (out / "train.json").unlink()
+    rec = train_main(spec, out)
+    assert rec["status"] == "error" and "does not fit this code's alexnet" in rec["error"]
+    assert "check out that commit" in rec["error"] and "\n" not in rec["error"]
 
 
 # --------------------------------------------------------------------------- config friction

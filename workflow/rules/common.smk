@@ -41,9 +41,9 @@ TIME_LIMIT_FLAG = (
 )
 
 
-# Appended to a job's command: keep its exit status, and append this attempt's log (which
-# Snakemake deletes before the next attempt) to LOG.history (bash runs with -e).
-KEEP_LOG = " || status=$?; cat {log} >> {log}.history; exit ${{status:-0}}"
+# A job's stderr goes to its log (this attempt: Snakemake deletes it before the next) and is
+# appended to LOG.history as it is written, so the history survives a killed job too.
+STDERR_TO_LOG = " 2> >(tee -a {log}.history > {log})"
 
 
 def grid(filename):
@@ -64,42 +64,61 @@ def spec_json(wildcards):
 
 
 def failed_attempts(stage):
-    """A rule parameter that counts the run's failed attempts (puppet/runs.py): it grows when
-    the job fails, so Snakemake's params trigger redoes exactly the failed jobs next time."""
+    """A rule parameter that counts the run's failed attempts (puppet/runs.py), damaged files
+    not yet set aside included: it grows when the job fails or a file of it is damaged, so
+    Snakemake's params trigger redoes exactly those jobs next time (a dry run shows them)."""
 
     def count(wildcards):
-        return attempts(RUN_DIR.format(**dict(wildcards.items())), stage)
+        path = RUN_DIR.format(**dict(wildcards.items()))
+        return attempts(path, stage) + STATES[path].pending(stage)
 
     return count
 
 
 def run_states():
-    return [inspect_run(path) for path in RUN_PATHS]
+    return {path: inspect_run(path) for path in RUN_PATHS}
 
 
-# Before any job: the data every dataset of the grid reads, and the runs left damaged by an
-# earlier invocation (set aside, so their jobs rerun). Main process only: cluster jobs re-read
-# this file.
+def short(state):
+    return "/".join(state.path.parts[-5:-1])
+
+
+# Before any job (read only, so dry runs and --unlock change nothing): the state of every planned
+# run, and the data of the datasets that still have runs to train. Main process only: cluster
+# jobs re-read this file.
+STATES = run_states()
 if workflow.is_main_process:
+    unfinished = {Path(p).parts[3] for p, s in STATES.items() if s.train != "ok"}
     try:
-        for warning in preflight(config):
+        for warning in preflight(config, datasets=unfinished):
             print(f"warning: {warning}", file=sys.stderr)
     except DataError as exc:
         raise WorkflowError(f"data pre-flight: {exc}") from None
-    for state in run_states():
+    for state in STATES.values():
+        for path, why in state.damaged:
+            print(f"warning: {path} is damaged ({why}); it will be kept aside and its job rerun", file=sys.stderr)
+    retry = [s for s in STATES.values() if s.failed]
+    if retry:
+        print(f"{len(retry)} run(s) failed or were damaged before and are retried:", file=sys.stderr)
+        for line in failure_lines(retry):
+            print(f"  {line}", file=sys.stderr)
+        if not Path(".snakemake/metadata").is_dir():
+            paths = " ".join(f"{s.path}/train.json" for s in retry)
+            print(f"warning: Snakemake has no record of earlier runs here (.snakemake/metadata), so it cannot see that "
+                  f"these failed; redo them with --forcerun {paths}", file=sys.stderr)
+
+
+def set_aside_damaged():
+    """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside."""
+    for state in STATES.values():
         for path, why in state.damaged:
             kept = set_aside(path, why, keep_original=path.name != "model.pt")
-            print(f"warning: {path} is damaged ({why}); kept as {kept.name if kept else '-'}, the run is redone", file=sys.stderr)
-    retry = failure_lines(run_states())
-    if retry:
-        print(f"{len(retry)} run(s) failed before and are retried:", file=sys.stderr)
-        for line in retry:
-            print(f"  {line}", file=sys.stderr)
+            print(f"kept {path} as {kept.name}", file=sys.stderr)
 
 
 def report_failures(crashed_ok):
     """The end-of-invocation summary: one line per failed run; True when any failed."""
-    states = run_states()
+    states = list(run_states().values())
     lines = failure_lines(states)
     if crashed_ok:
         unfinished = []
@@ -111,7 +130,7 @@ def report_failures(crashed_ok):
         for line in lines:
             print(f"  {line}", file=sys.stderr)
         for s in unfinished[:20]:
-            print(f"  UNFINISHED {'/'.join(s.path.parts[-5:-1])}: {s.describe()}; see {s.path / 'train.log'}", file=sys.stderr)
+            print(f"  UNFINISHED {short(s)}: {s.describe()}; see {s.path / 'train.log'}", file=sys.stderr)
         if len(unfinished) > 20:
             print(f"  ... and {len(unfinished) - 20} more unfinished", file=sys.stderr)
         print("Fix the cause and rerun the same command: only these runs are redone"

@@ -13,12 +13,11 @@ rule train:
     threads: 2
     resources:
         gpu=1,
-    # Snakemake empties train.log before each attempt; KEEP_LOG appends it to train.log.history,
-    # so a failure's log survives its retry. Exit code 75: paused by train.time_limit_min at an
-    # epoch boundary, checkpoint saved and no train.json, so the next invocation resumes it.
+    # train.log holds this attempt, train.log.history every attempt (STDERR_TO_LOG). Exit code
+    # 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
+    # train.json, so the next invocation resumes it.
     shell:
-        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + " 2> {log}"
-        + KEEP_LOG
+        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + STDERR_TO_LOG
 
 
 rule measure:
@@ -39,4 +38,4 @@ rule measure:
         gpu=1,
         speed_lock=1,
     shell:
-        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir} 2> {log}" + KEEP_LOG
+        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir}" + STDERR_TO_LOG
