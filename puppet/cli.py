@@ -28,8 +28,9 @@ def _measure(spec: dict, run_dir: Path) -> dict:
     from puppet.measure import measure_model
     from puppet.train import build_model, load_splits, pick_device
 
-    from puppet.runs import inspect_run, record_failure
+    from puppet.runs import inspect_run, record_failure, remove_orphan_temporaries
 
+    remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
     record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
     state = inspect_run(run_dir)
     if state.train != "ok":
