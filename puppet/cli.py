@@ -41,8 +41,12 @@ def _measure(spec: dict, run_dir: Path) -> dict:
             device = pick_device(spec["device"])
             splits = load_splits(spec)
             model = build_model(spec, splits).to(device)
-            state = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
-            model.load_state_dict(state["model"])
+            try:
+                state = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+                model.load_state_dict(state["model"])
+            except Exception as exc:
+                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                                   f"delete it and rerun: the run is redone from its checkpoint") from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
             record.update(status="ok", error="", **measure_model(model, test, spec["measure"], device))
         except Exception as exc:  # recorded in the row, never a silent None
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_grid(cfg)
             warnings = preflight(cfg)  # raises DataError on the first bad data source
             print(f"config OK: profile {cfg['profile']}, {len(runs)} runs; data sources checked")
+            if cfg["device"] == "cuda" and not torch.cuda.is_available():
+                warnings.append("device: cuda but no CUDA device is visible here; every run will fail on this machine "
+                                "(fine on a login node whose jobs run on GPU nodes)")
             for warning in warnings:
                 print(f"warning: {warning}")
             for dataset, model, seed in runs:

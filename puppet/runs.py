@@ -17,6 +17,9 @@ The workflow reads every planned run's state when it starts (``inspect_run``, re
   attempt, so a dry run already shows the rerun; when the jobs start (``onstart``, inside
   Snakemake's lock, never in a dry run) the file is kept beside the original as
   ``NAME.corrupt-<mtime_ns>`` with a warning, and that kept copy carries the count from then on;
+* a run whose ``train.json`` or ``measure.json`` was deleted while ``results/metrics.csv`` still
+  holds its row is not remade by Snakemake (it does not rebuild missing intermediate files of an
+  up-to-date target): the workflow warns and names the ``--forcerun`` command;
 * at the end, ``failure_lines`` gives the one-line-per-run summary the console shows, and the
   invocation exits non-zero when any run failed.
 
@@ -132,33 +135,38 @@ def inspect_run(path: str | Path) -> RunState:
     return state
 
 
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def set_aside(path: Path, why: str, *, keep_original: bool = True) -> Path:
     """Keep a damaged file as ``NAME.corrupt-<mtime_ns>`` beside it, and return that path.
 
-    The kept file counts as an attempt (``attempts``), which makes the rule that writes the
-    file run again. Named by the damaged file's modification time: the same damaged file is
-    kept once however often this is called, and a file damaged again later (even with the
-    same bytes) is kept again, so it is redone again.
+    Every call keeps one more file (``-2``, ``-3``... when the name is taken, e.g. a damaged
+    file restored with its timestamp), and each kept file counts as one attempt
+    (``attempts``): the workflow counted the damage as a pending attempt when it planned the
+    jobs, so the count it recorded and the count after the set-aside agree.
 
     ``keep_original``: copy, leaving the damaged file for Snakemake to replace when the job
     reruns (a missing output of a finished grid would not be remade: Snakemake does not
     rebuild missing intermediate files of up-to-date targets). Otherwise move it (``model.pt``:
-    large, and not a rule output). A missing file leaves an empty marker, named by the
-    run's ``train.json``."""
+    large, and not a rule output). A missing file leaves an empty marker."""
     if not path.exists():
         record = path.with_name("train.json")
         stamp = record.stat().st_mtime_ns if record.exists() else 0
-        kept = path.with_name(f"{path.name}{CORRUPT_TAG}missing-{stamp}")
+        kept = _unused(path.with_name(f"{path.name}{CORRUPT_TAG}missing-{stamp}"))
         kept.touch()
         return kept
-    kept = path.with_name(f"{path.name}{CORRUPT_TAG}{path.stat().st_mtime_ns}")
-    if not kept.exists():
-        if keep_original:
-            shutil.copy2(path, kept)
-        else:
-            path.rename(kept)
-    elif not keep_original:
-        path.unlink()
+    kept = _unused(path.with_name(f"{path.name}{CORRUPT_TAG}{path.stat().st_mtime_ns}"))
+    if keep_original:
+        shutil.copy2(path, kept)
+    else:
+        path.rename(kept)
     return kept
 
 

@@ -355,8 +355,9 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
     try:
         record = train_run(spec, out_dir, time_limit_min=time_limit_min)
         if record["status"] == "paused":
-            # stdout: the train rule sends stderr to the run's log, so this line reaches the console
+            # stdout reaches the console (the train rule sends stderr to the run's log); both get it
             print(record["message"], flush=True)
+            print(record["message"], file=sys.stderr, flush=True)
             return record
     except KeyboardInterrupt:
         raise

@@ -138,6 +138,7 @@ def test_damaged_files_are_set_aside_and_the_runs_redone(finished, tmp_path):
     workdir = copy_of(finished, tmp_path)
     runs = run_dirs(workdir)
     (runs[0] / "train.json").write_text((runs[0] / "train.json").read_text()[:60])  # truncated
+    (runs[0] / "measure.json").write_text("garbage")  # and its measurement: both stages redone once
     (runs[1] / "measure.json").write_text("{}")  # emptied
     for name in ("model.pt", "checkpoint.pt"):  # a half-copied run folder, not measured yet
         with open(runs[2] / name, "r+b") as f:
@@ -149,7 +150,7 @@ def test_damaged_files_are_set_aside_and_the_runs_redone(finished, tmp_path):
     assert not list(workdir.glob("results/runs/**/*.corrupt-*"))
     proc = snakemake(workdir, *GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for path in (runs[0] / "train.json", runs[1] / "measure.json", runs[2] / "model.pt"):
+    for path in (runs[0] / "train.json", runs[0] / "measure.json", runs[1] / "measure.json", runs[2] / "model.pt"):
         assert f"{path.relative_to(workdir)} is damaged" in output(proc)
         assert list(path.parent.glob(f"{path.name}.corrupt-*")), path  # kept, not deleted
     assert (runs[1] / "train.json").read_bytes() == seed1_train  # only measured again, not retrained
@@ -229,6 +230,16 @@ def test_without_snakemakes_record_the_fix_is_named(finished, tmp_path):
     shutil.rmtree(workdir / ".snakemake")
     plan = output(snakemake(workdir, *GRID, "-n"))
     assert "no record of earlier runs" in plan and "--forcerun results/runs/smoke/synthetic/alexnet/seed0/" in plan
+
+
+@pytest.mark.slow
+def test_a_deleted_record_of_a_tabulated_run_is_named(finished, tmp_path):
+    """Snakemake does not remake a missing intermediate file of an up-to-date table: say so."""
+    workdir = copy_of(finished, tmp_path)
+    (run_dirs(workdir)[2] / "measure.json").unlink()
+    plan = output(snakemake(workdir, *GRID, "-n"))
+    assert "lost their train.json or measure.json" in plan
+    assert f"--forcerun {run_dirs(workdir)[2].relative_to(workdir)}/measure.json" in plan
 
 
 @pytest.mark.slow
@@ -328,6 +339,10 @@ def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
     _npz(bad)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "not started" in proc.stdout and "results/runs/t/cifar10/alexnet/seed0/" in proc.stdout
+    if not torch.cuda.is_available():
+        cfg.write_text(cfg.read_text() + "device: cuda\n")
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0 and "device: cuda but no CUDA device is visible here" in proc.stdout
     missing = subprocess.run([sys.executable, "-m", "puppet", "validate", "--configfile", str(tmp_path / "nope.yaml")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.yaml" in missing.stderr
@@ -353,18 +368,24 @@ def test_a_finished_run_without_model_pt_is_left_alone(tmp_path):
     assert [p.name for p, _ in inspect_run(run).damaged] == ["model.pt"]
 
 
-def test_damage_is_counted_once_per_event(tmp_path):
+def test_each_set_aside_is_one_attempt(tmp_path):
+    """The workflow counts a damaged file as a pending attempt when it plans, then sets it aside
+    once per invocation: every set-aside must add exactly one, or a finished run reruns again."""
     run = _finished_run(tmp_path / "abc")
     (run / "train.json").write_text("")
     state = inspect_run(run)
     assert state.train == "corrupt" and state.failed and state.pending("train") == 1 and attempts(run, "train") == 0
-    for _ in range(2):  # dry runs and repeated starts keep one copy
-        set_aside(run / "train.json", "empty")
+    set_aside(run / "train.json", "empty")
     assert attempts(run, "train") == 1 and (run / "train.json").exists()  # the original waits for the rerun
-    (run / "train.json").write_text("")  # damaged again later, with the same bytes
-    os.utime(run / "train.json", ns=(1, 1))
+    kept = next(run.glob("train.json.corrupt-*"))
+    shutil.copy2(kept, run / "train.json")  # damaged again: restored with its timestamp (cp -p)
     set_aside(run / "train.json", "empty")
     assert attempts(run, "train") == 2 and attempts(run, "measure") == 0
+    (run / "measure.json").unlink()
+    (run / "model.pt").unlink()
+    for n in (3, 4):  # a missing model.pt of a run to be measured, twice
+        set_aside(run / "model.pt", "missing")
+        assert attempts(run, "train") == n
 
 
 def test_a_torn_failure_line_does_not_swallow_the_next(tmp_path):

@@ -83,6 +83,20 @@ def short(state):
     return "/".join(state.path.parts[-5:-1])
 
 
+def tabulated_runs(metrics_csv):
+    """profile/dataset/model/seedN -> config_hashes with a row in metrics.csv (csv, not pandas:
+    this runs on every invocation)."""
+    import csv
+
+    found = {}
+    if Path(metrics_csv).is_file():
+        with open(metrics_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                key = f"{row.get('profile')}/{row.get('dataset')}/{row.get('model')}/seed{row.get('seed')}"
+                found.setdefault(key, set()).add(row.get("config_hash", ""))
+    return found
+
+
 # Before any job (read only, so dry runs and --unlock change nothing): the state of every planned
 # run, and the data of the datasets that still have runs to train. Main process only: cluster
 # jobs re-read this file.
@@ -105,15 +119,26 @@ if workflow.is_main_process:
         if not Path(".snakemake/metadata").is_dir():
             paths = " ".join(f"{s.path}/train.json" for s in retry)
             print(f"warning: Snakemake has no record of earlier runs here (.snakemake/metadata), so it cannot see that "
-                  f"these failed; redo them with --forcerun {paths}", file=sys.stderr)
+                  f"these failed (and may end with 'Nothing to be done', exit 0); redo them with --forcerun {paths}",
+                  file=sys.stderr)
+    # Deleted records of runs metrics.csv still reports: Snakemake would not remake them.
+    tabulated = tabulated_runs("results/metrics.csv")
+    gone = [s for s in STATES.values() if s.path.name in tabulated.get(short(s), ()) and "missing" in (s.train, s.measure)]
+    if gone:
+        paths = " ".join(f"{s.path}/{'train' if s.train == 'missing' else 'measure'}.json" for s in gone)
+        print(f"warning: {len(gone)} run(s) in results/metrics.csv lost their train.json or measure.json; Snakemake "
+              f"does not remake files of an up-to-date table: redo them with --forcerun {paths}", file=sys.stderr)
 
 
 def set_aside_damaged():
-    """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside."""
+    """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside.
+    From then on the kept file carries the count (failed_attempts of jobs whose params are
+    evaluated later, downstream ones, must not count it twice)."""
     for state in STATES.values():
         for path, why in state.damaged:
             kept = set_aside(path, why, keep_original=path.name != "model.pt")
             print(f"kept {path} as {kept.name}", file=sys.stderr)
+        state.damaged = []
 
 
 def report_failures(crashed_ok):
