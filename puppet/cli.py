@@ -24,11 +24,10 @@ import torch
 
 def _measure(spec: dict, run_dir: Path) -> dict:
     from puppet.data import Batches
-    from puppet.io import atomic_write_json
+    from puppet.io import atomic_write_json, one_line
     from puppet.measure import measure_model
-    from puppet.train import build_model, load_splits, pick_device
-
     from puppet.runs import inspect_run, record_failure, remove_orphan_temporaries
+    from puppet.train import build_model, load_splits, pick_device
 
     remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
     record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
@@ -45,12 +44,12 @@ def _measure(spec: dict, run_dir: Path) -> dict:
                 state = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
                 model.load_state_dict(state["model"])
             except Exception as exc:
-                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
                                    f"delete it and rerun: the run is redone from its checkpoint") from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
             record.update(status="ok", error="", **measure_model(model, test, spec["measure"], device))
         except Exception as exc:  # recorded in the row, never a silent None
-            record.update(status="error", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            record.update(status="error", error=one_line(exc))
             print(f"measure failed: {record['error']}", file=sys.stderr)
             print(f"measure failed: {spec['dataset']}/{spec['model']}/seed{spec['seed']}: {record['error']}", flush=True)
             record_failure(run_dir, "measure", record["error"])
@@ -131,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         elif args.command == "validate":
-            from puppet.config import load_config, run_grid
-
-            from puppet.config import preflight, run_spec, spec_hash
+            from puppet.config import load_config, preflight, run_grid, run_spec, spec_hash
             from puppet.runs import inspect_run, run_dir
 
             cfg = load_config(*args.configfile)

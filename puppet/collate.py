@@ -6,12 +6,12 @@ run is a row with ``status=error`` and its message, never a missing line.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from puppet.io import atomic_write_csv
+from puppet.runs import read_record
 
 KEY = ["profile", "dataset", "model", "seed"]
 
@@ -31,13 +31,8 @@ COLUMNS = KEY + [
 def _record(path: Path) -> dict:
     """A run's JSON record; a damaged one becomes an error record naming the file (the workflow
     sets such files aside and redoes the run; this keeps a hand-run collate from crashing)."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        record = None
-        why = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    if not isinstance(record, dict) or "status" not in record:
-        why = why if record is None else "no status"
+    record, why = read_record(path)
+    if record is None:
         return {"status": "error", "error": f"damaged {path} ({why}); rerun the workflow to redo the run"}
     return record
 

@@ -47,6 +47,13 @@ def atomic_write_csv(df, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``Type: message``, first line only (cut to ``limit`` characters): how errors reach a
+    metrics row, a failure ledger or the console."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:limit] if limit else text
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, torch.Tensor):
         return o.tolist()

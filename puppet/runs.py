@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from puppet.io import one_line
+
 FAILURES = "failures.jsonl"
 CORRUPT_TAG = ".corrupt-"
 # train.json keys a finished (status=ok) record must have; anything less is a damaged file.
@@ -71,11 +73,12 @@ class RunState:
         return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(self.train, self.train)
 
 
-def _read_json(path: Path) -> tuple[dict | None, str]:
+def read_record(path: Path) -> tuple[dict | None, str]:
+    """A run's JSON record (train.json, measure.json), or None and why it is unusable."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None, one_line(exc)
     if not isinstance(data, dict) or data.get("status") not in ("ok", "error", "skipped"):
         return None, "not a run record (no status)"
     return data, ""
@@ -91,7 +94,7 @@ def archive_problem(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        return f"not a complete archive ({type(exc).__name__}: {exc})".splitlines()[0]
+        return f"not a complete archive ({one_line(exc)})"
     if not any(n.endswith("data.pkl") for n in names):
         return "not a torch.save archive (no data.pkl)"
     return ""
@@ -103,7 +106,7 @@ def inspect_run(path: str | Path) -> RunState:
     state = RunState(path)
     train_json, measure_json, model_pt = path / "train.json", path / "measure.json", path / "model.pt"
     if train_json.exists():
-        train, why = _read_json(train_json)
+        train, why = read_record(train_json)
         if train is None or (train["status"] == "ok" and any(k not in train for k in TRAIN_OK_KEYS)):
             state.train = "corrupt"
             state.damaged.append((train_json, why or f"record lacks {[k for k in TRAIN_OK_KEYS if k not in train]}"))
@@ -114,7 +117,7 @@ def inspect_run(path: str | Path) -> RunState:
     elif (path / "checkpoint.pt").exists():
         state.train = "paused"
     if measure_json.exists():
-        measure, why = _read_json(measure_json)
+        measure, why = read_record(measure_json)
         if measure is None:
             state.measure = "corrupt"
             state.damaged.append((measure_json, why))

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from puppet.config import spec_hash
 from puppet.data import Batches, Splits, load_dataset, make_splits
 from puppet.evaluate import evaluate
-from puppet.io import atomic_save, atomic_write_json, git_commit
+from puppet.io import atomic_save, atomic_write_json, git_commit, one_line
 from puppet.registry import create_model
-from puppet.runs import archive_problem, record_failure, remove_orphan_temporaries, set_aside
+from puppet.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
 
 # Fault injection for the test suite (tests/test_faults.py), off unless the variable is set:
 # "kill-after-epoch:N[:RUN]" SIGKILLs the job right after epoch N's checkpoint is saved;
@@ -236,7 +236,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
             except (RuntimeError, ValueError, KeyError) as exc:  # same spec, other code: the model changed
                 raise RuntimeError(
                     f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, commit {ckpt.get('git_commit', 'unknown')}) does "
-                    f"not fit this code's {spec['model']}: {str(exc).splitlines()[0][:160]}; check out that commit to "
+                    f"not fit this code's {spec['model']}: {one_line(exc, 160)}; check out that commit to "
                     f"resume, or move the checkpoint away to retrain"
                 ) from None
             _set_rng_state(ckpt["rng"])
@@ -316,10 +316,7 @@ def _save(path: Path, obj: dict) -> None:
     try:
         atomic_save(obj, path)
     except (OSError, RuntimeError) as exc:
-        from puppet.runs import disk_hint
-
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        raise CheckpointWriteError(f"cannot write {path} ({reason}){disk_hint(path)}; free space or move results/") from None
+        raise CheckpointWriteError(f"cannot write {path} ({one_line(exc, 200)}){disk_hint(path)}; free space or move results/") from None
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
@@ -332,7 +329,7 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
         try:
             return torch.load(path, map_location=device, weights_only=False)
         except Exception as exc:  # complete archive, unreadable content
-            problem = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            problem = one_line(exc, 200)
     kept = set_aside(path, problem, keep_original=False)
     print(f"warning: {path} is damaged ({problem}); set aside as {kept.name}, training starts over", file=sys.stderr)
     return None
@@ -362,7 +359,7 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, not swallowed: the row says what failed
-        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        message = one_line(exc)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             message = f"out of memory: lower train.batch_size or max_channels ({message[:200]})"
         label = f"{spec.get('dataset')}/{spec.get('model')}/seed{spec.get('seed')}"
