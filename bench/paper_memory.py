@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if headline.any() and (frame["status"] == "ok").any():
         figure(frame, out.with_suffix(".png"), args.margin_gib)
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f}s)", file=sys.stderr)
-    shown = frame[headline][["model", "peak_gib", "fits_24gb", "fit_rel_err", "dominant_term"]]
+    shown = frame[headline][[c for c in ("model", "peak_gib", "fits_24gb", "fit_rel_err", "dominant_term") if c in frame]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"), file=sys.stderr)
     return frame
 

@@ -20,14 +20,15 @@ import io
 import platform
 import statistics
 import sys
-import time
 from contextlib import redirect_stdout
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from puppet import timing
 from puppet.data import Batches
+from puppet.evaluate import evaluate
 
 
 def trainable_param_count(model: nn.Module) -> int:
@@ -63,6 +64,8 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     from ptflops.flops_counter import FLOPS_BACKEND
 
     clone = copy.deepcopy(model).eval()
+    with torch.no_grad():  # one uncounted forward: one-time work (precomputed kernels) is no per-image cost
+        clone(x)
     with redirect_stdout(io.StringIO()) as out:
         macs, _ = get_model_complexity_info(
             clone, tuple(x.shape[1:]), input_constructor=lambda _: x, as_strings=False,
@@ -83,62 +86,86 @@ def count_macs_flopcounter(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _generation_macs(model: nn.Module) -> float:
     stats = getattr(model, "last_stats", None) or {}
     value = stats.get("generation_macs", 0.0)
     return float(value.float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def has_precomputed_mode(model: nn.Module) -> bool:
+    """Models that can run with precomputed kernels (Puppet-CNN): measured both ways."""
+    return callable(getattr(model, "set_inference", None))
+
+
+def _latency_record(prefix: str, est: timing.Estimate, calls: list[list[float]], threshold: float) -> dict[str, Any]:
+    flat = [t for r in calls for t in r]
+    return {**est.record(f"{prefix}latency", "s_per_img", threshold),
+            f"{prefix}latency_p90_s_per_img": timing.p90(calls),
+            f"{prefix}latency_mean_s_per_img": statistics.fmean(flat)}
+
+
+def _throughput(model: nn.Module, x_all: torch.Tensor, cfg: dict, device: torch.device, modes: tuple[str, ...]):
+    """(images/s estimate per mode, ratio of the first mode's time to the second's or None, batch used)."""
+    n, batch, rounds = len(x_all), cfg["throughput_batch"], cfg.get("rounds", DEFAULT_ROUNDS)
+    while batch >= 1:
+        try:
+            xb = x_all[torch.arange(batch, device=x_all.device) % n]
+            calls = [0] * cfg["throughput_iters"]  # one round: throughput_iters batched forwards
+
+            def run(mode):
+                def fn(_):
+                    if mode:
+                        model.set_inference(mode)
+                    model(xb)
+                return fn
+
+            if len(modes) == 2:
+                c = timing.compare(run(modes[0]), run(modes[1]), calls, rounds=rounds, warmup=2, device=device)
+                return [c.a.scaled_inverse(batch), c.b.scaled_inverse(batch)], c.ratio, batch
+            est = timing.timed(run(modes[0]), calls, rounds=rounds, warmup=2, device=device)
+            return [est.scaled_inverse(batch)], None, batch
+        except torch.cuda.OutOfMemoryError:  # timm-style back-off: halve the batch and retry
+            torch.cuda.empty_cache()
+            batch //= 2
+    raise RuntimeError("throughput: out of memory even at batch 1")
+
+
+DEFAULT_ROUNDS = 10
+
+
 @torch.inference_mode()
 def measure_speed(model: nn.Module, batches: Batches, cfg: dict, device: torch.device) -> dict[str, Any]:
-    """Batch-1 latency over real test images and batched throughput."""
+    """Batch-1 latency over real test images and batched throughput, each a median over
+    ``rounds`` rounds with its interval (``puppet.timing``). A model with a precomputed mode
+    (Puppet-CNN) is timed on the fly and precomputed, interleaved, with the ratio between them."""
     model.eval()
     x_all = batches.normalise(batches.x)
     n = len(x_all)
-    for i in range(cfg["warmup"]):
-        model(x_all[i % n : i % n + 1])
-    _sync(device)
-    times = []
-    for i in range(cfg["latency_images"]):
-        xi = x_all[i % n : i % n + 1]
-        _sync(device)
-        t0 = time.perf_counter()
-        model(xi)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    images = [x_all[i % n : i % n + 1] for i in range(cfg["latency_images"])]
+    idx = list(range(len(images)))
+    rounds, threshold = cfg.get("rounds", DEFAULT_ROUNDS), cfg.get("noise_threshold", timing.DEFAULT_NOISE_THRESHOLD)
+    record: dict[str, Any] = {"latency_rounds": rounds}
+    if has_precomputed_mode(model):
+        def run(mode):
+            return lambda i: (model.set_inference(mode), model(images[i]))
 
-    batch = cfg["throughput_batch"]
-    throughput, used_batch = None, batch
-    while used_batch >= 1:
-        try:
-            idx = torch.arange(used_batch, device=x_all.device) % n
-            xb = x_all[idx]
-            for _ in range(2):
-                model(xb)
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(cfg["throughput_iters"]):
-                model(xb)
-            _sync(device)
-            throughput = used_batch * cfg["throughput_iters"] / (time.perf_counter() - t0)
-            break
-        except torch.cuda.OutOfMemoryError:  # timm-style back-off: halve the batch and retry
-            torch.cuda.empty_cache()
-            used_batch //= 2
-    return {
-        "latency_s_per_img": statistics.median(times),
-        "latency_p90_s_per_img": p90,
-        "latency_mean_s_per_img": statistics.fmean(times),
-        "throughput_img_per_s": throughput,
-        "throughput_batch": used_batch,
-    }
+        model.set_inference("precomputed")
+        model(images[0])  # generate the kernels outside the timing (a deployment does it once)
+        c = timing.compare(run("on_the_fly"), run("precomputed"), idx, rounds=rounds, warmup=cfg["warmup"], device=device)
+        record.update(_latency_record("", c.a, c.calls_a, threshold))
+        record.update(_latency_record("precomputed_", c.b, c.calls_b, threshold))
+        record.update(c.ratio.record("precomputed_speedup", threshold=threshold))  # on the fly / precomputed
+        (thr, thr_pre), thr_ratio, used = _throughput(model, x_all, cfg, device, ("on_the_fly", "precomputed"))
+        record.update(thr.record("throughput", "img_per_s", threshold))
+        record.update(thr_pre.record("precomputed_throughput", "img_per_s", threshold))
+        model.set_inference("on_the_fly")
+    else:
+        calls = timing.time_calls(lambda i: model(images[i]), idx, rounds=rounds, warmup=cfg["warmup"], device=device)
+        record.update(_latency_record("", timing.per_round(calls), calls, threshold))
+        (thr,), _, used = _throughput(model, x_all, cfg, device, (None,))
+        record.update(thr.record("throughput", "img_per_s", threshold))
+    record["throughput_batch"] = used
+    return record
 
 
 @torch.no_grad()  # not inference_mode: ptflops' aten dispatch counts nothing under it
@@ -187,6 +214,19 @@ def measure_model(model: nn.Module, test: Batches, cfg: dict, device: torch.devi
         "param_size_mb": param_size_mb(stored),
     }
     record.update(measure_macs(model, test, cfg["macs_images"]))
+    if has_precomputed_mode(model):
+        model.set_inference("precomputed")
+        try:
+            record.update({f"precomputed_{k}": v for k, v in measure_macs(model, test, cfg["macs_images"]).items()
+                           if k in ("macs", "macs_generation", "macs_without_generation")})
+            record["precomputed_kernels_mb"] = model.precomputed_kernel_bytes() / 1e6
+            # accuracy with precomputed kernels, on the same test images as the run's top1
+            batched = copy.copy(test)
+            batched.batch_size = 128
+            result = evaluate(model, batched)
+            record.update(precomputed_top1=result.top1, precomputed_top5=result.top5)
+        finally:
+            model.set_inference("on_the_fly")
     record.update(measure_speed(model, test, cfg, device))
     record.update(environment(device, torch.get_num_threads()))
     return record

@@ -22,16 +22,27 @@ UNITS = {
     "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
     "latency_s_per_img": "Speed (s/img)", "macs_g": "Mult-Adds (G)",
     "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
-    "total_params_m": "Total Params (M)",
+    "total_params_m": "Total Params (M)", "kernels_mb": "Precomputed kernels (MB)",
 }
 
 
 def load_metrics(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
-    for col in ("macs", "macs_without_generation"):
+    for col in ("macs", "macs_without_generation", "precomputed_macs", "precomputed_macs_without_generation"):
         if col in df:
             df[f"{col}_g"] = df[col] / 1e9
     return df
+
+
+def _column(metric: str, variant: str) -> str:
+    """The metrics.csv column of a table metric for a row variant: a precomputed row reads
+    ``precomputed_<metric>`` (latency, MACs, accuracy with precomputed kernels); its stored size
+    is the model's. ``kernels_mb`` exists only for precomputed rows."""
+    if metric == "kernels_mb":
+        return "precomputed_kernels_mb" if variant == "precomputed" else "kernels_mb"
+    if variant == "precomputed" and metric not in ("param_size_mb", "total_params_m"):
+        return f"precomputed_{metric}"
+    return metric
 
 
 def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
@@ -40,7 +51,7 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
         runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
         ok = runs[runs["status"] == "ok"]
         row = {"table": table.name, "dataset": prow.dataset, "group": prow.group, "label": prow.label,
-               "model": prow.model, "n_seeds": len(ok)}
+               "model": prow.model, "variant": prow.variant or "on_the_fly", "n_seeds": len(ok)}
         if runs.empty:
             row["note"] = "not run"
         elif ok.empty:
@@ -49,7 +60,8 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
         else:
             row["note"] = ""
         for m in table.metrics:
-            values = ok[m].astype(float) if (m in ok and not ok.empty) else pd.Series(dtype=float)
+            col = _column(m, prow.variant)
+            values = ok[col].astype(float) if (col in ok and not ok.empty) else pd.Series(dtype=float)
             mean = values.mean() if len(values) else math.nan
             row[m] = mean
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
@@ -197,7 +209,12 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
         "`paper` is the number printed in the Puppet-CNN paper (v1); Δ = ours − paper. "
         "Accuracy is on the test split named below, which may be a subset: compare with care. "
         "Sizes, MACs and speed in Tables 1-4 and 6 are those of the models as run, at the profile's "
-        "`max_channels` (the paper: 512); Table 5 and \"Model sizes\" give the paper-scale sizes from the model code.",
+        "`max_channels` (the paper: 512); Table 5 and \"Model sizes\" give the paper-scale sizes from the model code. "
+        "Puppet rows of Tables 1-4 appear twice: *on the fly* (kernels generated for every batch, as the paper "
+        "describes) and *kernels precomputed* (every complexity level's kernels generated once after training; "
+        "\"Precomputed kernels (MB)\" is the memory they take, beside the stored size). The paper does not say "
+        "which its speed is, so its numbers stand beside both. Latency is the median over timing rounds; "
+        "`metrics.csv` has its 95% interval (`latency_ci_low/high_s_per_img`) and a `latency_noisy` flag.",
         "",
         provenance(metrics),
         "",

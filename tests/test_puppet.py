@@ -1,4 +1,4 @@
-"""Puppet-CNN: complexity, kernel generation, batching, parameter counts, Table 5, caching, learning."""
+"""Puppet-CNN: complexity, kernel generation, batching, parameter counts, Table 5, precomputed inference, learning."""
 
 from __future__ import annotations
 
@@ -326,23 +326,86 @@ def test_table5_matches_paper():
     assert (frame.param_count == c * c + 15 * c).all() and (frame.total_params == 10 * c * c + 15 * c).all()
 
 
-def test_kernel_cache_gives_the_same_output():
-    x = _images(6, seed=5)
-    plain = _model(complexity_levels=8).eval()
-    cached = _model(complexity_levels=8, kernel_cache=True).eval()
+PUPPETS = [name for name in list_models() if name.startswith("puppet_")]
+
+
+@pytest.mark.parametrize("name", PUPPETS)
+def test_precomputed_inference_equals_on_the_fly(name):
+    x = _images(8, seed=5)
+    model = _model(name).eval()
     with torch.no_grad():
-        expected = plain(x)
-        first = cached(x)
-        assert cached.last_stats["generation_macs"].sum() > 0
-        second = cached(x)
-        assert cached.last_stats["generation_macs"].sum() == 0  # every level came from the cache
-        torch.testing.assert_close(first, expected)
-        torch.testing.assert_close(second, expected)
-        for m in (plain, cached):  # an update to G must invalidate the cache
-            m.puppeteer.pw.bias.add_(0.5)
-        torch.testing.assert_close(cached(x), plain(x))
-    with pytest.raises(ValueError):
-        create_model("puppet_cnn", max_channels=C, complexity_levels=0, kernel_cache=True)
+        expected = model(x)
+        depth = model.last_stats["depth"]
+        model.set_inference("precomputed")
+        batched = model(x)
+        assert (model.last_stats["generation_macs"] == 0).all()  # nothing generated per image
+        assert torch.equal(model.last_stats["depth"], depth)  # the same realised plan
+        single = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_precomputed_kernels_follow_every_change():
+    """Any change to what kernels depend on regenerates them: an optimizer step, load_state_dict,
+    a new complexity range (prepare), a dtype or device move (.to)."""
+    x = _images(6, seed=5)
+    model, reference = _model().eval(), _model().eval()  # reference: always on the fly
+    model.set_inference("precomputed")
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+    check()
+    for m in (model, reference):  # an optimizer step changes G in place
+        opt = torch.optim.SGD(m.puppeteer.parameters(), lr=0.5)
+        m.puppeteer.pw.bias.grad = torch.ones_like(m.puppeteer.pw.bias)
+        opt.step()
+    check()
+    state = _model().state_dict()  # load_state_dict copies in place
+    model.load_state_dict(state), reference.load_state_dict(state)
+    check()
+    for m in (model, reference):
+        m.prepare([_images(8, seed=3) * 0.5])  # another complexity range: other levels
+    check()
+    model.double(), reference.double()
+    x = x.double()
+    check()
+
+
+def test_fixed_cnn_is_the_realised_plan_with_stored_kernels():
+    model = _model().eval().set_inference("precomputed")
+    x = _images(8, seed=5)
+    with torch.no_grad():
+        levels = model.level_index(x)
+        for i in (0, 3, 7):
+            fixed = model.fixed_cnn(int(levels[i]))
+            assert not any(isinstance(m, PuppetCNN) for m in fixed.modules())
+            convs = [m for m in fixed.modules() if isinstance(m, nn.Conv2d)]
+            depth_before = model(x[i : i + 1])
+            assert len(convs) == int(model.last_stats["depth"][0])  # one stored conv per generated conv
+            torch.testing.assert_close(fixed(x[i : i + 1]), depth_before, rtol=1e-4, atol=1e-5)
+
+
+def test_precomputed_kernel_memory_matches_the_plans():
+    model = _model().eval()
+    expected = 0
+    for level in range(model.num_levels):
+        h = torch.tensor([level / (model.num_levels - 1)])
+        depth = int(model.depth_per_stage(model.step_and_fill(h)[0]))
+        expected += sum(c.c_out * c.c_in * c.kernel**2 for c in plan_convs(model.plan_for_depth(depth))) * 4
+    assert model.precomputed_kernel_bytes() == expected
+
+
+def test_precomputed_needs_quantised_complexity_and_training_generates():
+    model = _model(complexity_levels=0).set_inference("precomputed")
+    with pytest.raises(ValueError, match="complexity_levels"):
+        model.eval()(_images(2))
+    with pytest.raises(ValueError, match="inference must be one of"):
+        model.set_inference("cached")
+    trained = _model().set_inference("precomputed").train()
+    trained(_images(4)).sum().backward()  # training ignores the precomputed kernels: G gets a gradient
+    assert trained.puppeteer.pw.weight.grad is not None and trained.puppeteer.pw.weight.grad.abs().sum() > 0
 
 
 def test_unknown_option_is_a_type_error():

@@ -166,6 +166,7 @@ def resnet_plan(in_channels: int, max_channels: int, depth: int = 18) -> list[Op
 # --------------------------------------------------------------------------- configuration
 
 CONV_IMPLS = ("level", "grouped", "loop")
+INFERENCE_MODES = ("on_the_fly", "precomputed")
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,6 @@ class PuppetConfig:
     complexity_levels: int = 16  # quantise h to this many levels (0: continuous)
     complexity_quantile: float = 0.01  # h = 0 / 1 at these training-set quantiles of H
     bins: int = DEFAULT_BINS
-    kernel_cache: bool = False  # inference: keep generated kernels per complexity level
     standardise_kernels: bool = True  # zero mean, He-scaled std per output channel after pooling
     puppeteer_norm: str = "trajectory"  # or "batch" (see Puppeteer)
     conv_impl: str = "level"  # "level" (a dense conv per level), "grouped" (one grouped conv), "loop" (reference)
@@ -193,8 +193,6 @@ class PuppetConfig:
     def __post_init__(self) -> None:
         if not 0 < self.dl_min <= self.dl_max:
             raise ValueError(f"need 0 < dl_min <= dl_max, got {self.dl_min}, {self.dl_max}")
-        if self.kernel_cache and self.complexity_levels <= 0:
-            raise ValueError("kernel_cache needs complexity_levels > 0 (the cache is keyed on the quantised level)")
         if self.conv_impl not in CONV_IMPLS:
             raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}")
         if self.fixed_depth < 1:
@@ -259,6 +257,32 @@ class DepthBatchNorm2d(nn.Module):
         return f"{self.weight.numel()}, depths={self.depths}, eps={self.eps}, momentum={self.momentum}"
 
 
+# --------------------------------------------------------------------------- plain torch.nn parts of PuppetCNN.fixed_cnn
+
+
+class _MaxPoolIfFits(nn.MaxPool2d):
+    """Max-pool, skipped once the map is smaller than the window (as ``Pool`` in run_puppet)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if x.shape[-1] >= self.kernel_size else x
+
+
+class _PlainBlock(nn.Module):
+    """ResNet basic block from stored layers: ReLU(body(x) + shortcut(x))."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class _GapFlatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))  # (B, C, H, W) -> (B, C)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -306,8 +330,14 @@ class PuppetCNN(nn.Module):
         # Normalisation statistics of H, fitted by prepare() on training data; saved in the checkpoint.
         self.register_buffer("complexity_range", torch.tensor([0.0, MAX_ENTROPY_BITS]))
         self.register_buffer("complexity_fitted", torch.tensor(False))
-        self._kernel_cache: dict[tuple, list[torch.Tensor]] = {}
-        self._cache_version: tuple = ()
+        # Inference mode (a runtime switch, not config: one trained model is measured both ways)
+        # and the precomputed kernels: per level, its layers per stage and one 4-D kernel per conv
+        self.inference = "on_the_fly"
+        self._deployed: list[tuple[int, list[tuple[torch.Tensor]]]] = []
+        self._deployed_version: tuple = ()
+        self._pending_levels: torch.Tensor | None = None  # precomputed forward: last_stats built on first read
+        # H(x) of a batch; a benchmark may swap in a compiled version (bench/puppet_speed.py)
+        self.complexity_fn: Callable[[torch.Tensor, int], torch.Tensor] = image_complexity
         self.last_stats: dict[str, torch.Tensor | float] = {}
 
     # ---------------------------------------------------------------- parameter counts
@@ -426,33 +456,168 @@ class PuppetCNN(nn.Module):
         # He scale sqrt(2 / fan_in): activations keep their size even before BN has statistics
         return (kernel - mean) / (std + 1e-5) * math.sqrt(2.0 / fan_in)
 
-    def kernels_for_levels(self, h: torch.Tensor, fill: torch.Tensor, dl: torch.Tensor,
-                           depth: torch.Tensor) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor]:
-        """Kernels for N distinct levels h (N,) (grouped by depth as in generate_kernels), taken
-        from the kernel cache where enabled (inference only); also which levels were generated (N,)."""
-        if not (self.cfg.kernel_cache and not torch.is_grad_enabled()):
-            return self.generate_kernels(fill, dl, depth), torch.ones_like(h, dtype=torch.bool)
-        # a parameter update (optimizer step, load_state_dict) bumps the tensors' version counters
-        # (a model built under inference_mode has no version counters: its tensors are keyed by identity)
-        version = tuple(t.data_ptr() if t.is_inference() else t._version
-                        for t in [*self.puppeteer.parameters(), *self.puppeteer.buffers(), self.template])
-        if version != self._cache_version:
-            self._kernel_cache, self._cache_version = {}, version
-        keys = [(round(v * (self.cfg.complexity_levels - 1)), d) for v, d in zip(h.tolist(), depth.tolist())]
-        missing = [i for i, k in enumerate(keys) if k not in self._kernel_cache]
-        if missing:
-            idx = torch.tensor(missing, device=h.device)
-            fresh = self.generate_kernels(fill[idx], dl[idx], depth[idx])
-            for d, ks in fresh.items():
-                for j, i in enumerate(i for i in missing if keys[i][1] == d):
-                    self._kernel_cache[keys[i]] = [k[j] for k in ks]
-        kernels = {}
-        for d in sorted(set(depth.tolist()), reverse=True):
-            group = [keys[i] for i in range(len(keys)) if keys[i][1] == d]
-            kernels[d] = [torch.stack([self._kernel_cache[k][t] for k in group]) for t in range(len(self._kernel_cache[group[0]]))]
-        generated = torch.zeros_like(h, dtype=torch.bool)
-        generated[missing] = True
-        return kernels, generated
+    # ---------------------------------------------------------------- precomputed ("deployed") inference
+
+    def set_inference(self, mode: str) -> "PuppetCNN":
+        """``"on_the_fly"`` (kernels generated for every batch, as the paper describes) or
+        ``"precomputed"``: in eval mode, every level's kernels are generated once
+        (``precompute``) and inference is complexity -> level -> plain convs with stored kernels.
+        Training always generates on the fly (the gradient flows through the generation)."""
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {mode!r}")
+        self.inference = mode
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        """Distinct kernel sets the model can use: the complexity levels (1 for the static scheme)."""
+        if not self.adapt_kernels:
+            return 1
+        if self.cfg.complexity_levels <= 1:
+            raise ValueError("precomputed inference needs quantised complexity (continuous h has no finite set of "
+                             "kernels): set model_kwargs complexity_levels to 2 or more (default 16)")
+        return self.cfg.complexity_levels
+
+    def _generation_version(self) -> tuple:
+        """Changes whenever what the precomputed state depends on does (the puppeteer, the
+        template, the complexity range): an optimizer step or load_state_dict bumps a tensor's
+        version counter, ``.to()`` gives it new storage (a model built under inference_mode has
+        no version counters: its tensors are known by their storage)."""
+        tensors = self.__dict__.get("_version_tensors")
+        if tensors is None:  # load_state_dict and optimizers change these objects in place; _apply drops the list
+            tensors = [*self.puppeteer.parameters(), *self.puppeteer.buffers(), self.template, self.complexity_range]
+            self.__dict__["_version_tensors"] = tensors
+        return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+    @torch.no_grad()
+    def precompute(self) -> None:
+        """Generate the kernels of every complexity level once (inference, eval mode)."""
+        n = self.num_levels
+        h = torch.arange(n, device=self.template.device) / max(n - 1, 1)  # as normalised_complexity's levels
+        dl, fill = self.step_and_fill(h)  # (n,), (n,)
+        depth = self.depth_per_stage(dl)  # (n,)
+        was_training = self.training
+        self.eval()
+        try:
+            kernels = self.generate_kernels(fill, dl, depth)  # {d: [(n_d, c_out, c_in, k, k)]}
+        finally:
+            self.train(was_training)
+        deployed = []
+        rank = {d: 0 for d in kernels}
+        for d in depth.tolist():  # generate_kernels keeps the levels of one depth in input order
+            deployed.append((d, [(k[rank[d]].contiguous(),) for k in kernels[d]]))
+            rank[d] += 1
+        self._deployed = deployed
+        self._deployed_version = self._generation_version()
+        lo, hi = self.complexity_range
+        self._range = (float(lo), float(hi - lo))  # float32 values, so level_index rounds as forward does
+        # per level, on the device: generated conv layers run, and the step (for last_stats)
+        self._level_steps = torch.tensor([len(ks) for _, ks in deployed], device=h.device)
+        self._level_dl = dl
+        # levels sorted by (depth, level), as forward groups samples
+        self._level_rank = torch.empty(n, dtype=torch.long, device=h.device)
+        self._level_rank[torch.argsort(depth * n + torch.arange(n, device=h.device))] = torch.arange(n, device=h.device)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cuda() / .half() give buffers new tensor objects: forget the precomputed state
+        self.__dict__.pop("_version_tensors", None)
+        self._deployed, self._deployed_version = [], ()
+        return super()._apply(fn, *args, **kwargs)
+
+    def precomputed_kernel_bytes(self) -> int:
+        """Memory the precomputed kernels take (every level's kernel of every conv)."""
+        if self._deployed_version != self._generation_version():
+            self.precompute()
+        return sum(k.numel() * k.element_size() for _, ks in self._deployed for (k,) in ks)
+
+    def level_index(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's complexity level (B,) int64 in [0, num_levels): the level whose kernels
+        ``forward`` would generate for it (the same float32 arithmetic as normalised_complexity)."""
+        if not self.adapt_kernels:
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if self._deployed_version != self._generation_version():
+            self.precompute()
+        return self._level_index(x)
+
+    def _level_index(self, x: torch.Tensor) -> torch.Tensor:
+        lo, span = self._range
+        h = ((self.complexity_fn(x, self.cfg.bins) - lo) / span).clamp_(0, 1)  # (B,)
+        return (h * (self.num_levels - 1)).round_().long()
+
+    def _forward_precomputed(self, x: torch.Tensor) -> torch.Tensor:
+        if self._deployed_version != self._generation_version():  # parameters changed: regenerate
+            self.precompute()
+        q = self._level_index(x) if self.adapt_kernels else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if x.shape[0] == 1:  # one image: its level's plain CNN
+            d, kernels = self._deployed[int(q)]
+            logits = self.run_puppet(x, d, kernels, [1])
+        else:  # samples sorted by (depth, level); per depth group, a dense conv per level present
+            n = len(self._deployed)
+            order = torch.argsort(self._level_rank[q], stable=True)  # (B,)
+            counts = torch.bincount(q, minlength=n).tolist()  # the one device -> host copy
+            levels = sorted((j for j in range(n) if counts[j]), key=lambda j: (self._deployed[j][0], j))
+            x_sorted, outputs, first = x[order], [], 0
+            for d in sorted({self._deployed[j][0] for j in levels}):
+                group = [j for j in levels if self._deployed[j][0] == d]
+                size = sum(counts[j] for j in group)
+                per_conv = [tuple(self._deployed[j][1][t][0] for j in group) for t in range(len(self._deployed[group[0]][1]))]
+                outputs.append(self.run_puppet(x_sorted[first : first + size], d, per_conv, [counts[j] for j in group]))
+                first += size
+            logits = torch.cat(outputs)[torch.argsort(order)]
+        self.last_stats = {}
+        self._pending_levels = q  # the per-sample statistics cost kernels: built when read
+        return logits
+
+    @property
+    def last_stats(self) -> dict:
+        """Per-sample statistics of the last forward (depth, step, generation MACs, complexity)."""
+        q = self.__dict__.get("_pending_levels")
+        if q is not None:
+            self.__dict__["_pending_levels"] = None
+            self.__dict__["_last_stats"] = {"depth": self._level_steps[q], "step": self._level_dl[q],
+                                            "generation_macs": torch.zeros(q.shape, dtype=torch.float64, device=q.device)}
+        return self.__dict__["_last_stats"]
+
+    @last_stats.setter
+    def last_stats(self, value: dict) -> None:
+        self.__dict__["_pending_levels"] = None
+        self.__dict__["_last_stats"] = value
+
+    def fixed_cnn(self, level: int) -> nn.Module:
+        """The fixed CNN this model runs for complexity level ``level``: its realised plan with
+        the level's precomputed kernels as ordinary stored conv weights, the same BNs (running
+        statistics of that depth) and the same head. Built from torch.nn layers only; in eval
+        mode it gives the precomputed model's logits on images of that level."""
+        if self._deployed_version != self._generation_version():
+            self.precompute()
+        depth, kernels = self._deployed[level]
+        it = iter(k for (k,) in kernels)
+
+        def conv_bn(spec: ConvSpec) -> list[nn.Module]:
+            kernel = next(it)
+            conv = nn.Conv2d(spec.c_in, spec.c_out, spec.kernel, spec.stride, spec.kernel // 2, bias=False)
+            conv.weight = nn.Parameter(kernel.clone())
+            src, row = self.bns[spec.slot], self.bns[spec.slot].depths.index(depth)
+            bn = nn.BatchNorm2d(spec.c_out, eps=src.eps).to(kernel.device)
+            with torch.no_grad():
+                bn.weight.copy_(src.weight), bn.bias.copy_(src.bias)
+                bn.running_mean.copy_(src.running_mean[row]), bn.running_var.copy_(src.running_var[row])
+            return [conv, bn]
+
+        layers: list[nn.Module] = []
+        for op in self.plan_for_depth(depth):
+            if isinstance(op, Pool):
+                layers.append(_MaxPoolIfFits(op.kernel, op.stride))
+            elif isinstance(op, GlobalPool):
+                layers.append(nn.AdaptiveAvgPool2d(1) if op.kind == "avg" else nn.AdaptiveMaxPool2d(1))
+            elif isinstance(op, ConvSpec):
+                layers += conv_bn(op) + [nn.ReLU()]
+            else:
+                body = nn.Sequential(*conv_bn(op.conv1), nn.ReLU(), *conv_bn(op.conv2))
+                layers.append(_PlainBlock(body, nn.Sequential(*conv_bn(op.shortcut)) if op.shortcut else nn.Identity()))
+        head = nn.Linear(self.head.in_features, self.head.out_features).to(self.head.weight.device)
+        head.load_state_dict(self.head.state_dict())
+        return nn.Sequential(*layers, _GapFlatten(), head).eval()
 
     # ---------------------------------------------------------------- the puppet's convs
 
@@ -466,7 +631,7 @@ class PuppetCNN(nn.Module):
         pad = spec.kernel // 2
         if len(counts) == 1:  # the whole group shares one trajectory: a plain conv
             y = F.conv2d(x, kernel[0], stride=spec.stride, padding=pad)
-        elif self.cfg.conv_impl == "level":  # a dense conv per level: no per-sample kernel copies
+        elif self.cfg.conv_impl == "level" or not isinstance(kernel, torch.Tensor):  # a dense conv per level (precomputed: always)
             y = torch.cat([F.conv2d(xs, k, stride=spec.stride, padding=pad) for xs, k in zip(x.split(counts), kernel)])
         else:
             conv = batched_conv2d if self.cfg.conv_impl == "grouped" else per_sample_conv2d_loop
@@ -501,6 +666,8 @@ class PuppetCNN(nn.Module):
     # ---------------------------------------------------------------- forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inference == "precomputed" and not self.training:
+            return self._forward_precomputed(x)
         b = x.shape[0]
         # 1. complexity H (no gradient), normalised and quantised to h in [0, 1]
         if self.adapt_kernels:
@@ -514,7 +681,7 @@ class PuppetCNN(nn.Module):
         dl, fill = self.step_and_fill(levels)  # (N,), (N,)
         depth = self.depth_per_stage(dl)  # (N,)
         # 3.-4. Euler steps -> pooled kernels, one trajectory per level
-        kernels, generated = self.kernels_for_levels(levels, fill, dl, depth)  # {d: [(N_d, c_out, c_in, k, k)]}
+        kernels = self.generate_kernels(fill, dl, depth)  # {d: [(N_d, c_out, c_in, k, k)]}
         # 5. the puppet's convs. Sort the samples by (depth, level): each depth group is a slice
         # (nobody runs layers it does not use) and, inside it, so is each level (dense convs)
         level_order = torch.argsort(depth * n + torch.arange(n, device=x.device))  # (N,) levels by (depth, h)
@@ -536,7 +703,7 @@ class PuppetCNN(nn.Module):
 
         # generation MACs actually spent, shared among the samples that use each trajectory
         steps = torch.tensor([len(plan_convs(self.plan_for_depth(d))) for d in depth.tolist()], device=x.device)  # (N,)
-        per_level = generated.double() * steps.double() * step_macs(self.c_max)  # (N,)
+        per_level = steps.double() * step_macs(self.c_max)  # (N,)
         users = torch.bincount(traj, minlength=n).double()  # (N,)
         self.last_stats = {
             "depth": steps[traj],  # generated conv layers run per sample
