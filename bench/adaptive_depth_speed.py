@@ -14,13 +14,11 @@ import argparse
 import csv
 import math
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from puppet import create_model
+from puppet import create_model, timing
 from puppet.data import Batches, load_dataset
 from puppet.measure import count_macs
 
@@ -38,32 +36,10 @@ def force_path(model: torch.nn.Module, path: str) -> None:
         model.halt_threshold.fill_(1.1 if short else -1.0)
 
 
-@torch.inference_mode()
-def time_batch1(model: torch.nn.Module, images: torch.Tensor, runs: int, warmup: int) -> list[float]:
-    for i in range(warmup):
-        model(images[i % len(images)][None])
-    times = []
-    for i in range(runs):
-        x = images[i % len(images)][None]  # (1, C, H, W)
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-@torch.inference_mode()
-def throughput(model: torch.nn.Module, images: torch.Tensor, iters: int) -> float:
-    model(images)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        model(images)
-    return iters * len(images) / (time.perf_counter() - t0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-channels", type=int, default=32)
-    parser.add_argument("--runs", type=int, default=200, help="timed batch-1 forwards per path")
+    parser.add_argument("--rounds", type=int, default=10, help="timing rounds (each: one batch-1 forward per image)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch", type=int, default=64, help="throughput batch size")
     parser.add_argument("--threads", type=int, default=1)
@@ -84,25 +60,29 @@ def main() -> None:
                 model(images[:1])
             depth = int(model.last_stats["depth"][0])
             macs = count_macs(model, images[:1])
-            times = sorted(time_batch1(model, images, args.runs, args.warmup))
+            with torch.inference_mode():
+                singles = [images[i][None] for i in range(len(images))]  # (1, C, H, W) each
+                calls = timing.time_calls(lambda x: model(x), singles, rounds=args.rounds, warmup=args.warmup)
+                latency = timing.per_round(calls)
+                thr = timing.timed(lambda _: model(images), [0] * 5, rounds=args.rounds, warmup=1).scaled_inverse(len(images))
             rows.append({
                 "model": name,
                 "max_channels": args.max_channels,
                 "path": path,
                 "depth_conv_layers": depth,
                 "macs": macs,
-                "latency_median_s_per_img": statistics.median(times),
-                "latency_p90_s_per_img": times[int(round(0.9 * (len(times) - 1)))],
-                "throughput_img_per_s": throughput(model, images, iters=5),
+                **latency.record("latency", "s_per_img"),
+                "latency_p90_s_per_img": timing.p90(calls),
+                **thr.record("throughput", "img_per_s"),
                 "throughput_batch": args.batch,
-                "runs": args.runs,
+                "rounds": args.rounds,
                 "threads": torch.get_num_threads(),
                 "device": f"cpu ({platform.processor() or platform.machine()})",
                 "torch_version": torch.__version__,
             })
             r = rows[-1]
             print(f"{name:10s} {path:5s} depth {depth:3d}  {macs / 1e6:8.2f} MMACs  "
-                  f"{r['latency_median_s_per_img'] * 1e3:7.3f} ms/img  {r['throughput_img_per_s']:9.0f} img/s")
+                  f"{latency.median * 1e3:7.3f} ms/img [{latency.low * 1e3:.3f}, {latency.high * 1e3:.3f}]  {r['throughput_img_per_s']:9.0f} img/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

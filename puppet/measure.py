@@ -8,9 +8,14 @@
   non-empty, averaged over real test images at batch 1 (adaptive models' cost
   depends on the input). Convention: conv and matmul MACs, conv bias included;
   BN, ReLU, pooling and element-wise ops are zero.
-* latency: batch 1, one real test image per timed forward, after warm-up,
-  device synchronised; median and p90 in seconds per image.
-* throughput: img/s at a large batch of real test images.
+* latency: batch 1, one real test image per timed forward, after warm-up, device
+  synchronised around each; ``rounds`` rounds over ``latency_images`` images, the median over
+  rounds with its 95 % interval and a noise flag (``puppet.timing``); p90 over every call.
+* throughput: img/s at a large batch of real test images, median over rounds with its interval.
+* Puppet-CNN (models with ``set_inference``) is measured twice: kernels generated on the fly
+  and kernels precomputed per complexity level, timed interleaved (``precomputed_speedup`` is
+  their ratio, with its interval); the precomputed MACs, accuracy and kernel memory are
+  recorded in ``precomputed_*`` columns.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ kwarg, hence ``model_kwargs`` in config) and is listed in the README (Puppet-CNN
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
@@ -309,7 +310,7 @@ class PuppetCNN(nn.Module):
             raise ValueError("adaptive depth needs adaptive kernels (both follow the step dl)")
         self.cfg, self.c_max = config, c_max
         self.adapt_kernels, self.adapt_depth = adapt_kernels, adapt_depth
-        self.plan_for_depth = plan_for_depth
+        self.plan_for_depth = functools.lru_cache(maxsize=None)(plan_for_depth)  # plans are built once per depth
         # BN slots: one BN per conv of the deepest plan, so a shallower sample uses the first
         # L slots of each stage; each slot keeps running statistics per depth (DepthBatchNorm2d).
         depths = tuple(range(config.min_depth, config.max_depth + 1)) if adapt_depth else (config.fixed_depth,)
@@ -335,6 +336,7 @@ class PuppetCNN(nn.Module):
         self.inference = "on_the_fly"
         self._deployed: list[tuple[int, list[tuple[torch.Tensor]]]] = []
         self._deployed_version: tuple = ()
+        self._programs: list[list[tuple] | None] = []
         self._pending_levels: torch.Tensor | None = None  # precomputed forward: last_stats built on first read
         # H(x) of a batch; a benchmark may swap in a compiled version (bench/puppet_speed.py)
         self.complexity_fn: Callable[[torch.Tensor, int], torch.Tensor] = image_complexity
@@ -508,6 +510,7 @@ class PuppetCNN(nn.Module):
             deployed.append((d, [(k[rank[d]].contiguous(),) for k in kernels[d]]))
             rank[d] += 1
         self._deployed = deployed
+        self._programs = [self._program(d, [k for (k,) in ks]) for d, ks in deployed]
         self._deployed_version = self._generation_version()
         lo, hi = self.complexity_range
         self._range = (float(lo), float(hi - lo))  # float32 values, so level_index rounds as forward does
@@ -518,10 +521,43 @@ class PuppetCNN(nn.Module):
         self._level_rank = torch.empty(n, dtype=torch.long, device=h.device)
         self._level_rank[torch.argsort(depth * n + torch.arange(n, device=h.device))] = torch.arange(n, device=h.device)
 
+    def _program(self, depth: int, kernels: list[torch.Tensor]) -> list[tuple] | None:
+        """A level's plan as a flat list of functional steps with its stored kernels and its depth's
+        BN rows bound (views: in-place updates of the buffers show through), so a precomputed
+        batch-1 forward runs no plan walk and no module call. None for residual plans (run_puppet)."""
+        program, it = [], iter(kernels)
+        for op in self.plan_for_depth(depth):
+            if isinstance(op, Pool):
+                program.append(("pool", op.kernel, op.stride))
+            elif isinstance(op, GlobalPool):
+                program.append(("gap" if op.kind == "avg" else "gmp",))
+            elif isinstance(op, ConvSpec):
+                bn = self.bns[op.slot]
+                row = bn.depths.index(depth)
+                program.append(("conv", next(it), op.stride, op.kernel // 2, bn.running_mean[row], bn.running_var[row],
+                                bn.weight, bn.bias, bn.eps))
+            else:
+                return None
+        return program
+
+    def _run_program(self, x: torch.Tensor, program: list[tuple]) -> torch.Tensor:
+        for step in program:
+            kind = step[0]
+            if kind == "conv":
+                _, kernel, stride, pad, mean, var, weight, bias, eps = step
+                x = F.relu(F.batch_norm(F.conv2d(x, kernel, None, stride, pad), mean, var, weight, bias, False, 0.0, eps))
+            elif kind == "pool":
+                x = F.max_pool2d(x, step[1], step[2]) if x.shape[-1] >= step[1] else x
+            elif kind == "gap":
+                x = x.mean(dim=(-2, -1), keepdim=True)
+            else:
+                x = x.amax(dim=(-2, -1), keepdim=True)
+        return self.head(x.mean(dim=(-2, -1)))
+
     def _apply(self, fn, *args, **kwargs):
         # .to() / .cuda() / .half() give buffers new tensor objects: forget the precomputed state
         self.__dict__.pop("_version_tensors", None)
-        self._deployed, self._deployed_version = [], ()
+        self._deployed, self._programs, self._deployed_version = [], [], ()
         return super()._apply(fn, *args, **kwargs)
 
     def precomputed_kernel_bytes(self) -> int:
@@ -549,8 +585,13 @@ class PuppetCNN(nn.Module):
             self.precompute()
         q = self._level_index(x) if self.adapt_kernels else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if x.shape[0] == 1:  # one image: its level's plain CNN
-            d, kernels = self._deployed[int(q)]
-            logits = self.run_puppet(x, d, kernels, [1])
+            level = int(q)
+            program = self._programs[level]
+            if program is not None:
+                logits = self._run_program(x, program)
+            else:
+                d, kernels = self._deployed[level]
+                logits = self.run_puppet(x, d, kernels, [1])
         else:  # samples sorted by (depth, level); per depth group, a dense conv per level present
             n = len(self._deployed)
             order = torch.argsort(self._level_rank[q], stable=True)  # (B,)
