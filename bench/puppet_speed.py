@@ -222,6 +222,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     lat = frame[(frame["batch"] == 1) & frame["variant"].isin(VARIANTS) & frame["latency_s_per_img"].notna()]
     devices = list(dict.fromkeys(lat["device"]))
@@ -240,6 +241,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
                     ax.annotate(f"{r['ratio_vs_fixed']:.2f}x", (x, r["latency_s_per_img"] * 1e3), ha="center",
                                 va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(widths)), [str(w) for w in widths])
         ax.set_xlabel("max_channels")
         ax.set_ylabel("batch-1 latency (ms/img, median, 95% CI)")

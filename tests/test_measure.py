@@ -60,3 +60,31 @@ def test_measure_model_fields():
     assert rec["throughput_img_per_s"] > 0 and rec["throughput_batch"] == 4
     assert rec["macs"] == rec["macs_min"] == rec["macs_max"] > 0
     assert rec["threads"] == 1 and rec["torch_version"] == torch.__version__
+
+
+def test_puppet_is_measured_on_the_fly_and_precomputed():
+    from puppet import create_model
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 3, 32, 32, generator=g) * torch.linspace(0.05, 1, 12).view(12, 1, 1, 1) * 255).to(torch.uint8)
+    batches = Batches(x, torch.arange(12) % 10, 1, (0.5,) * 3, (0.25,) * 3)
+    model = create_model("puppet_cnn", max_channels=8)
+    model.prepare([batches.normalise(x)])
+    cfg = {"threads": 1, "warmup": 1, "latency_images": 3, "rounds": 3, "throughput_batch": 6,
+           "throughput_iters": 1, "macs_images": 3}
+    rec = measure_model(model, batches, cfg, torch.device("cpu"))
+    # the precomputed forward runs the same convs without generating: ptflops agrees with the model's count
+    assert rec["precomputed_macs"] == rec["macs_without_generation"] == rec["macs"] - rec["macs_generation"]
+    assert rec["macs_generation"] > 0 and rec["precomputed_macs_generation"] == 0
+    assert rec["precomputed_kernels_mb"] == model.precomputed_kernel_bytes() / 1e6 > 0
+    for prefix in ("", "precomputed_"):
+        low, mid, high = (rec[f"{prefix}latency{k}_s_per_img"] for k in ("_ci_low", "", "_ci_high"))
+        assert 0 < low <= mid <= high and isinstance(rec[f"{prefix}latency_noisy"], bool)
+        assert rec[f"{prefix}throughput_ci_low_img_per_s"] <= rec[f"{prefix}throughput_img_per_s"]
+    assert rec["precomputed_speedup_ci_low"] <= rec["precomputed_speedup"] <= rec["precomputed_speedup_ci_high"]
+    assert model.inference == "on_the_fly"  # left as it was found
+    from puppet.evaluate import evaluate
+
+    on_the_fly = evaluate(model, Batches(x, torch.arange(12) % 10, 4, (0.5,) * 3, (0.25,) * 3))
+    assert (rec["precomputed_top1"], rec["precomputed_top5"]) == (on_the_fly.top1, on_the_fly.top5)

@@ -194,3 +194,24 @@ def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot merge") and "\n" not in err
+
+
+def test_puppet_rows_appear_on_the_fly_and_precomputed(tmp_path):
+    d = _run(tmp_path, "puppet_cnn", 0, 30.0).parent
+    m = json.loads((d / "measure.json").read_text())
+    m.update(precomputed_latency_s_per_img=0.0001, precomputed_macs=2e6, precomputed_macs_without_generation=2e6,
+             precomputed_kernels_mb=3.5, precomputed_top1=29.0, precomputed_top5=80.0, macs_without_generation=2e6)
+    (d / "measure.json").write_text(json.dumps(m))
+    collate([d / "train.json"], tmp_path / "metrics.csv")
+    write_tables(tmp_path / "metrics.csv", tmp_path / "out")
+    for name in ("table1", "table2", "table3", "table4"):
+        table = pd.read_csv(tmp_path / "out" / f"{name}.csv")
+        puppet = table[table.model.str.startswith("puppet_")]
+        assert len(puppet) % 2 == 0 and set(puppet["variant"]) == {"on_the_fly", "precomputed"}
+        assert puppet["label"].str.endswith(("(on the fly)", "(kernels precomputed)")).all()
+    t4 = pd.read_csv(tmp_path / "out" / "table4.csv").set_index(["model", "variant"])
+    fly, pre = t4.loc[("puppet_cnn", "on_the_fly")], t4.loc[("puppet_cnn", "precomputed")]
+    assert fly["latency_s_per_img"] == 0.001 * len("puppet_cnn") and pre["latency_s_per_img"] == 0.0001
+    assert fly["macs_g"] == 1e6 * len("puppet_cnn") / 1e9 and pre["macs_g"] == 2e6 / 1e9
+    assert (fly["top1"], pre["top1"]) == (30.0, 29.0) and math.isnan(fly["kernels_mb"]) and pre["kernels_mb"] == 3.5
+    assert fly["paper_latency_s_per_img"] == pre["paper_latency_s_per_img"] == 0.0039  # the paper's beside both
