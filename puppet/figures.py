@@ -1,7 +1,8 @@
 """Figures from ``results/metrics.csv``: accuracy against cost, and Puppet-CNN's depth figures.
 
 * For each dataset: top-1 against stored parameters, against MACs and against
-  batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn.
+  batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn; on the
+  latency axis Puppet models appear twice, the hollow marker with precomputed kernels.
 * Fig. 3 of the paper: Puppet-CNN's realised depth against input complexity over
   the test set (from each run's ``test_stats.pt``).
 * Fig. 4 of the paper: stored size against depth for VGG/ResNet and their puppets
@@ -46,7 +47,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     ok = metrics[metrics["status"] == "ok"]
-    cols = [c for c in ["top1", *COST_AXES] if c in ok]
+    cols = [c for c in ["top1", *COST_AXES, "precomputed_latency_s_per_img", "precomputed_top1"] if c in ok]
     g = ok.groupby(["dataset", "model"])[cols]
     out = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
     return out
@@ -62,9 +63,24 @@ def save(fig, path_stem: Path) -> list[Path]:
     return paths
 
 
+PRECOMPUTED = " (precomputed)"
+
+
+def _with_precomputed(pts: pd.DataFrame) -> pd.DataFrame:
+    """Latency axis: Puppet models once more, at their precomputed-kernel latency and accuracy."""
+    if "precomputed_latency_s_per_img" not in pts:
+        return pts
+    pre = pts.dropna(subset=["precomputed_latency_s_per_img"]).copy()
+    pre["latency_s_per_img"] = pre["precomputed_latency_s_per_img"]
+    if "precomputed_top1" in pre:
+        pre["top1"] = pre["precomputed_top1"].fillna(pre["top1"])
+    pre["model"] = pre["model"] + PRECOMPUTED
+    return pd.concat([pts, pre], ignore_index=True)
+
+
 def _family(model: str) -> str:
     try:
-        return model_info(model).family
+        return model_info(model.removesuffix(PRECOMPUTED)).family
     except KeyError:
         return "other"
 
@@ -75,13 +91,15 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
     fig_all, axes = plt.subplots(1, len(COST_AXES), figsize=(5 * len(COST_AXES), 4), sharey=True)
     for ax_all, (x, xlabel) in zip(axes, COST_AXES.items()):
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        pts = data.dropna(subset=[x, "top1"])
+        pts = _with_precomputed(data) if x == "latency_s_per_img" else data
+        pts = pts.dropna(subset=[x, "top1"])
         pts = pts[pts[x] > 0]
         for target in (ax, ax_all):
             for i, (_, p) in enumerate(pts.iterrows()):
+                colour = FAMILY_COLOURS.get(_family(p["model"]), "grey")
                 target.errorbar(p[x], p["top1"], yerr=p.get("top1_std") if p["n_seeds"] > 1 else None,
-                                marker=MARKERS[i % len(MARKERS)], color=FAMILY_COLOURS.get(_family(p["model"]), "grey"),
-                                linestyle="none", capsize=3, markersize=7, label=p["model"])
+                                marker=MARKERS[i % len(MARKERS)], color=colour, linestyle="none", capsize=3, markersize=7,
+                                markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour, label=p["model"])
             if len(pts) > 1:
                 front = pareto_front(pts, x, "top1")
                 target.step(front[x], front["top1"], where="post", color="black", alpha=0.4, linewidth=1, label="Pareto frontier")

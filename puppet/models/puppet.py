@@ -592,7 +592,16 @@ class PuppetCNN(nn.Module):
             else:
                 d, kernels = self._deployed[level]
                 logits = self.run_puppet(x, d, kernels, [1])
-        else:  # samples sorted by (depth, level); per depth group, a dense conv per level present
+        elif self._programs[0] is not None:  # samples sorted by level; each level's slice runs its program
+            order = torch.argsort(q, stable=True)  # (B,)
+            counts = torch.bincount(q, minlength=len(self._programs)).tolist()  # the one device -> host copy
+            x_sorted, outputs, first = x[order], [], 0
+            for level, count in enumerate(counts):
+                if count:
+                    outputs.append(self._run_program(x_sorted[first : first + count], self._programs[level]))
+                    first += count
+            logits = torch.cat(outputs)[torch.argsort(order)]
+        else:  # residual plans: samples sorted by (depth, level); per depth group, a dense conv per level present
             n = len(self._deployed)
             order = torch.argsort(self._level_rank[q], stable=True)  # (B,)
             counts = torch.bincount(q, minlength=n).tolist()  # the one device -> host copy
