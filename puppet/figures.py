@@ -94,11 +94,13 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
         pts = _with_precomputed(data) if x == "latency_s_per_img" else data
         pts = pts.dropna(subset=[x, "top1"])
         pts = pts[pts[x] > 0]
+        models = list(dict.fromkeys(m.removesuffix(PRECOMPUTED) for m in data["model"]))  # one marker per model
         for target in (ax, ax_all):
-            for i, (_, p) in enumerate(pts.iterrows()):
+            for _, p in pts.iterrows():
                 colour = FAMILY_COLOURS.get(_family(p["model"]), "grey")
+                marker = MARKERS[models.index(p["model"].removesuffix(PRECOMPUTED)) % len(MARKERS)]
                 target.errorbar(p[x], p["top1"], yerr=p.get("top1_std") if p["n_seeds"] > 1 else None,
-                                marker=MARKERS[i % len(MARKERS)], color=colour, linestyle="none", capsize=3, markersize=7,
+                                marker=marker, color=colour, linestyle="none", capsize=3, markersize=7,
                                 markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour, label=p["model"])
             if len(pts) > 1:
                 front = pareto_front(pts, x, "top1")
@@ -108,12 +110,13 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
             target.grid(alpha=0.3, which="both")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{dataset}: top-1 vs {xlabel}")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside the data, never on it
         written += save(fig, out_dir / f"{dataset}_top1_vs_{x}")
     axes[0].set_ylabel("top-1 accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig_all.legend(handles, labels, fontsize=7, loc="center right")
-    fig_all.suptitle(f"{dataset}: accuracy against cost (colour = family; error bars over seeds)")
+    handles, labels = axes[-1].get_legend_handles_labels()  # the latency panel also has the precomputed points
+    fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig_all.suptitle(f"{dataset}: accuracy against cost (colour = family; hollow: Puppet with precomputed kernels; "
+                     "error bars over seeds)")
     written += save(fig_all, out_dir / f"{dataset}_top1_vs_cost")
     return written
 
