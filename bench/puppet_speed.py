@@ -241,6 +241,7 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
                     ax.annotate(f"{r['ratio_vs_fixed']:.2f}x", (x, r["latency_s_per_img"] * 1e3), ha="center",
                                 va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(widths)), [str(w) for w in widths])
