@@ -152,9 +152,6 @@ class Comparison:
     calls_a: list[list[float]]  # seconds of every call, per round
     calls_b: list[list[float]]
 
-    def record(self, prefix: str, threshold: float = DEFAULT_NOISE_THRESHOLD) -> dict[str, float | bool]:
-        return self.ratio.record(prefix, threshold=threshold)
-
 
 def compare(fn_a: Callable, fn_b: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1,
             device=None, level: float = DEFAULT_LEVEL) -> Comparison:
