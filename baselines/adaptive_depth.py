@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from puppet.models.layers import scaled
-from puppet.registry import register_model
+from puppet.layers import scaled
+from puppet.core.registry import register_model
 
 PAPER_WIDTHS = (64, 128, 256, 512)  # CIFAR ResNet-18 stage widths at paper scale
 
@@ -236,7 +236,7 @@ class BranchyNet(nn.Module):
     @torch.no_grad()
     def exit_macs(self, x1: torch.Tensor) -> list[int]:
         """MACs of a sample that leaves at each exit (trunk + every branch it visits), by forcing the exit."""
-        from puppet.measure import count_macs_flopcounter
+        from puppet.core.measure import count_macs_flopcounter
 
         costs = []
         for n in range(self.num_exits):

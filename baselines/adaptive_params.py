@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from puppet.models.layers import batched_conv2d, scaled
-from puppet.registry import register_model
+from puppet.layers import batched_conv2d, scaled
+from puppet.core.registry import register_model
 
 # DFN: a VGG-like CIFAR stack; ints are 3x3 conv widths (paper scale), "M" a 2x2 max-pool.
 DFN_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, "M")

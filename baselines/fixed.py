@@ -37,8 +37,8 @@ from torchvision.models.vgg import cfgs as _TORCHVISION_VGG_CFGS
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 from torchvision.ops.misc import Conv2dNormActivation
 
-from puppet.models.layers import scaled
-from puppet.registry import register_model
+from puppet.layers import scaled
+from puppet.core.registry import register_model
 
 # The paper's "Params Size (MB)" at 10 classes (Table 2/3, CIFAR-10); tests and docs compare with these.
 PAPER_SIZE_MB = {

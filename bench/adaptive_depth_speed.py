@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from puppet import create_model, timing
-from puppet.data import Batches, load_dataset
-from puppet.measure import count_macs
+from puppet.core.data import Batches, load_dataset
+from puppet.core.measure import count_macs
 
 MODELS = ("branchynet", "skipnet", "drnn")
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ each). ``--models resnet,puppet_cnn`` restricts it; ``--widths`` / ``--batches``
 
 The paper profile (config/paper.yaml): CIFAR-10, batch 128, every conv capped at 512 channels,
 Adam (lr 1e-3, weight decay 5e-4), ``amp: true`` (bf16 autocast on a GPU). One training step is
-measured in the harness' order (``puppet.memory.training_step``: autocast forward and loss via
+measured in the harness' order (``puppet.core.memory.training_step``: autocast forward and loss via
 ``model.compute_loss`` where the model has one, else cross-entropy; zero_grad; backward; Adam
 step) on *real* CIFAR-10 training batches (``--data``; Puppet models are ``prepare()``-d on the
 training images first), after a first optimizer step, so Adam's states exist (steady state: every
@@ -19,8 +19,8 @@ trainable parameter has a gradient and both moments).
 
 * GPU (``method = measured_cuda``): ``torch.cuda.max_memory_allocated`` at batch 128 and 512
   channels, directly; the worst step over the batches of an epoch (``--gpu-steps``; batches differ
-  in their complexity mix). ``tracked_peak_gib`` is puppet.memory's tracker on the same steps.
-* CPU (``method = extrapolated_cpu``): the live-tensor tracker (puppet.memory; it cannot see
+  in their complexity mix). ``tracked_peak_gib`` is puppet.core.memory's tracker on the same steps.
+* CPU (``method = extrapolated_cpu``): the live-tensor tracker (puppet.core.memory; it cannot see
   kernel scratch, cuDNN workspaces or allocator rounding: see its docstring) under bf16 autocast
   on the CPU too, so tensor dtypes and sizes are those of the paper's amp profile, and Adam with
   ``foreach=True``, the implementation PyTorch picks on CUDA (its temporaries are counted). Each
@@ -87,12 +87,12 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from puppet.config import load_config, run_spec
-from puppet.data import Batches, Splits, load_dataset, make_splits
-from puppet.io import atomic_write, atomic_write_csv, git_commit
-from puppet.memory import GIB, StepMemory, training_step_memory
-from puppet.registry import create_model, list_models, model_info
-from puppet.train import make_optimizer
+from puppet.core.config import load_config, run_spec
+from puppet.core.data import Batches, Splits, load_dataset, make_splits
+from puppet.core.io import atomic_write, atomic_write_csv, git_commit
+from puppet.core.memory import GIB, StepMemory, training_step_memory
+from puppet.core.registry import create_model, list_models, model_info
+from puppet.core.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -221,7 +221,7 @@ def saved_bytes_per_sample(name: str, spec: dict, width: int, splits: Splits) ->
     float32 here, mostly bf16 under autocast: the fitted coefficient takes the ratio (~0.5). None
     where neither works.
     """
-    from puppet.train import compute_loss
+    from puppet.core.train import compute_loss
 
     for device in ("meta", "cpu"):
         saved = []
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     validate = parse_validate(args.validate, args.target_batch, names)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as puppet.train does: its workspaces are part of the real peak
+        torch.backends.cudnn.benchmark = True  # as puppet.core.train does: its workspaces are part of the real peak
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -34,9 +34,9 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from puppet.data import Batches
-from puppet.evaluate import evaluate
-from puppet.train import build_model, load_splits
+from puppet.core.data import Batches
+from puppet.core.evaluate import evaluate
+from puppet.core.train import build_model, load_splits
 
 
 def _variance_ratios(model: nn.Module, batches: Batches, min_group: int = 32) -> list[float]:

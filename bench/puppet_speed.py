@@ -2,7 +2,7 @@
 
 For each device (the CPU, and CUDA when available) and each width, on real test images:
 
-* **batch-1 latency**, three ways, timed interleaved in this process (``puppet.timing``):
+* **batch-1 latency**, three ways, timed interleaved in this process (``puppet.core.timing``):
   Puppet-CNN with kernels generated on the fly, with kernels precomputed per complexity level,
   and the **same-plan fixed CNN**: for each image, the plain ``torch.nn`` CNN that Puppet-CNN runs
   for that image's level (the same depth, the level's kernels as stored conv weights, the same
@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 
 from puppet import create_model, timing
-from puppet.data import Batches, load_dataset, make_splits
-from puppet.io import atomic_write_csv
+from puppet.core.data import Batches, load_dataset, make_splits
+from puppet.core.io import atomic_write_csv
 from puppet.models.complexity import image_complexity
 from puppet.models.puppet import PuppetCNN
 

@@ -23,11 +23,11 @@ import torch
 
 
 def _measure(spec: dict, run_dir: Path) -> dict:
-    from puppet.data import Batches
-    from puppet.io import atomic_write_json, one_line
-    from puppet.measure import measure_model
-    from puppet.runs import inspect_run, record_failure, remove_orphan_temporaries
-    from puppet.train import build_model, load_splits, pick_device
+    from puppet.core.data import Batches
+    from puppet.core.io import atomic_write_json, one_line
+    from puppet.core.measure import measure_model
+    from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
+    from puppet.core.train import build_model, load_splits, pick_device
 
     remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
     record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m puppet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one run")
-    p.add_argument("--spec", required=True, help="run spec as JSON (see puppet.config.run_spec)")
+    p.add_argument("--spec", required=True, help="run spec as JSON (see puppet.core.config.run_spec)")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--time-limit-min", type=float, default=None,
                    help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("models", help="list registered models")
     args = parser.parse_args(argv)
 
-    from puppet.config import ConfigError
-    from puppet.data import DataError
-    from puppet.registry import UnknownModelError
+    from puppet.core.config import ConfigError
+    from puppet.core.data import DataError
+    from puppet.core.registry import UnknownModelError
 
     try:
         if args.command == "train":
-            from puppet.train import PAUSED_EXIT_CODE, train_main
+            from puppet.core.train import PAUSED_EXIT_CODE, train_main
 
             # a failed run is a status=error row, not a crash; a paused one is neither
             record = train_main(json.loads(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
@@ -109,19 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "measure":
             _measure(json.loads(args.spec), args.run_dir)
         elif args.command == "collate":
-            from puppet.collate import collate
+            from puppet.report.collate import collate
 
             collate(args.runs, args.out)
         elif args.command == "tables":
-            from puppet.tables import write_tables
+            from puppet.report.tables import write_tables
 
             write_tables(args.metrics, args.out_dir)
         elif args.command == "figures":
-            from puppet.figures import write_figures
+            from puppet.report.figures import write_figures
 
             write_figures(args.metrics, args.out_dir)
         elif args.command == "publish":
-            from puppet.publish import PublishError, publish  # pandas: not imported for train jobs
+            from puppet.report.publish import PublishError, publish  # pandas: not imported for train jobs
 
             try:
                 print(publish(args.results, args.name, args.run_command, args.timing,
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         elif args.command == "validate":
-            from puppet.config import load_config, preflight, run_grid, run_spec, spec_hash
-            from puppet.runs import inspect_run, run_dir
+            from puppet.core.config import load_config, preflight, run_grid, run_spec, spec_hash
+            from puppet.core.runs import inspect_run, run_dir
 
             cfg = load_config(*args.configfile)
             runs = run_grid(cfg)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 state = inspect_run(path)
                 print(f"  {dataset:14s} {model:24s} seed {seed}  {state.describe():24s} {path}")
         elif args.command == "models":
-            from puppet.registry import list_models, model_info
+            from puppet.core.registry import list_models, model_info
 
             for name in list_models():
                 info = model_info(name)

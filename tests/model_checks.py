@@ -2,7 +2,7 @@
 
 * ``real_cifar10_batch``: a few real, normalised CIFAR-10 images spread over input complexity,
   so depth-adaptive models see several depths in one batch;
-* ``loss_and_logits``: the training objective the harness uses (``puppet.train.compute_loss``);
+* ``loss_and_logits``: the training objective the harness uses (``puppet.core.train.compute_loss``);
 * ``CudaAutocastDtypeCheck``: a ``TorchFunctionMode`` that makes CPU autocast as strict as CUDA
   autocast about mixed-dtype indexed writes (its docstring says what and why).
 
@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from puppet.data import load_npz
+from puppet.core.data import load_npz
 from puppet.models.complexity import image_complexity
-from puppet.train import compute_loss
+from puppet.core.train import compute_loss
 
 # --------------------------------------------------------------------------- real images
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from baselines.adaptive_depth import masked_batch_norm, softmax_entropy
 from puppet import create_model
-from puppet.data import Batches, load_dataset, make_splits
-from puppet.measure import count_macs, count_macs_flopcounter
+from puppet.core.data import Batches, load_dataset, make_splits
+from puppet.core.measure import count_macs, count_macs_flopcounter
 
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)
 NAMES = ("branchynet", "skipnet", "drnn")

@@ -13,10 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.adaptive_params import GeneratedConv2d, WeightNetConv2d, _filter_norm
 from puppet import create_model
-from puppet.data import load_dataset
-from puppet.measure import param_size_mb, stored_param_count
-from puppet.models.layers import per_sample_conv2d_loop
-from puppet.registry import model_info
+from puppet.core.data import load_dataset
+from puppet.core.measure import param_size_mb, stored_param_count
+from puppet.layers import per_sample_conv2d_loop
+from puppet.core.registry import model_info
 
 NAMES = ("dfn", "weightnet", "ddfn_sw")
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=32)

@@ -1,6 +1,6 @@
 """Mixed precision for every registered model, as strictly as CUDA autocast checks it.
 
-The paper profile trains with ``amp: true`` (``puppet.train.train_one_epoch``: bf16 where the GPU
+The paper profile trains with ``amp: true`` (``puppet.core.train.train_one_epoch``: bf16 where the GPU
 supports it, else fp16 with a GradScaler). CI has no GPU, so every model runs here under CPU
 autocast in both dtypes, inside ``CudaAutocastDtypeCheck`` (``tests/model_checks.py``): CPU
 autocast promotes ``index_copy`` and CUDA autocast does not, so without the check a model that

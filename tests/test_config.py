@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from puppet.config import ConfigError, load_config, run_grid, run_spec, spec_hash, validate_config
-from puppet.registry import list_models
+from puppet.core.config import ConfigError, load_config, run_grid, run_spec, spec_hash, validate_config
+from puppet.core.registry import list_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_shipped_profiles_validate(name):
 def test_paper_subset_profile_fits_the_offline_cifar10_subset(cifar10_npz):
     """Its train_size + val_size fit the 5,438 training images of ../shared/data/cifar10_subset.npz,
     which its data_sources names relative to the repository root (where snakemake runs)."""
-    from puppet.train import load_splits
+    from puppet.core.train import load_splits
 
     cfg = load_config(REPO / "config" / "paper_subset.yaml")
     assert (REPO / cfg["data_sources"]["cifar10"]).resolve() == cifar10_npz.resolve()

@@ -6,7 +6,7 @@ exactly what is missing, a finished result is never lost or overwritten, bad dat
 before training with one line naming the file and the fix.
 
 The workflow cases run Snakemake on the smoke profile (synthetic data, tiny models) from the
-repository root, as the README does. ``PUPPET_FAILPOINT`` (puppet/train.py) kills or fails one
+repository root, as the README does. ``PUPPET_FAILPOINT`` (puppet/core/train.py) kills or fails one
 chosen training job; everything else is the real thing.
 """
 
@@ -26,10 +26,10 @@ import pandas as pd
 import pytest
 import torch
 
-from puppet.config import ConfigError, load_config, preflight, run_grid, validate_config
-from puppet.data import DataError, check_npz, load_dataset, make_splits
-from puppet.runs import attempts, inspect_run, record_failure, set_aside
-from puppet.train import train_main
+from puppet.core.config import ConfigError, load_config, preflight, run_grid, validate_config
+from puppet.core.data import DataError, check_npz, load_dataset, make_splits
+from puppet.core.runs import attempts, inspect_run, record_failure, set_aside
+from puppet.core.train import train_main
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
@@ -440,7 +440,7 @@ def test_shipped_profiles_list_every_extra_grid_model_in_models(profile):
 
 def _spec(tmp_path, **over) -> dict:
     cfg = load_config(SMOKE)
-    from puppet.config import run_spec
+    from puppet.core.config import run_spec
 
     spec = run_spec(cfg, "synthetic", "alexnet", 0)
     spec.update(over)

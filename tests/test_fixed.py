@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from baselines.fixed import PAPER_SIZE_MB
 from puppet import create_model
-from puppet.measure import count_macs, count_macs_flopcounter, param_size_mb, stored_param_count
-from puppet.registry import list_models, model_info
+from puppet.core.measure import count_macs, count_macs_flopcounter, param_size_mb, stored_param_count
+from puppet.core.registry import list_models, model_info
 
 FIXED = sorted(PAPER_SIZE_MB)
 SMALL_WIDTH = 16

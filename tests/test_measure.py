@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from puppet.data import Batches
-from puppet.measure import (
+from puppet.core.data import Batches
+from puppet.core.measure import (
     count_macs, count_macs_flopcounter, measure_model, param_size_mb, stored_param_count, total_param_count,
 )
 
@@ -84,7 +84,7 @@ def test_puppet_is_measured_on_the_fly_and_precomputed():
         assert rec[f"{prefix}throughput_ci_low_img_per_s"] <= rec[f"{prefix}throughput_img_per_s"]
     assert rec["precomputed_speedup_ci_low"] <= rec["precomputed_speedup"] <= rec["precomputed_speedup_ci_high"]
     assert model.inference == "on_the_fly"  # left as it was found
-    from puppet.evaluate import evaluate
+    from puppet.core.evaluate import evaluate
 
     on_the_fly = evaluate(model, Batches(x, torch.arange(12) % 10, 4, (0.5,) * 3, (0.25,) * 3))
     assert (rec["precomputed_top1"], rec["precomputed_top5"]) == (on_the_fly.top1, on_the_fly.top5)

@@ -1,4 +1,4 @@
-"""puppet.memory: the live-tensor tracker is exact on cases counted by hand, and runs on every model."""
+"""puppet.core.memory: the live-tensor tracker is exact on cases counted by hand, and runs on every model."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from puppet.memory import LiveTensorMemory, state_tensors, training_step_memory
-from puppet.registry import create_model, list_models
+from puppet.core.memory import LiveTensorMemory, state_tensors, training_step_memory
+from puppet.core.registry import create_model, list_models
 
 F32 = 4  # bytes per float32 number
 

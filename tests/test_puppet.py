@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from puppet import create_model, list_models
-from puppet.measure import count_macs_flopcounter, stored_param_count, total_param_count
+from puppet.core.measure import count_macs_flopcounter, stored_param_count, total_param_count
 from puppet.models.complexity import histogram_entropy, image_complexity
 from puppet.models.puppet import PuppetCNN, plan_convs
 from puppet.models.puppeteer import puppeteer_param_count, step_macs
@@ -316,7 +316,7 @@ def test_generation_macs_match_flopcounter():
 
 
 def test_table5_matches_paper():
-    from puppet.models.table5 import table5
+    from puppet.report.table5 import table5
 
     frame = table5()
     assert len(frame) == 7 and list(frame.c_max) == [64, 128, 256, 512, 1024, 2048, 4096]
@@ -417,7 +417,7 @@ def test_unknown_option_is_a_type_error():
 
 
 def test_puppet_cnn_learns_synthetic_data():
-    from puppet.data import Batches, load_dataset, make_splits
+    from puppet.core.data import Batches, load_dataset, make_splits
 
     torch.manual_seed(0)
     splits = make_splits(load_dataset("synthetic"), train_size=600, test_size=300)

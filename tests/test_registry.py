@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from puppet import create_model, list_models
-from puppet.measure import count_macs, count_macs_flopcounter, stored_param_count
-from puppet.registry import UnknownModelError, model_info
+from puppet.core.measure import count_macs, count_macs_flopcounter, stored_param_count
+from puppet.core.registry import UnknownModelError, model_info
 
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=32)
 MODELS = list_models()

@@ -8,11 +8,11 @@ import math
 import pandas as pd
 import pytest
 
-from puppet.collate import COLUMNS, collate
-from puppet.figures import pareto_front, write_figures
-from puppet.paper import TABLE2
-from puppet.runs import run_dir
-from puppet.tables import write_tables
+from puppet.report.collate import COLUMNS, collate
+from puppet.report.figures import pareto_front, write_figures
+from puppet.report.paper import TABLE2
+from puppet.core.runs import run_dir
+from puppet.report.tables import write_tables
 
 
 def _run(root, model, seed, top1, status="ok", measured=True):
@@ -85,7 +85,7 @@ def test_figures_are_written(metrics, tmp_path):
 
 
 def test_size_vs_depth_fixed_grow_puppets_flat(tmp_path):
-    from puppet.figures import size_vs_depth
+    from puppet.report.figures import size_vs_depth
 
     size_vs_depth(tmp_path)
     frame = pd.read_csv(tmp_path / "size_vs_depth.csv")
@@ -101,7 +101,7 @@ def test_pareto_front():
 
 
 def test_publish_snapshot_with_provenance(metrics, tmp_path):
-    from puppet.publish import publish
+    from puppet.report.publish import publish
 
     results = metrics.parent
     write_tables(metrics, results)
@@ -114,7 +114,7 @@ def test_publish_snapshot_with_provenance(metrics, tmp_path):
 
 
 def test_publish_refuses_without_results(tmp_path):
-    from puppet.publish import publish
+    from puppet.report.publish import publish
 
     with pytest.raises(FileNotFoundError, match="run `snakemake"):
         publish(tmp_path, "x", "cmd")
@@ -132,7 +132,7 @@ def _sitting(tmp_path, label, *runs, config_hash="h"):
 
 
 def test_publish_merge_adds_each_sitting(tmp_path):
-    from puppet.publish import publish
+    from puppet.report.publish import publish
 
     results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0), ("mobilenet_v1", 0, 45.0))
     out = publish(results, "paper-x", "snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'", "9 min", merge=True)
@@ -155,7 +155,7 @@ def test_publish_merge_adds_each_sitting(tmp_path):
 
 
 def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
-    from puppet.publish import PublishError, publish
+    from puppet.report.publish import PublishError, publish
 
     results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
     out = publish(results, "paper-x", "sitting 1", merge=True)
@@ -171,7 +171,7 @@ def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
 
 
 def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recorded(tmp_path):
-    from puppet.publish import publish
+    from puppet.report.publish import publish
 
     results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
     write_tables(results / "metrics.csv", results)

@@ -7,7 +7,8 @@ import time
 import pytest
 import torch
 
-from puppet import create_model, timing
+from puppet import create_model
+from puppet.core import timing
 
 
 def test_median_interval_uses_binomial_order_statistics():

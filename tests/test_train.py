@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from puppet.config import run_spec, validate_config
-import puppet.train
+from puppet.core.config import run_spec, validate_config
+import puppet.core.train
 from puppet.cli import main as cli_main
-from puppet.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main, train_run
+from puppet.core.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main, train_run
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
@@ -42,13 +42,13 @@ class EpochClock:
 
     def __init__(self, monkeypatch, epoch_s: float):
         self.now = 0.0
-        real = puppet.train.train_one_epoch
+        real = puppet.core.train.train_one_epoch
 
         def timed_epoch(*args, **kwargs):
             self.now += epoch_s
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(puppet.train, "train_one_epoch", timed_epoch)
+        monkeypatch.setattr(puppet.core.train, "train_one_epoch", timed_epoch)
 
     def __call__(self) -> float:
         return self.now

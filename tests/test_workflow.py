@@ -84,7 +84,7 @@ def test_slurm_profile_plans_with_the_plugin(tmp_path):
 
 
 def test_dry_run_plans_the_whole_grid(tmp_path):
-    from puppet.config import load_config, run_grid
+    from puppet.core.config import load_config, run_grid
 
     n_runs = len(run_grid(load_config(REPO / "config" / "config.yaml")))
     out = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--quiet", "rules").stdout
@@ -165,7 +165,7 @@ def test_smoke_profile_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_paused_run_resumes_through_snakemake(tmp_path):
     """A job paused by train.time_limit_min exits 75 without train.json; the same command resumes it."""
-    from puppet.config import load_config, run_spec, spec_hash
+    from puppet.core.config import load_config, run_spec, spec_hash
 
     train = {"batch_size": 64, "time_limit_min": 0.0001}
     cfg = load_config(REPO / "config" / "smoke.yaml", overrides={"epochs": 2, "models": ["alexnet"], "train": train})

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from puppet.models.complexity import DEFAULT_BINS, image_complexity
-from puppet.models.layers import batched_conv2d, per_sample_conv2d_loop, scaled
+from puppet.layers import batched_conv2d, per_sample_conv2d_loop, scaled
 from puppet.models.puppeteer import KERNEL, Puppeteer, pool_kernel, step_macs
-from puppet.registry import register_model
+from puppet.core.registry import register_model
 
 MAX_ENTROPY_BITS = math.log2(DEFAULT_BINS)  # H of a 256-bin histogram lies in [0, 8] bits
 

@@ -3,9 +3,9 @@ import json
 import sys
 from pathlib import Path
 
-from puppet.config import ConfigError, preflight, run_grid, run_spec, spec_hash, validate_config
-from puppet.data import DataError
-from puppet.runs import attempts, failure_lines, inspect_run, set_aside
+from puppet.core.config import ConfigError, preflight, run_grid, run_spec, spec_hash, validate_config
+from puppet.core.data import DataError
+from puppet.core.runs import attempts, failure_lines, inspect_run, set_aside
 
 try:
     config = validate_config(config)
@@ -13,7 +13,7 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 PROFILE = config["profile"]
-# A run's folder names the hash of its spec (puppet/runs.py): a rerun with another spec
+# A run's folder names the hash of its spec (puppet/core/runs.py): a rerun with another spec
 # trains beside a finished result, never over it.
 RUN_DIR = "results/runs/{profile}/{dataset}/{model}/seed{seed}/{chash}"
 
@@ -64,7 +64,7 @@ def spec_json(wildcards):
 
 
 def failed_attempts(stage):
-    """A rule parameter that counts the run's failed attempts (puppet/runs.py), damaged files
+    """A rule parameter that counts the run's failed attempts (puppet/core/runs.py), damaged files
     not yet set aside included: it grows when the job fails or a file of it is damaged, so
     Snakemake's params trigger redoes exactly those jobs next time (a dry run shows them)."""
 

@@ -70,7 +70,7 @@ CODE_PATHS = ("puppet", "baselines", "workflow", "config", "pyproject.toml")
 
 def git_commit() -> str:
     """The commit of the code that ran, with '+dirty' when code or config had local changes."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()

@@ -140,7 +140,7 @@ TABLE6 = PaperTable(
     ), ()),
 )
 
-# Table 5 is computed from the model code, not from training runs (see puppet.tables).
+# Table 5 is computed from the model code, not from training runs (see puppet.report.tables).
 TABLE5_PAPER = {  # C_max -> (Total Params in M, Param Size in MB)
     64: (0.04, 0.02), 128: (0.17, 0.07), 256: (0.66, 0.28), 512: (2.63, 1.08),
     1024: (10.50, 4.26), 2048: (41.97, 16.90), 4096: (167.83, 67.35),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from puppet.io import atomic_write_csv, atomic_write_text
-from puppet.paper import RUN_TABLES, PaperTable
-from puppet.registry import create_model
+from puppet.core.io import atomic_write_csv, atomic_write_text
+from puppet.report.paper import RUN_TABLES, PaperTable
+from puppet.core.registry import create_model
 
 UNITS = {
     "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
@@ -164,8 +164,8 @@ def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
     Built on the meta device: nothing is allocated, however large the model."""
     import torch
 
-    from puppet.measure import param_size_mb, stored_param_count, total_param_count
-    from puppet.registry import list_models, model_info
+    from puppet.core.measure import param_size_mb, stored_param_count, total_param_count
+    from puppet.core.registry import list_models, model_info
 
     paper = paper_sizes()
     rows = []
@@ -187,7 +187,7 @@ def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
 
 def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
     """Tables computed from model code rather than runs: Table 5 and the paper-scale sizes."""
-    from puppet.models.table5 import table5
+    from puppet.report.table5 import table5
 
     return [
         ("table5", "Table 5: Puppet-CNN size vs maximum output channel (from the model code)", table5(),

@@ -187,14 +187,14 @@ def state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer | None = No
 
 
 def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from puppet.train import compute_loss  # the harness' objective: model.compute_loss, else cross-entropy
+    from puppet.core.train import compute_loss  # the harness' objective: model.compute_loss, else cross-entropy
 
     return compute_loss(model, x, y)
 
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                   amp_dtype: torch.dtype | None, loss_fn=default_loss, phase: Callable[[str], None] = lambda _: None) -> None:
-    """One step in ``puppet.train.train_one_epoch``'s order: autocast forward and loss, zero_grad,
+    """One step in ``puppet.core.train.train_one_epoch``'s order: autocast forward and loss, zero_grad,
     backward, optimizer step. The order matters for memory: the previous step's gradients are
     still alive during the forward (zero_grad comes after it, as in the harness)."""
     phase("forward")

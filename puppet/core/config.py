@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from puppet.data import DATASETS, DataError, check_npz, default_source_problem
-from puppet.registry import list_models
+from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
+from puppet.core.registry import list_models
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.json"
 
 
 class ConfigError(ValueError):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from puppet.io import atomic_write_csv
-from puppet.runs import read_record
+from puppet.core.io import atomic_write_csv
+from puppet.core.runs import read_record
 
 KEY = ["profile", "dataset", "model", "seed"]
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from puppet.measure import param_size_mb
-from puppet.paper import TABLE5_PAPER
-from puppet.registry import create_model
+from puppet.core.measure import param_size_mb
+from puppet.report.paper import TABLE5_PAPER
+from puppet.core.registry import create_model
 
 MODEL = "puppet_cnn"
 

@@ -22,7 +22,7 @@ model by name (all optional):
 * ``model.calibrate(batches)``: called after training with (x, y) batches from the
   validation split, never the test split (early-exit thresholds, ...).
 * ``model.stored_param_count()``: parameters one must store, when that differs
-  from the trainable parameters (see ``puppet.measure``).
+  from the trainable parameters (see ``puppet.core.measure``).
 """
 
 from __future__ import annotations

@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from puppet.config import spec_hash
-from puppet.data import Batches, Splits, load_dataset, make_splits
-from puppet.evaluate import evaluate
-from puppet.io import atomic_save, atomic_write_json, git_commit, one_line
-from puppet.registry import create_model
-from puppet.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
+from puppet.core.config import spec_hash
+from puppet.core.data import Batches, Splits, load_dataset, make_splits
+from puppet.core.evaluate import evaluate
+from puppet.core.io import atomic_save, atomic_write_json, git_commit, one_line
+from puppet.core.registry import create_model
+from puppet.core.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
 
 # Fault injection for the test suite (tests/test_faults.py), off unless the variable is set:
 # "kill-after-epoch:N[:RUN]" SIGKILLs the job right after epoch N's checkpoint is saved;

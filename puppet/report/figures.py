@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from puppet.io import atomic_write, atomic_write_csv  # noqa: E402
-from puppet.registry import model_info  # noqa: E402
-from puppet.runs import archive_problem, run_dir  # noqa: E402
+from puppet.core.io import atomic_write, atomic_write_csv  # noqa: E402
+from puppet.core.registry import model_info  # noqa: E402
+from puppet.core.runs import archive_problem, run_dir  # noqa: E402
 
 COST_AXES = {
     "stored_params": "stored parameters",
@@ -166,8 +166,8 @@ FIG4_FAMILIES = (("vgg", "puppet_vgg", (11, 13, 16, 19)), ("resnet", "puppet_res
 
 def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10) -> list[Path]:
     """Fig. 4: stored size (MB) against depth at the paper's width; the puppets' size stays flat."""
-    from puppet.measure import param_size_mb, stored_param_count
-    from puppet.registry import create_model
+    from puppet.core.measure import param_size_mb, stored_param_count
+    from puppet.core.registry import create_model
 
     rows = []
     for fixed, puppet, depths in FIG4_FAMILIES:

@@ -1,7 +1,7 @@
 """Where a run lives, what state it is in, and what to do about a damaged one.
 
 A run's folder is ``results/runs/<profile>/<dataset>/<model>/seed<N>/<config_hash>/``: the
-hash of its spec (``puppet.config.spec_hash``: everything that determines its result) is part
+hash of its spec (``puppet.core.config.spec_hash``: everything that determines its result) is part
 of its identity, so a rerun with another spec (a typo in a data path, another learning rate)
 trains in a folder of its own and can never replace a finished result; going back to the old
 spec finds the old result again.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from puppet.io import one_line
+from puppet.core.io import one_line
 
 FAILURES = "failures.jsonl"
 CORRUPT_TAG = ".corrupt-"
@@ -206,7 +206,7 @@ def attempts(path: str | Path, stage: str | None = None) -> int:
 
 
 def remove_orphan_temporaries(path: str | Path) -> list[Path]:
-    """Delete ``.NAME.*.tmp`` files a killed writer left in a run folder (puppet.io writes to
+    """Delete ``.NAME.*.tmp`` files a killed writer left in a run folder (puppet.core.io writes to
     such names, then renames). Call it only while no other process writes there: the train
     job owns its folder."""
     removed = []

@@ -10,7 +10,7 @@
   BN, ReLU, pooling and element-wise ops are zero.
 * latency: batch 1, one real test image per timed forward, after warm-up, device
   synchronised around each; ``rounds`` rounds over ``latency_images`` images, the median over
-  rounds with its 95 % interval and a noise flag (``puppet.timing``); p90 over every call.
+  rounds with its 95 % interval and a noise flag (``puppet.core.timing``); p90 over every call.
 * throughput: img/s at a large batch of real test images, median over rounds with its interval.
 * Puppet-CNN (models with ``set_inference``) is measured twice: kernels generated on the fly
   and kernels precomputed per complexity level, timed interleaved (``precomputed_speedup`` is
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from puppet import timing
-from puppet.data import Batches
-from puppet.evaluate import evaluate
+from puppet.core import timing
+from puppet.core.data import Batches
+from puppet.core.evaluate import evaluate
 
 
 def trainable_param_count(model: nn.Module) -> int:
@@ -141,7 +141,7 @@ DEFAULT_ROUNDS = 10
 @torch.inference_mode()
 def measure_speed(model: nn.Module, batches: Batches, cfg: dict, device: torch.device) -> dict[str, Any]:
     """Batch-1 latency over real test images and batched throughput, each a median over
-    ``rounds`` rounds with its interval (``puppet.timing``). A model with a precomputed mode
+    ``rounds`` rounds with its interval (``puppet.core.timing``). A model with a precomputed mode
     (Puppet-CNN) is timed on the fly and precomputed, interleaved, with the ratio between them."""
     model.eval()
     x_all = batches.normalise(batches.x)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from puppet.data import Batches
+from puppet.core.data import Batches
 
 
 @dataclass

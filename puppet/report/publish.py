@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from puppet.collate import COLUMNS, KEY
-from puppet.io import atomic_write_csv, atomic_write_text
+from puppet.report.collate import COLUMNS, KEY
+from puppet.core.io import atomic_write_csv, atomic_write_text
 
 LIVE = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "table6.csv",
         "sizes.csv", "tables.md"]
@@ -88,8 +88,8 @@ def merge_metrics(snapshot: pd.DataFrame, sitting: pd.DataFrame, allow_config_ch
 
 
 def _publish_merged(results: Path, out: Path, name: str, command: str, timing: str, allow_config_change: bool) -> Path:
-    from puppet.figures import write_figures
-    from puppet.tables import write_tables
+    from puppet.report.figures import write_figures
+    from puppet.report.tables import write_tables
 
     if not (results / "metrics.csv").is_file():
         raise FileNotFoundError(f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first")

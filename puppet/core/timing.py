@@ -1,6 +1,6 @@
 """The one timing helper of the harness: medians with intervals, and interleaved comparisons.
 
-Used by ``puppet.measure`` (every latency and throughput in ``metrics.csv``) and by the
+Used by ``puppet.core.measure`` (every latency and throughput in ``metrics.csv``) and by the
 benchmarks in ``bench/``. The protocol:
 
 * **warm-up**: ``warmup`` untimed calls over the inputs (allocator, cuDNN autotuning, caches);
