@@ -88,6 +88,7 @@ import torch
 import torch.nn as nn
 
 from puppet.core.config import load_config, run_spec
+from puppet.core.specs import RunSpec
 from puppet.core.data import Batches, Splits, load_dataset, make_splits
 from puppet.core.io import atomic_write, atomic_write_csv, git_commit
 from puppet.core.memory import GIB, StepMemory, training_step_memory
@@ -133,23 +134,23 @@ def train_batches(splits: Splits, batch: int, device: torch.device, n: int | Non
     return itertools.islice(it.epoch(0), n)
 
 
-def build(name: str, spec: dict, width: int, splits: Splits, device: torch.device) -> nn.Module:
+def build(name: str, spec: RunSpec, width: int, splits: Splits, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels, image_size=splits.image_size,
-                         max_channels=width, **spec["model_kwargs"])
+                         max_channels=width, **spec.model_kwargs)
     if hasattr(model, "prepare"):  # complexity statistics of the real training images (Puppet models)
         prep = Batches(splits.x_train, splits.y_train, 512, splits.mean, splits.std)
         model.prepare(x for x, _ in prep)
     return model.to(device).train()
 
 
-def optimizer_in_steady_state(model: nn.Module, spec: dict, device: torch.device) -> torch.optim.Optimizer:
+def optimizer_in_steady_state(model: nn.Module, spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
     """The harness' optimizer after one step: every trainable parameter has a gradient and Adam's moments.
 
     A zero gradient stands in for the first step (same tensors, no forward/backward to pay for).
     On the CPU, ``foreach=True`` is what PyTorch's default picks on CUDA, so its temporaries count.
     """
-    opt = make_optimizer(model, spec["train"])
+    opt = make_optimizer(model, spec.train)
     if device.type == "cpu":
         for group in opt.param_groups:
             group["foreach"] = True
@@ -160,7 +161,7 @@ def optimizer_in_steady_state(model: nn.Module, spec: dict, device: torch.device
     return opt
 
 
-def exact_before_bytes(name: str, spec: dict, width: int, batch: int, splits: Splits) -> tuple[int, int]:
+def exact_before_bytes(name: str, spec: RunSpec, width: int, batch: int, splits: Splits) -> tuple[int, int]:
     """(bytes alive before a step, trainable parameters) at ``width``, from the model built on the meta device.
 
     Parameters and buffers + gradient, exp_avg, exp_avg_sq of every trainable parameter + the batch
@@ -169,7 +170,7 @@ def exact_before_bytes(name: str, spec: dict, width: int, batch: int, splits: Sp
     """
     with torch.device("meta"):
         model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                             image_size=splits.image_size, max_channels=width, **spec["model_kwargs"])
+                             image_size=splits.image_size, max_channels=width, **spec.model_kwargs)
     tensors = list(model.parameters()) + list(model.buffers())
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = sum(t.numel() * t.element_size() for t in tensors) + 3 * sum(p.numel() * p.element_size() for p in trainable)
@@ -199,7 +200,7 @@ def composition(stats: dict, batch: int) -> dict[str, int]:
 
 
 @torch.no_grad()
-def target_compositions(name: str, spec: dict, splits: Splits, width: int, batch: int) -> list[dict[str, int]]:
+def target_compositions(name: str, spec: RunSpec, splits: Splits, width: int, batch: int) -> list[dict[str, int]]:
     """The composition of every full batch of epoch 0 at the target batch size (a cheap forward at ``width``)."""
     model = build(name, spec, width, splits, torch.device("cpu"))
     out = []
@@ -211,7 +212,7 @@ def target_compositions(name: str, spec: dict, splits: Splits, width: int, batch
     return out
 
 
-def saved_bytes_per_sample(name: str, spec: dict, width: int, splits: Splits) -> float | None:
+def saved_bytes_per_sample(name: str, spec: RunSpec, width: int, splits: Splits) -> float | None:
     """Bytes autograd saves for backward per sample, weights excluded, in a float32 forward at ``width``.
 
     Counted on the meta device (free: no data, no arithmetic), or where the forward reads data
@@ -229,7 +230,7 @@ def saved_bytes_per_sample(name: str, spec: dict, width: int, splits: Splits) ->
             torch.manual_seed(0)
             with torch.device(device):
                 model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                                     image_size=splits.image_size, max_channels=width, **spec["model_kwargs"])
+                                     image_size=splits.image_size, max_channels=width, **spec.model_kwargs)
             model.train()
             weights = {id(p.untyped_storage()) for p in model.parameters()}
             storages: dict[int, torch.UntypedStorage] = {}
@@ -292,7 +293,7 @@ class Point:
         return max(self.peaks.values())
 
 
-def measure(name: str, spec: dict, splits: Splits, width: int, batch: int, device: torch.device,
+def measure(name: str, spec: RunSpec, splits: Splits, width: int, batch: int, device: torch.device,
             amp_dtype: torch.dtype, saved: float | None, batch_index: int = 1) -> Point:
     """The tracked (CPU) or allocator (CUDA) peak of one training step at (width, batch), on real batch ``batch_index``."""
     t0 = time.perf_counter()
@@ -375,7 +376,7 @@ def relative_errors(fit_points: list[Point], test_points: list[Point], terms: tu
 # --------------------------------------------------------------------------- one model
 
 
-def cpu_rows(name: str, spec: dict, splits: Splits, args, amp_dtype: torch.dtype, validate: dict[str, list[int]]) -> list[dict]:
+def cpu_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dtype, validate: dict[str, list[int]]) -> list[dict]:
     family = model_info(name).family
     width_t, batch_t = args.target_channels, args.target_batch
     cpu = torch.device("cpu")
@@ -410,7 +411,7 @@ def cpu_rows(name: str, spec: dict, splits: Splits, args, amp_dtype: torch.dtype
     largest = max(points, key=lambda p: p.peak)
     common = {
         "model": name, "family": family, "status": "ok", "error": "",
-        "amp_dtype": str(amp_dtype).replace("torch.", ""), "optimizer": spec["train"]["optimizer"],
+        "amp_dtype": str(amp_dtype).replace("torch.", ""), "optimizer": spec.train.optimizer,
         "fit_rel_err": fit_rel, "fit_rel_err_transient": fit_rel_transient, "fit_rel_err_widest": fit_rel_widest,
         "loo_rel_err": loo,
         "n_points": len(points), "grid_widths": " ".join(map(str, args.widths)), "grid_batches": " ".join(map(str, args.batches)),
@@ -436,7 +437,7 @@ def cpu_rows(name: str, spec: dict, splits: Splits, args, amp_dtype: torch.dtype
     return rows
 
 
-def cuda_rows(name: str, spec: dict, splits: Splits, args, amp_dtype: torch.dtype) -> list[dict]:
+def cuda_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dtype) -> list[dict]:
     """Direct measurement at the target: the worst of ``--gpu-steps`` consecutive steps (after a first one)."""
     device = torch.device("cuda")
     t0 = time.perf_counter()
@@ -453,7 +454,7 @@ def cuda_rows(name: str, spec: dict, splits: Splits, args, amp_dtype: torch.dtyp
     comp = composition(worst.stats, args.target_batch)
     return [{"model": name, "family": model_info(name).family, "status": "ok", "error": "", "method": "measured_cuda",
              "batch_size": args.target_batch, "max_channels": args.target_channels, "amp_dtype": str(amp_dtype).replace("torch.", ""),
-             "optimizer": spec["train"]["optimizer"], "peak_gib": worst.peak_bytes / GIB, "peak_hi_gib": worst.peak_bytes / GIB,
+             "optimizer": spec.train.optimizer, "peak_gib": worst.peak_bytes / GIB, "peak_hi_gib": worst.peak_bytes / GIB,
              "static_gib": worst.before_bytes / GIB, "transient_gib": (worst.peak_bytes - worst.before_bytes) / GIB,
              "tracked_peak_gib": worst.tracked_peak_bytes / GIB, "fit_rel_err": 0.0, "n_points": steps,
              "levels": comp["N"], "D": comp["D"], "S": comp["S"], "seconds": time.perf_counter() - t0}]

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
+from puppet.core.specs import RunSpec
 from puppet.core.train import build_model, load_splits
 
 
@@ -92,13 +93,13 @@ def _reestimate_statistics(model: nn.Module, batches: Batches) -> None:
 
 def bn_eval(run_dir: Path, label: str, reestimate: bool = False) -> dict:
     state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    spec = state["spec"]
+    spec = RunSpec.from_dict(state["spec"])
     splits = load_splits(spec)
     model = build_model(spec, splits)
     model.load_state_dict(state["model"])  # a checkpoint with one statistic per slot loads too
-    test = Batches(splits.x_test, splits.y_test, spec["train"]["eval_batch_size"], splits.mean, splits.std)
+    test = Batches(splits.x_test, splits.y_test, spec.train.eval_batch_size, splits.mean, splits.std)
     if reestimate:  # same weights, statistics gathered anew from the training split by this code's BN
-        _reestimate_statistics(model, Batches(splits.x_train, splits.y_train, spec["train"]["eval_batch_size"],
+        _reestimate_statistics(model, Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size,
                                               splits.mean, splits.std))
     eval_mode = evaluate(model, test)
     batch_stats = _batch_stats_accuracy(copy.deepcopy(model), test)
@@ -108,10 +109,10 @@ def bn_eval(run_dir: Path, label: str, reestimate: bool = False) -> dict:
     return {
         "label": label,
         "statistics": "re-estimated on the training split" if reestimate else "from training",
-        "model": spec["model"],
-        "dataset": spec["dataset"],
-        "profile": spec["profile"],
-        "eval_batch_size": spec["train"]["eval_batch_size"],
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "profile": spec.profile,
+        "eval_batch_size": spec.train.eval_batch_size,
         "top1_eval": eval_mode.top1,
         "top5_eval": eval_mode.top5,
         "top1_batch_stats": batch_stats[0],

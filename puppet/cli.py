@@ -18,67 +18,128 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-
-def _measure(spec: dict, run_dir: Path) -> dict:
-    from puppet.core.data import Batches
-    from puppet.core.io import atomic_write_json, one_line
-    from puppet.core.measure import measure_model
-    from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
-    from puppet.core.train import build_model, load_splits, pick_device
-
-    remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
-    record = {k: spec[k] for k in ("profile", "dataset", "model", "seed")}
-    state = inspect_run(run_dir)
-    if state.train != "ok":
-        why = state.error or f"train.json is {state.train}"
-        record.update(status="skipped", error=f"training failed: {why}")
-    else:
-        try:
-            device = pick_device(spec["device"])
-            splits = load_splits(spec)
-            model = build_model(spec, splits).to(device)
-            try:
-                state = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
-                model.load_state_dict(state["model"])
-            except Exception as exc:
-                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
-                                   f"delete it and rerun: the run is redone from its checkpoint") from None
-            test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
-            record.update(status="ok", error="", **measure_model(model, test, spec["measure"], device))
-        except Exception as exc:  # recorded in the row, never a silent None
-            record.update(status="error", error=one_line(exc))
-            print(f"measure failed: {record['error']}", file=sys.stderr)
-            print(f"measure failed: {spec['dataset']}/{spec['model']}/seed{spec['seed']}: {record['error']}", flush=True)
-            record_failure(run_dir, "measure", record["error"])
-    atomic_write_json(record, run_dir / "measure.json")
-    return record
+# Exit status of a command refused for bad input (config, data, model name, spec): the message
+# is one line on stderr, printed before any work starts.
+EXIT_BAD_INPUT = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m puppet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _spec(text: str):
+    from puppet.core.specs import RunSpec
+
+    return RunSpec.from_dict(json.loads(text))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from puppet.core.train import PAUSED_EXIT_CODE, train_main
+
+    # a failed run is a status=error row, not a crash; a paused one is neither
+    record = train_main(_spec(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
+    return PAUSED_EXIT_CODE if record["status"] == "paused" else 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from puppet.core.measure import measure_main
+
+    measure_main(_spec(args.spec), args.run_dir)  # a failed measurement is a status=error row
+    return 0
+
+
+def _collate(args: argparse.Namespace) -> int:
+    from puppet.report.collate import collate
+
+    collate(args.runs, args.out)
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from puppet.report.tables import write_tables
+
+    write_tables(args.metrics, args.out_dir)
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from puppet.report.figures import write_figures
+
+    write_figures(args.metrics, args.out_dir)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from puppet.report.publish import PublishError, publish  # pandas: not imported for train jobs
+
+    try:
+        print(publish(args.results, args.name, args.run_command, args.timing,
+                      merge=args.merge, allow_config_change=args.allow_config_change))
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from puppet.core.config import load_config, preflight, run_grid, run_spec
+    from puppet.core.runs import inspect_run, run_dir
+
+    config = load_config(*args.configfile)
+    runs = run_grid(config)
+    warnings = preflight(config)  # raises DataError on the first bad data source
+    print(f"config OK: profile {config['profile']}, {len(runs)} runs; data sources checked")
+    if config["device"] == "cuda" and not torch.cuda.is_available():
+        warnings.append("device: cuda but no CUDA device is visible here; every run will fail on this machine "
+                        "(fine on a login node whose jobs run on GPU nodes)")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    for dataset, model, seed in runs:
+        path = run_dir(args.results, config["profile"], dataset, model, seed,
+                       run_spec(config, dataset, model, seed).hash)
+        print(f"  {dataset:14s} {model:24s} seed {seed}  {inspect_run(path).describe():24s} {path}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from puppet.core.registry import list_models, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        print(f"{name:22s} {info.family:16s} {info.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m puppet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one run")
-    p.add_argument("--spec", required=True, help="run spec as JSON (see puppet.core.config.run_spec)")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("train", _train, "train one run")
+    p.add_argument("--spec", required=True, help="run spec as JSON (puppet.core.specs.RunSpec.to_dict)")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--time-limit-min", type=float, default=None,
                    help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
                         "exit code 75); rerun to resume. Snakemake passes train.time_limit_min")
-    p = sub.add_parser("measure", help="measure a trained run")
+    p = command("measure", _measure, "measure a trained run")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
-    p = sub.add_parser("collate", help="collect runs into results/metrics.csv")
-    p.add_argument("--runs", nargs="+", required=True, type=Path, help="train.json files (measure.json is read beside each)")
+    p = command("collate", _collate, "collect runs into results/metrics.csv")
+    p.add_argument("--runs", nargs="+", required=True, type=Path,
+                   help="train.json files (measure.json is read beside each)")
     p.add_argument("--out", required=True, type=Path)
-    p = sub.add_parser("tables", help="paper-layout tables and tables.md from metrics.csv")
+    p = command("tables", _tables, "paper-layout tables and tables.md from metrics.csv")
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
-    p = sub.add_parser("figures", help="figures from metrics.csv")
+    p = command("figures", _figures, "figures from metrics.csv")
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--out-dir", required=True, type=Path)
-    p = sub.add_parser("publish", help="copy the collated results to results/published/NAME (a committed snapshot)")
+    p = command("publish", _publish, "copy the collated results to results/published/NAME (a committed snapshot)")
     p.add_argument("--name", required=True, help="label: profile, machine and data, e.g. quick-cpu2-cifar10subset")
     p.add_argument("--run-command", required=True, help="the command that produced the results")
     p.add_argument("--timing", default="", help="measured wall-clock, free text")
@@ -88,74 +149,28 @@ def main(argv: list[str] | None = None) -> int:
                         "profile, dataset, model and seed is replaced) and rebuild its tables and figures")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --merge: let a row replace one of the same run whose config_hash differs")
-    p = sub.add_parser("validate", help="validate config files and their data sources; print each run, its state and folder")
+    p = command("validate", _validate,
+                "validate config files and their data sources; print each run, its state and folder")
     p.add_argument("--configfile", nargs="+", required=True)
-    p.add_argument("--results", default=Path("results"), type=Path, help="where the runs' folders are (default: results)")
-    sub.add_parser("models", help="list registered models")
-    args = parser.parse_args(argv)
+    p.add_argument("--results", default=Path("results"), type=Path,
+                   help="where the runs' folders are (default: results)")
+    command("models", _models, "list registered models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from puppet.core.config import ConfigError
     from puppet.core.data import DataError
     from puppet.core.registry import UnknownModelError
+    from puppet.core.specs import SpecError
 
     try:
-        if args.command == "train":
-            from puppet.core.train import PAUSED_EXIT_CODE, train_main
-
-            # a failed run is a status=error row, not a crash; a paused one is neither
-            record = train_main(json.loads(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
-            if record["status"] == "paused":
-                return PAUSED_EXIT_CODE
-        elif args.command == "measure":
-            _measure(json.loads(args.spec), args.run_dir)
-        elif args.command == "collate":
-            from puppet.report.collate import collate
-
-            collate(args.runs, args.out)
-        elif args.command == "tables":
-            from puppet.report.tables import write_tables
-
-            write_tables(args.metrics, args.out_dir)
-        elif args.command == "figures":
-            from puppet.report.figures import write_figures
-
-            write_figures(args.metrics, args.out_dir)
-        elif args.command == "publish":
-            from puppet.report.publish import PublishError, publish  # pandas: not imported for train jobs
-
-            try:
-                print(publish(args.results, args.name, args.run_command, args.timing,
-                              merge=args.merge, allow_config_change=args.allow_config_change))
-            except PublishError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-        elif args.command == "validate":
-            from puppet.core.config import load_config, preflight, run_grid, run_spec, spec_hash
-            from puppet.core.runs import inspect_run, run_dir
-
-            cfg = load_config(*args.configfile)
-            runs = run_grid(cfg)
-            warnings = preflight(cfg)  # raises DataError on the first bad data source
-            print(f"config OK: profile {cfg['profile']}, {len(runs)} runs; data sources checked")
-            if cfg["device"] == "cuda" and not torch.cuda.is_available():
-                warnings.append("device: cuda but no CUDA device is visible here; every run will fail on this machine "
-                                "(fine on a login node whose jobs run on GPU nodes)")
-            for warning in warnings:
-                print(f"warning: {warning}")
-            for dataset, model, seed in runs:
-                path = run_dir(args.results, cfg["profile"], dataset, model, seed, spec_hash(run_spec(cfg, dataset, model, seed)))
-                state = inspect_run(path)
-                print(f"  {dataset:14s} {model:24s} seed {seed}  {state.describe():24s} {path}")
-        elif args.command == "models":
-            from puppet.core.registry import list_models, model_info
-
-            for name in list_models():
-                info = model_info(name)
-                print(f"{name:22s} {info.family:16s} {info.description}")
-    except (ConfigError, DataError, UnknownModelError) as exc:
+        return args.handler(args)
+    except (ConfigError, DataError, UnknownModelError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import pytest
 
-from puppet.core.config import ConfigError, load_config, run_grid, run_spec, spec_hash, validate_config
+from puppet.core.config import ConfigError, load_config, run_grid, run_spec, validate_config
+from puppet.core.specs import RunSpec
 from puppet.core.registry import list_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +36,7 @@ def test_paper_subset_profile_fits_the_offline_cifar10_subset(cifar10_npz):
     assert (REPO / cfg["data_sources"]["cifar10"]).resolve() == cifar10_npz.resolve()
     assert [m for _, m, _ in run_grid(cfg)] == ["resnet", "puppet_resnet", "puppet_cnn",  # Table 4 first
                                                  "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"]
-    spec = run_spec(cfg, "cifar10", "resnet", 0)
-    spec["data_source"] = str(cifar10_npz)
+    spec = run_spec(cfg, "cifar10", "resnet", 0).replace(data_source=str(cifar10_npz))
     splits = load_splits(spec)
     assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (4400, 1000, 1017)
     assert cfg["max_channels"] == 512 and cfg["train"]["amp"] and cfg["train"]["time_limit_min"]
@@ -90,9 +92,9 @@ def test_extra_grid_adds_runs_without_duplicates():
 def test_spec_hash_changes_with_what_matters_only():
     cfg = validate_config(_base())
     a = run_spec(cfg, "synthetic", cfg["models"][0], 0)
-    b = dict(a, epochs=a["epochs"] + 1)
-    c = dict(a, measure={**a["measure"], "warmup": 99})
-    assert spec_hash(a) != spec_hash(b) and spec_hash(a) == spec_hash(c)
+    b = a.replace(epochs=a.epochs + 1)
+    c = a.replace(measure={"warmup": 99})
+    assert a.hash != b.hash and a.hash == c.hash
 
 
 def test_time_limit_is_not_part_of_a_run():
@@ -104,8 +106,9 @@ def test_time_limit_is_not_part_of_a_run():
     model = plain["models"][0]
     assert run_spec(plain, "synthetic", model, 0) == run_spec(limited, "synthetic", model, 0)
     spec = run_spec(plain, "synthetic", model, 0)
-    by_hand = dict(spec, train={**spec["train"], "time_limit_min": 3})
-    assert spec_hash(by_hand) == spec_hash(spec)
+    by_hand = spec.to_dict()
+    by_hand["train"]["time_limit_min"] = 3
+    assert RunSpec.from_dict(by_hand) == spec and RunSpec.from_dict(by_hand).hash == spec.hash
 
 
 def test_time_limit_must_be_positive():
@@ -117,8 +120,8 @@ def test_data_overrides_apply_to_one_dataset_only():
     cfg = validate_config(_base(datasets=["synthetic", "cifar100"], data={"train_size": 4000},
                                 data_overrides={"cifar100": {"train_size": 900}}))
     model = cfg["models"][0]
-    assert run_spec(cfg, "cifar100", model, 0)["data"]["train_size"] == 900
-    assert run_spec(cfg, "synthetic", model, 0)["data"]["train_size"] == 4000
+    assert run_spec(cfg, "cifar100", model, 0).data.train_size == 900
+    assert run_spec(cfg, "synthetic", model, 0).data.train_size == 4000
     with pytest.raises(ConfigError):
         validate_config(_base(data_overrides={"cifar100": {"train_sise": 900}}))
 
@@ -134,3 +137,40 @@ def test_snakemake_cli_strings_are_coerced():
     assert cfg["seeds"] == [0, 1] and cfg["epochs"] == 3 and cfg["data"]["train_size"] == 100
     assert cfg["model_kwargs"][model] == {"dl_min": 0.25, "impl": "grouped"}
     assert cfg["data"]["augment"] == "none"
+
+
+def test_run_spec_fields_are_the_schema_keys():
+    """The typed spec and the config schema name the same keys: a key added to one only fails here."""
+    import dataclasses
+
+    from puppet.core.config import SCHEMA_PATH
+    from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, TrainSpec
+
+    props = json.loads(SCHEMA_PATH.read_text())["properties"]
+    for block, cls in (("data", DataSpec), ("train", TrainSpec), ("measure", MeasureSpec)):
+        schema_keys = set(props[block]["properties"]) - set(RUN_CONTROL_KEYS)
+        assert {f.name for f in dataclasses.fields(cls)} == schema_keys, block
+
+
+def test_run_spec_round_trips_and_refuses_unknown_keys():
+    from puppet.core.specs import SpecError
+
+    spec = run_spec(validate_config(_base()), "synthetic", "alexnet", 0)
+    assert RunSpec.from_dict(spec.to_dict()) == spec
+    bad = spec.to_dict()
+    bad["train"]["lr_typo"] = 0.1
+    with pytest.raises(SpecError, match=r"train: unknown keys \['lr_typo'\]"):
+        RunSpec.from_dict(bad)
+    with pytest.raises(SpecError, match="missing keys"):
+        RunSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "epochs"})
+
+
+def test_cli_refuses_a_malformed_spec_in_one_line(tmp_path, capsys):
+    from puppet.cli import main
+
+    spec = run_spec(validate_config(_base()), "synthetic", "alexnet", 0).to_dict()
+    spec["colour"] = "blue"
+    assert main(["train", "--spec", json.dumps(spec), "--out-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run spec (top level): unknown keys ['colour']") and "\n" not in err
+    assert not (tmp_path / "run").exists()  # refused before any work

@@ -29,6 +29,7 @@ import torch
 from puppet.core.config import ConfigError, load_config, preflight, run_grid, validate_config
 from puppet.core.data import DataError, check_npz, load_dataset, make_splits
 from puppet.core.runs import attempts, inspect_run, record_failure, set_aside
+from puppet.core.specs import RunSpec
 from puppet.core.train import train_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -438,13 +439,10 @@ def test_shipped_profiles_list_every_extra_grid_model_in_models(profile):
 # --------------------------------------------------------------------------- one job
 
 
-def _spec(tmp_path, **over) -> dict:
-    cfg = load_config(SMOKE)
+def _spec(tmp_path, **over) -> RunSpec:
     from puppet.core.config import run_spec
 
-    spec = run_spec(cfg, "synthetic", "alexnet", 0)
-    spec.update(over)
-    return spec
+    return run_spec(load_config(SMOKE), "synthetic", "alexnet", 0).replace(**over)
 
 
 def test_orphaned_temporary_files_are_removed(tmp_path):
@@ -469,8 +467,7 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
 
 
 def test_calibrating_model_without_validation_fails_before_training(tmp_path):
-    spec = _spec(tmp_path, model="branchynet")
-    spec["data"] = {**spec["data"], "val_size": 0}
+    spec = _spec(tmp_path, model="branchynet", data={"val_size": 0})
     rec = train_main(spec, tmp_path / "run")
     assert rec["status"] == "error" and "data.val_size is 0" in rec["error"]
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before the first epoch

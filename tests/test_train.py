@@ -82,7 +82,7 @@ def test_time_limit_that_fits_changes_nothing(tmp_path, monkeypatch):
 def test_paused_run_writes_no_record_and_exits_75(tmp_path, capsys):
     """A pause is neither an ok nor an error row: no train.json (so Snakemake reruns the job), exit 75."""
     spec = make_spec(epochs=2)
-    argv = ["train", "--spec", json.dumps(spec), "--out-dir", str(tmp_path)]
+    argv = ["train", "--spec", json.dumps(spec.to_dict()), "--out-dir", str(tmp_path)]
     assert cli_main(argv + ["--time-limit-min", "1e-6"]) == PAUSED_EXIT_CODE == 75
     assert capsys.readouterr().out.strip().endswith("rerun the same command to resume")
     assert not (tmp_path / "train.json").exists() and (tmp_path / "checkpoint.pt").is_file()
@@ -127,8 +127,7 @@ def test_failed_run_becomes_an_error_record(tmp_path):
 
 
 def test_missing_data_becomes_an_error_record(tmp_path):
-    spec = make_spec(dataset="cifar10")
-    spec["data_source"] = str(tmp_path / "absent.npz")
+    spec = make_spec(dataset="cifar10").replace(data_source=str(tmp_path / "absent.npz"))
     record = train_main(spec, tmp_path / "run")
     assert record["status"] == "error" and "no file at" in record["error"]
 
@@ -138,8 +137,7 @@ def test_learns_real_cifar10_clearly_above_chance(tmp_path, cifar10_npz):
     """A small ResNet on 2,000 real CIFAR-10 images beats chance (10%) clearly on 1,017 test images."""
     spec = make_spec(model="resnet", dataset="cifar10", epochs=4, max_channels=32,
                      data={"train_size": 2000, "val_size": 0, "test_size": None},
-                     train={"batch_size": 64, "lr": 0.003})
-    spec["data_source"] = str(cifar10_npz)
+                     train={"batch_size": 64, "lr": 0.003}).replace(data_source=str(cifar10_npz))
     torch.manual_seed(0)
     record = train_run(spec, tmp_path)
     assert record["test_size"] == 1017

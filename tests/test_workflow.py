@@ -165,11 +165,11 @@ def test_smoke_profile_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_paused_run_resumes_through_snakemake(tmp_path):
     """A job paused by train.time_limit_min exits 75 without train.json; the same command resumes it."""
-    from puppet.core.config import load_config, run_spec, spec_hash
+    from puppet.core.config import load_config, run_spec
 
     train = {"batch_size": 64, "time_limit_min": 0.0001}
     cfg = load_config(REPO / "config" / "smoke.yaml", overrides={"epochs": 2, "models": ["alexnet"], "train": train})
-    target = f"results/runs/smoke/synthetic/alexnet/seed0/{spec_hash(run_spec(cfg, 'synthetic', 'alexnet', 0))}/train.json"
+    target = f"results/runs/smoke/synthetic/alexnet/seed0/{run_spec(cfg, 'synthetic', 'alexnet', 0).hash}/train.json"
     args = (target, "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"),
             "--config", "epochs=2", "models=[alexnet]", "train={batch_size: 64, time_limit_min: 0.0001}")
     paused = snakemake(*args, check=False)

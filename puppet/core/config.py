@@ -8,7 +8,6 @@ the registry, so a typo fails at parse time, not after hours of training.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import yaml
 
 from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
 from puppet.core.registry import list_models
+from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.json"
 
@@ -144,41 +144,25 @@ def run_grid(config: dict) -> list[tuple[str, str, int]]:
     return [(d, m, s) for d, m in pairs for s in config["seeds"]]
 
 
-# ``train`` keys that control how long one sitting of a job trains, not what the run
-# computes: kept out of the run spec (so out of Snakemake's params and the config_hash),
-# so a run paused under one limit resumes from its checkpoint under another.
-RUN_CONTROL_KEYS = ("time_limit_min",)
-
-
-def run_spec(config: dict, dataset: str, model: str, seed: int) -> dict:
+def run_spec(config: dict, dataset: str, model: str, seed: int) -> RunSpec:
     """Everything that determines one run's results, and nothing else (so editing
     one model's kwargs reruns only that model, and a new time limit reruns nothing)."""
-    return {
-        "profile": config["profile"],
-        "dataset": dataset,
-        "model": model,
-        "seed": int(seed),
-        "epochs": config["epochs"],
-        "max_channels": config["max_channels"],
-        "device": config["device"],
-        "data_root": config["data_root"],
-        "download": config["download"],
-        "data_source": config["data_sources"].get(dataset),
-        "data": {**config["data"], **config.get("data_overrides", {}).get(dataset, {})},
-        "train": {k: v for k, v in config["train"].items() if k not in RUN_CONTROL_KEYS},
-        "measure": config["measure"],
-        "model_kwargs": config["model_kwargs"].get(model, {}),
-    }
-
-
-def spec_hash(spec: dict) -> str:
-    """Short, stable hash of a run spec (the ``config_hash`` column). Measurement settings
-    and run-control keys (a hand-written spec may carry ``train.time_limit_min``) are not
-    part of a run's identity."""
-    keep = {k: v for k, v in spec.items() if k not in ("measure",)}
-    if isinstance(keep.get("train"), dict):
-        keep["train"] = {k: v for k, v in keep["train"].items() if k not in RUN_CONTROL_KEYS}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+    return RunSpec(
+        profile=config["profile"],
+        dataset=dataset,
+        model=model,
+        seed=int(seed),
+        epochs=config["epochs"],
+        max_channels=config["max_channels"],
+        device=config["device"],
+        data_root=config["data_root"],
+        download=config["download"],
+        data_source=config["data_sources"].get(dataset),
+        data=DataSpec(**{**config["data"], **config.get("data_overrides", {}).get(dataset, {})}),
+        train=TrainSpec(**{k: v for k, v in config["train"].items() if k not in RUN_CONTROL_KEYS}),
+        measure=MeasureSpec(**config["measure"]),
+        model_kwargs=dict(config["model_kwargs"].get(model, {})),
+    )
 
 
 def preflight(config: dict, datasets: set[str] | None = None) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from puppet.core.data import Batches
+from puppet.core.protocols import ReportsStats
 
 
 @dataclass
@@ -22,8 +23,10 @@ class EvalResult:
 
 def collect_stats(model: torch.nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
     """The per-sample tensors a model left in ``last_stats`` after its forward pass."""
-    stats = getattr(model, "last_stats", None) or {}
+    if not isinstance(model, ReportsStats):
+        return {}
     out = {}
+    stats = model.last_stats
     for key, value in stats.items():
         if isinstance(value, torch.Tensor) and value.ndim == 1 and len(value) == batch_size:
             out[key] = value.detach().float().cpu()

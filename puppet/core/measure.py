@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 from contextlib import redirect_stdout
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,11 @@ import torch.nn as nn
 from puppet.core import timing
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
+from puppet.core.io import atomic_write_json, one_line
+from puppet.core.protocols import CountsStoredParams, CountsTotalParams, HasInferenceModes, ReportsStats
+from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
+from puppet.core.specs import MeasureSpec, RunSpec
+from puppet.core.train import build_model, load_splits, pick_device
 
 
 def trainable_param_count(model: nn.Module) -> int:
@@ -42,14 +48,14 @@ def trainable_param_count(model: nn.Module) -> int:
 
 def stored_param_count(model: nn.Module) -> int:
     """Parameters one must store to deploy the model (the headline size)."""
-    if hasattr(model, "stored_param_count"):
+    if isinstance(model, CountsStoredParams):
         return int(model.stored_param_count())
     return trainable_param_count(model)
 
 
 def total_param_count(model: nn.Module) -> int:
     """All parameters, trainable or not (torchinfo's "Total params" where a model defines it)."""
-    if hasattr(model, "total_param_count"):
+    if isinstance(model, CountsTotalParams):
         return int(model.total_param_count())
     return sum(p.numel() for p in model.parameters())
 
@@ -92,14 +98,15 @@ def count_macs_flopcounter(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _generation_macs(model: nn.Module) -> float:
-    stats = getattr(model, "last_stats", None) or {}
-    value = stats.get("generation_macs", 0.0)
+    if not isinstance(model, ReportsStats):
+        return 0.0
+    value = model.last_stats.get("generation_macs", 0.0)
     return float(value.float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def has_precomputed_mode(model: nn.Module) -> bool:
     """Models that can run with precomputed kernels (Puppet-CNN): measured both ways."""
-    return callable(getattr(model, "set_inference", None))
+    return isinstance(model, HasInferenceModes) and "precomputed" in model.inference_modes
 
 
 def _latency_record(prefix: str, est: timing.Estimate, calls: list[list[float]], threshold: float) -> dict[str, Any]:
@@ -109,13 +116,14 @@ def _latency_record(prefix: str, est: timing.Estimate, calls: list[list[float]],
             f"{prefix}latency_mean_s_per_img": statistics.fmean(flat)}
 
 
-def _throughput(model: nn.Module, x_all: torch.Tensor, cfg: dict, device: torch.device, modes: tuple[str, ...]):
+def _throughput(model: nn.Module, x_all: torch.Tensor, settings: MeasureSpec, device: torch.device,
+                modes: tuple[str, ...]):
     """(images/s estimate per mode, ratio of the first mode's time to the second's or None, batch used)."""
-    n, batch, rounds = len(x_all), cfg["throughput_batch"], cfg.get("rounds", DEFAULT_ROUNDS)
+    n, batch, rounds = len(x_all), settings.throughput_batch, settings.rounds
     while batch >= 1:
         try:
             xb = x_all[torch.arange(batch, device=x_all.device) % n]
-            calls = [0] * cfg["throughput_iters"]  # one round: throughput_iters batched forwards
+            calls = [0] * settings.throughput_iters  # one round: throughput_iters batched forwards
 
             def run(mode):
                 def fn(_):
@@ -135,20 +143,17 @@ def _throughput(model: nn.Module, x_all: torch.Tensor, cfg: dict, device: torch.
     raise RuntimeError("throughput: out of memory even at batch 1")
 
 
-DEFAULT_ROUNDS = 10
-
-
 @torch.inference_mode()
-def measure_speed(model: nn.Module, batches: Batches, cfg: dict, device: torch.device) -> dict[str, Any]:
+def measure_speed(model: nn.Module, batches: Batches, settings: MeasureSpec, device: torch.device) -> dict[str, Any]:
     """Batch-1 latency over real test images and batched throughput, each a median over
     ``rounds`` rounds with its interval (``puppet.core.timing``). A model with a precomputed mode
     (Puppet-CNN) is timed on the fly and precomputed, interleaved, with the ratio between them."""
     model.eval()
     x_all = batches.normalise(batches.x)
     n = len(x_all)
-    images = [x_all[i % n : i % n + 1] for i in range(cfg["latency_images"])]
+    images = [x_all[i % n : i % n + 1] for i in range(settings.latency_images)]
     idx = list(range(len(images)))
-    rounds, threshold = cfg.get("rounds", DEFAULT_ROUNDS), cfg.get("noise_threshold", timing.DEFAULT_NOISE_THRESHOLD)
+    rounds, threshold, warmup = settings.rounds, settings.noise_threshold, settings.warmup
     record: dict[str, Any] = {"latency_rounds": rounds}
     if has_precomputed_mode(model):
         def run(mode):
@@ -156,18 +161,18 @@ def measure_speed(model: nn.Module, batches: Batches, cfg: dict, device: torch.d
 
         model.set_inference("precomputed")
         model(images[0])  # generate the kernels outside the timing (a deployment does it once)
-        c = timing.compare(run("on_the_fly"), run("precomputed"), idx, rounds=rounds, warmup=cfg["warmup"], device=device)
+        c = timing.compare(run("on_the_fly"), run("precomputed"), idx, rounds=rounds, warmup=warmup, device=device)
         record.update(_latency_record("", c.a, c.calls_a, threshold))
         record.update(_latency_record("precomputed_", c.b, c.calls_b, threshold))
         record.update(c.ratio.record("precomputed_speedup", threshold=threshold))  # on the fly / precomputed
-        (thr, thr_pre), thr_ratio, used = _throughput(model, x_all, cfg, device, ("on_the_fly", "precomputed"))
+        (thr, thr_pre), thr_ratio, used = _throughput(model, x_all, settings, device, ("on_the_fly", "precomputed"))
         record.update(thr.record("throughput", "img_per_s", threshold))
         record.update(thr_pre.record("precomputed_throughput", "img_per_s", threshold))
         model.set_inference("on_the_fly")
     else:
-        calls = timing.time_calls(lambda i: model(images[i]), idx, rounds=rounds, warmup=cfg["warmup"], device=device)
+        calls = timing.time_calls(lambda i: model(images[i]), idx, rounds=rounds, warmup=warmup, device=device)
         record.update(_latency_record("", timing.per_round(calls), calls, threshold))
-        (thr,), _, used = _throughput(model, x_all, cfg, device, (None,))
+        (thr,), _, used = _throughput(model, x_all, settings, device, (None,))
         record.update(thr.record("throughput", "img_per_s", threshold))
     record["throughput_batch"] = used
     return record
@@ -208,9 +213,9 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     }
 
 
-def measure_model(model: nn.Module, test: Batches, cfg: dict, device: torch.device) -> dict[str, Any]:
+def measure_model(model: nn.Module, test: Batches, settings: MeasureSpec, device: torch.device) -> dict[str, Any]:
     """Everything the tables need about a trained model, except accuracy."""
-    torch.set_num_threads(cfg["threads"])
+    torch.set_num_threads(settings.threads)
     stored = stored_param_count(model)
     record: dict[str, Any] = {
         "stored_params": stored,
@@ -218,11 +223,11 @@ def measure_model(model: nn.Module, test: Batches, cfg: dict, device: torch.devi
         "total_params": total_param_count(model),
         "param_size_mb": param_size_mb(stored),
     }
-    record.update(measure_macs(model, test, cfg["macs_images"]))
+    record.update(measure_macs(model, test, settings.macs_images))
     if has_precomputed_mode(model):
         model.set_inference("precomputed")
         try:
-            record.update({f"precomputed_{k}": v for k, v in measure_macs(model, test, cfg["macs_images"]).items()
+            record.update({f"precomputed_{k}": v for k, v in measure_macs(model, test, settings.macs_images).items()
                            if k in ("macs", "macs_generation", "macs_without_generation")})
             record["precomputed_kernels_mb"] = model.precomputed_kernel_bytes() / 1e6
             # accuracy with precomputed kernels, on the same test images as the run's top1
@@ -232,6 +237,37 @@ def measure_model(model: nn.Module, test: Batches, cfg: dict, device: torch.devi
             record.update(precomputed_top1=result.top1, precomputed_top5=result.top5)
         finally:
             model.set_inference("on_the_fly")
-    record.update(measure_speed(model, test, cfg, device))
+    record.update(measure_speed(model, test, settings, device))
     record.update(environment(device, torch.get_num_threads()))
+    return record
+
+
+def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The measure job: load the trained ``model.pt`` and write ``measure.json``; a failure is a
+    ``status=error`` record (and a line on the console), a run whose training failed is skipped."""
+    remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
+    record = {"profile": spec.profile, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed}
+    state = inspect_run(run_dir)
+    if state.train != "ok":
+        why = state.error or f"train.json is {state.train}"
+        record.update(status="skipped", error=f"training failed: {why}")
+    else:
+        try:
+            device = pick_device(spec.device)
+            splits = load_splits(spec)
+            model = build_model(spec, splits).to(device)
+            try:
+                saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+                model.load_state_dict(saved["model"])
+            except Exception as exc:
+                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
+                                   f"delete it and rerun: the run is redone from its checkpoint") from None
+            test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
+            record.update(status="ok", error="", **measure_model(model, test, spec.measure, device))
+        except Exception as exc:  # recorded in the row, never a silent None
+            record.update(status="error", error=one_line(exc))
+            print(f"measure failed: {record['error']}", file=sys.stderr)
+            print(f"measure failed: {spec.label}: {record['error']}", flush=True)
+            record_failure(run_dir, "measure", record["error"])
+    atomic_write_json(record, run_dir / "measure.json")
     return record

@@ -50,6 +50,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from puppet.core.protocols import ReportsStats
+
 GIB = 1024**3
 
 
@@ -239,7 +241,7 @@ def training_step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: 
         tracker.track(state_tensors(model, optimizer), x, y)
         tracked_before = tracker.live_bytes
         training_step(model, optimizer, x, y, amp_dtype=amp_dtype, loss_fn=loss_fn, phase=phase)
-    stats = dict(getattr(model, "last_stats", {}) or {})
+    stats = dict(model.last_stats) if isinstance(model, ReportsStats) else {}
     if cuda:
         torch.cuda.synchronize(device)
         phases[current[0]] = torch.cuda.max_memory_allocated(device)

@@ -8,21 +8,9 @@ Model modules live in ``puppet.models`` and in the ``baselines`` package; they a
 imported lazily the first time the registry is read, so ``puppet`` never has to
 name a baseline module explicitly.
 
-Adaptive models follow a small protocol the harness reads without knowing the
-model by name (all optional):
-
-* ``model.last_stats``: dict written by ``forward``: per-sample tensors such as
-  ``depth`` (conv layers run) or ``exit`` (exit index), and scalars such as
-  ``generation_macs`` (MACs spent generating kernels, per sample).
-* ``model.prepare(batches)``: called once before training with an iterable of
-  (normalised) training image batches; used to fit input statistics that are
-  saved as buffers, hence with the checkpoint.
-* ``model.compute_loss(x, y) -> (loss, logits)``: a training objective other than
-  plain cross-entropy on ``model(x)`` (joint early-exit loss, gate losses, ...).
-* ``model.calibrate(batches)``: called after training with (x, y) batches from the
-  validation split, never the test split (early-exit thresholds, ...).
-* ``model.stored_param_count()``: parameters one must store, when that differs
-  from the trainable parameters (see ``puppet.core.measure``).
+Beyond ``forward``, a model may implement the optional hooks of
+``puppet.core.protocols`` (``prepare``, ``compute_loss``, ``calibrate``, ``last_stats``,
+``stored_param_count``, ...); that module says who calls each, when, and on which split.
 """
 
 from __future__ import annotations

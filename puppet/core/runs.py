@@ -1,7 +1,7 @@
 """Where a run lives, what state it is in, and what to do about a damaged one.
 
 A run's folder is ``results/runs/<profile>/<dataset>/<model>/seed<N>/<config_hash>/``: the
-hash of its spec (``puppet.core.config.spec_hash``: everything that determines its result) is part
+hash of its spec (``puppet.core.specs.RunSpec.hash``: everything that determines its result) is part
 of its identity, so a rerun with another spec (a typo in a data path, another learning rate)
 trains in a folder of its own and can never replace a finished result; going back to the old
 spec finds the old result again.

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,12 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from puppet.core.config import spec_hash
 from puppet.core.data import Batches, Splits, load_dataset, make_splits
 from puppet.core.evaluate import evaluate
+from puppet.core.protocols import Calibrates, HasObjective, Prepares
 from puppet.core.io import atomic_save, atomic_write_json, git_commit, one_line
 from puppet.core.registry import create_model
 from puppet.core.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
+from puppet.core.specs import RunSpec, TrainSpec
 
 # Fault injection for the test suite (tests/test_faults.py), off unless the variable is set:
 # "kill-after-epoch:N[:RUN]" SIGKILLs the job right after epoch N's checkpoint is saved;
@@ -47,13 +49,13 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def _failpoint(spec: dict, event: str, epoch: int | None = None) -> None:
+def _failpoint(spec: RunSpec, event: str, epoch: int | None = None) -> None:
     point = os.environ.get(FAILPOINT_ENV, "")
     if not point:
         return
     kind, *args = point.split(":")
     target = args[-1] if (kind == "raise" and args) or (kind == "kill-after-epoch" and len(args) > 1) else None
-    if target not in (None, spec["model"], f"{spec['model']}/seed{spec['seed']}"):
+    if target not in (None, spec.model, f"{spec.model}/seed{spec.seed}"):
         return
     if kind == "raise" and event == "start":
         raise RuntimeError(f"injected failure ({FAILPOINT_ENV}={point})")
@@ -71,50 +73,65 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_splits(spec: dict) -> Splits:
-    d = spec["data"]
+def configure_backend(device: torch.device) -> None:
+    """Numerics flags for a training or measuring process on ``device``."""
+    if device.type == "cpu":
+        # Same config and seed -> same metrics on CPU. With several threads the backward of
+        # indexing with repeated indices (a per-sample kernel picked from shared trajectories)
+        # accumulates in a run-dependent order; the deterministic path is exact and changes
+        # nothing for models that were deterministic already.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def load_splits(spec: RunSpec) -> Splits:
+    d = spec.data
     data = load_dataset(
-        spec["dataset"],
-        data_root=spec["data_root"],
-        source=spec.get("data_source"),
-        download=spec["download"],
-        image_size=d.get("image_size"),
-        split_seed=d["split_seed"],
+        spec.dataset,
+        data_root=spec.data_root,
+        source=spec.data_source,
+        download=spec.download,
+        image_size=d.image_size,
+        split_seed=d.split_seed,
     )
-    return make_splits(data, d["train_size"], d["val_size"], d["test_size"], d["split_seed"])
+    return make_splits(data, d.train_size, d.val_size, d.test_size, d.split_seed)
 
 
-def build_model(spec: dict, splits: Splits) -> nn.Module:
+def build_model(spec: RunSpec, splits: Splits) -> nn.Module:
     return create_model(
-        spec["model"],
+        spec.model,
         num_classes=splits.num_classes,
         in_channels=splits.in_channels,
         image_size=splits.image_size,
-        max_channels=spec["max_channels"],
-        **spec.get("model_kwargs", {}),
+        max_channels=spec.max_channels,
+        **spec.model_kwargs,
     )
 
 
-def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=True)
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
+                               nesterov=True)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def make_schedule(opt: torch.optim.Optimizer, cfg: dict, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if cfg["schedule"] == "cosine":
+def make_schedule(opt: torch.optim.Optimizer, train: TrainSpec, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if train.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    if cfg["schedule"] == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_every"], gamma=0.1)
+    if train.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=train.step_every, gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
 def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A model's own objective where it has one (joint exit loss, gate loss), else cross-entropy."""
-    if hasattr(model, "compute_loss"):
+    if isinstance(model, HasObjective):
         return model.compute_loss(x, y)
     logits = model(x)
     return F.cross_entropy(logits, y), logits
@@ -130,16 +147,19 @@ class Progress:
     def step(self, epoch: int, i: int, n: int, loss: float, acc: float, img_s: float) -> None:
         if self.live:
             bar = "#" * int(20 * (i + 1) / n)
-            print(f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} {img_s:,.0f} img/s", end="", file=sys.stderr, flush=True)
+            print(f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} "
+                  f"{img_s:,.0f} img/s", end="", file=sys.stderr, flush=True)
 
     def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
         prefix = "\r" if self.live else ""  # overwrite the live bar with the epoch's summary
-        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s {seconds:.1f}s", file=sys.stderr, flush=True)
+        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} "
+              f"{img_s:,.0f} img/s {seconds:.1f}s", file=sys.stderr, flush=True)
 
 
-def train_one_epoch(model, batches: Batches, epoch: int, opt, device, cfg: dict, progress: Progress) -> dict:
+def train_one_epoch(model: nn.Module, batches: Batches, epoch: int, opt: torch.optim.Optimizer,
+                    device: torch.device, train: TrainSpec, progress: Progress) -> dict:
     model.train()
-    use_amp = cfg["amp"] and device.type == "cuda"
+    use_amp = train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     total_loss, correct, seen = 0.0, 0, 0
@@ -155,9 +175,9 @@ def train_one_epoch(model, batches: Batches, epoch: int, opt, device, cfg: dict,
             )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if cfg.get("max_grad_norm"):
+        if train.max_grad_norm:
             scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
+            nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
         scaler.step(opt)
         scaler.update()
         total_loss += loss_value * len(y)
@@ -165,7 +185,8 @@ def train_one_epoch(model, batches: Batches, epoch: int, opt, device, cfg: dict,
         seen += len(y)
         progress.step(epoch, i, n, total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1), "seconds": seconds, "img_per_s": seen / seconds}
+    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "seconds": seconds, "img_per_s": seen / seconds}
 
 
 def _rng_state() -> dict:
@@ -181,7 +202,61 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None = None,
+@dataclass
+class _Trainer:
+    """The state of one sitting of a run: what a checkpoint saves and restores."""
+
+    spec: RunSpec
+    out_dir: Path
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    start_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def resume(self, device: torch.device) -> None:
+        """Continue from ``checkpoint.pt`` if it belongs to this spec; a checkpoint of another
+        spec is set aside (renamed with its hash), never deleted."""
+        ckpt = _load_checkpoint(self.ckpt_path, device)
+        if ckpt is None:
+            return
+        if ckpt.get("config_hash") != self.spec.hash:
+            self.ckpt_path.rename(self.out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
+            return
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.sched.load_state_dict(ckpt["schedule"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # same spec, other code: the model changed
+            raise RuntimeError(
+                f"checkpoint {self.ckpt_path} (epoch {ckpt.get('epoch')}, commit {ckpt.get('git_commit', 'unknown')}) "
+                f"does not fit this code's {self.spec.model}: {one_line(exc, 160)}; check out that commit to "
+                f"resume, or move the checkpoint away to retrain"
+            ) from None
+        _set_rng_state(ckpt["rng"])
+        self.start_epoch, self.history, self.train_time_s = ckpt["epoch"], ckpt["history"], ckpt["train_time_s"]
+        print(f"resuming {self.out_dir} from epoch {self.start_epoch}", file=sys.stderr)
+
+    def checkpoint(self, epoch: int, commit: str) -> None:
+        _save(self.ckpt_path, {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "schedule": self.sched.state_dict(),
+            "rng": _rng_state(), "epoch": epoch + 1, "history": self.history, "train_time_s": self.train_time_s,
+            "config_hash": self.spec.hash, "git_commit": commit,
+        })
+
+
+def _pause_message(label: str, epoch: int, epochs: int, elapsed_s: float, limit_min: float, last_epoch_s: float) -> str:
+    return (f"{label}: paused at epoch {epoch}/{epochs} after {elapsed_s / 60:.1f} min "
+            f"(train.time_limit_min={limit_min:g}, last epoch {last_epoch_s / 60:.1f} min); "
+            f"rerun the same command to resume")
+
+
+def train_run(spec: RunSpec, out_dir: str | Path, *, stop_after_epoch: int | None = None,
               time_limit_min: float | None = None, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Run (or resume) one training job; return the ``train.json`` record, or a record with
     ``status="paused"`` (and a one-line ``message``) when ``time_limit_min`` stops it early.
@@ -194,103 +269,66 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
     started = clock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    chash = spec_hash(spec)
-    device = pick_device(spec["device"])
-    torch.manual_seed(spec["seed"])
-    if device.type == "cpu":
-        # Same config and seed -> same metrics on CPU. With several threads the backward of
-        # indexing with repeated indices (a per-sample kernel picked from shared trajectories)
-        # accumulates in a run-dependent order; the deterministic path is exact and changes
-        # nothing for models that were deterministic already.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = pick_device(spec.device)
+    torch.manual_seed(spec.seed)
+    configure_backend(device)
 
     _failpoint(spec, "start")
     for tmp in remove_orphan_temporaries(out_dir):  # left by a killed writer; this job owns the folder
         print(f"removed {tmp.name}, an unfinished write of an earlier attempt", file=sys.stderr)
     splits = load_splits(spec)
     model = build_model(spec, splits).to(device)
-    if hasattr(model, "calibrate") and len(splits.y_val) == 0:  # refused before training, not after it
-        raise ValueError(f"{spec['model']} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
-    cfg = spec["train"]
-    train_batches = Batches(splits.x_train, splits.y_train, cfg["batch_size"], splits.mean, splits.std,
-                            shuffle=True, seed=spec["seed"], augment=spec["data"]["augment"], device=device)
-    eval_kw = dict(batch_size=cfg["eval_batch_size"], mean=splits.mean, std=splits.std, device=device)
-    if hasattr(model, "prepare"):
+    if isinstance(model, Calibrates) and len(splits.y_val) == 0:  # refused before training, not after it
+        raise ValueError(f"{spec.model} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
+    train_batches = Batches(splits.x_train, splits.y_train, spec.train.batch_size, splits.mean, splits.std,
+                            shuffle=True, seed=spec.seed, augment=spec.data.augment, device=device)
+    eval_kw = dict(batch_size=spec.train.eval_batch_size, mean=splits.mean, std=splits.std, device=device)
+    if isinstance(model, Prepares):
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
-    opt = make_optimizer(model, cfg)
-    sched = make_schedule(opt, cfg, spec["epochs"])
-
-    start_epoch, history, train_time = 0, [], 0.0
-    ckpt = _load_checkpoint(ckpt_path, device)
-    if ckpt is not None:
-        if ckpt.get("config_hash") == chash:
-            try:
-                model.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-                sched.load_state_dict(ckpt["schedule"])
-            except (RuntimeError, ValueError, KeyError) as exc:  # same spec, other code: the model changed
-                raise RuntimeError(
-                    f"checkpoint {ckpt_path} (epoch {ckpt.get('epoch')}, commit {ckpt.get('git_commit', 'unknown')}) does "
-                    f"not fit this code's {spec['model']}: {one_line(exc, 160)}; check out that commit to "
-                    f"resume, or move the checkpoint away to retrain"
-                ) from None
-            _set_rng_state(ckpt["rng"])
-            start_epoch, history, train_time = ckpt["epoch"], ckpt["history"], ckpt["train_time_s"]
-            print(f"resuming {out_dir} from epoch {start_epoch}", file=sys.stderr)
-        else:  # a checkpoint of another config: keep it aside rather than delete work
-            ckpt_path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
-        del ckpt
+    opt = make_optimizer(model, spec.train)
+    run = _Trainer(spec, out_dir, model, opt, make_schedule(opt, spec.train, spec.epochs))
+    run.resume(device)
 
     commit = git_commit()
-    progress = Progress(spec["epochs"], f"{spec['model']}/{spec['dataset']}/seed{spec['seed']}")
+    progress = Progress(spec.epochs, f"{spec.model}/{spec.dataset}/seed{spec.seed}")
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
-    for epoch in range(start_epoch, spec["epochs"]):
+    for epoch in range(run.start_epoch, spec.epochs):
         if time_limit_min is not None and last_epoch_s is not None:
             elapsed_s = clock() - started
             if elapsed_s + last_epoch_s > 60 * time_limit_min:
-                return {"status": "paused", "epoch": epoch, "epochs": spec["epochs"], "elapsed_min": elapsed_s / 60,
-                        "message": f"{progress.label}: paused at epoch {epoch}/{spec['epochs']} after {elapsed_s / 60:.1f} min "
-                                   f"(train.time_limit_min={time_limit_min:g}, last epoch {last_epoch_s / 60:.1f} min); "
-                                   f"rerun the same command to resume"}
+                return {"status": "paused", "epoch": epoch, "epochs": spec.epochs, "elapsed_min": elapsed_s / 60,
+                        "message": _pause_message(progress.label, epoch, spec.epochs, elapsed_s, time_limit_min,
+                                                  last_epoch_s)}
         epoch_start = clock()
-        record = train_one_epoch(model, train_batches, epoch, opt, device, cfg, progress)
-        sched.step()
-        train_time += record["seconds"]
-        history.append(record)
+        record = train_one_epoch(model, train_batches, epoch, opt, device, spec.train, progress)
+        run.sched.step()
+        run.train_time_s += record["seconds"]
+        run.history.append(record)
         progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
-        _save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-            "rng": _rng_state(), "epoch": epoch + 1, "history": history, "train_time_s": train_time,
-            "config_hash": chash, "git_commit": commit,
-        })
+        run.checkpoint(epoch, commit)
         _failpoint(spec, "epoch", epoch + 1)
         last_epoch_s = clock() - epoch_start
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec["epochs"]:
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec.epochs:
             return {"status": "interrupted", "epoch": epoch + 1}
 
     calibration = {}
-    if hasattr(model, "calibrate"):
+    if isinstance(model, Calibrates):
         calibration = model.calibrate(Batches(splits.x_val, splits.y_val, **eval_kw)) or {}
-
     test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
-    _save(out_dir / "model.pt", {"model": model.state_dict(), "spec": spec, "num_classes": splits.num_classes,
-                 "in_channels": splits.in_channels, "image_size": splits.image_size,
-                 "mean": splits.mean, "std": splits.std})
+    _save(out_dir / "model.pt", {"model": model.state_dict(), "spec": spec.to_dict(), "num_classes": splits.num_classes,
+                                 "in_channels": splits.in_channels, "image_size": splits.image_size,
+                                 "mean": splits.mean, "std": splits.std})
     if test.per_sample:  # per-sample depth / exit / complexity feed the depth figures
         _save(out_dir / "test_stats.pt", test.per_sample)
+    history = run.history
     return {
         "status": "ok",
         "error": "",
         "top1": test.top1,
         "top5": test.top5,
         "test_loss": test.loss,
-        "epochs": spec["epochs"],
-        "train_time_s": train_time,
+        "epochs": spec.epochs,
+        "train_time_s": run.train_time_s,
         "final_train_loss": history[-1]["loss"] if history else None,
         "final_train_acc": history[-1]["train_acc"] if history else None,
         "history": history,
@@ -302,7 +340,7 @@ def train_run(spec: dict, out_dir: str | Path, *, stop_after_epoch: int | None =
         "test_size": len(splits.y_test),
         "data_source": splits.source,
         "git_commit": git_commit(),
-        "config_hash": chash,
+        "config_hash": spec.hash,
     }
 
 
@@ -339,7 +377,7 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = None) -> dict:
+def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None = None) -> dict:
     """Train and write ``train.json``; a failure becomes a ``status=error`` record, not a crash,
     so one bad run never stops the tables. A run paused by ``time_limit_min`` writes nothing
     but its checkpoint (so Snakemake reruns it and it resumes) and prints one line saying so."""
@@ -347,7 +385,7 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
     out_dir.mkdir(parents=True, exist_ok=True)
     # train.log holds this attempt; the rule appends it to train.log.history, where this header
     # starts each attempt.
-    print(f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · config_hash {spec_hash(spec)} "
+    print(f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · config_hash {spec.hash} "
           f"· commit {git_commit()} ====", file=sys.stderr, flush=True)
     try:
         record = train_run(spec, out_dir, time_limit_min=time_limit_min)
@@ -362,11 +400,11 @@ def train_main(spec: dict, out_dir: str | Path, time_limit_min: float | None = N
         message = one_line(exc)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             message = f"out of memory: lower train.batch_size or max_channels ({message[:200]})"
-        label = f"{spec.get('dataset')}/{spec.get('model')}/seed{spec.get('seed')}"
+        label = spec.label
         print(f"run failed: {message}", file=sys.stderr)
         print(f"run failed: {label}: {message} (log: {out_dir / 'train.log'})", flush=True)  # stdout: the console
-        record_failure(out_dir, "train", message, config_hash=spec_hash(spec), git_commit=git_commit())
-        record = {"status": "error", "error": message, "config_hash": spec_hash(spec), "git_commit": git_commit()}
-    record.update({k: spec[k] for k in ("profile", "dataset", "model", "seed")})
+        record_failure(out_dir, "train", message, config_hash=spec.hash, git_commit=git_commit())
+        record = {"status": "error", "error": message, "config_hash": spec.hash, "git_commit": git_commit()}
+    record.update(profile=spec.profile, dataset=spec.dataset, model=spec.model, seed=spec.seed)
     atomic_write_json(record, out_dir / "train.json")
     return record

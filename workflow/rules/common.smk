@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from puppet.core.config import ConfigError, preflight, run_grid, run_spec, spec_hash, validate_config
+from puppet.core.config import ConfigError, preflight, run_grid, run_spec, validate_config
 from puppet.core.data import DataError
 from puppet.core.runs import attempts, failure_lines, inspect_run, set_aside
 
@@ -21,7 +21,7 @@ RUN_DIR = "results/runs/{profile}/{dataset}/{model}/seed{seed}/{chash}"
 RUNS = run_grid(config)
 SPECS = {(d, m, s): run_spec(config, d, m, s) for d, m, s in RUNS}
 RUN_PATHS = [
-    RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec_hash(spec)) for (d, m, s), spec in SPECS.items()
+    RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash) for (d, m, s), spec in SPECS.items()
 ]
 
 
@@ -54,13 +54,13 @@ def grid(filename):
 def spec_json(wildcards):
     """The run's spec (everything that determines its result), passed to the CLI."""
     spec = SPECS.get((wildcards.dataset, wildcards.model, int(wildcards.seed)))
-    if spec is None or spec_hash(spec) != wildcards.chash:
-        expected = spec and RUN_DIR.format(**{**dict(wildcards.items()), "chash": spec_hash(spec)})
+    if spec is None or spec.hash != wildcards.chash:
+        expected = spec and RUN_DIR.format(**{**dict(wildcards.items()), "chash": spec.hash})
         raise WorkflowError(
             f"{RUN_DIR.format(**dict(wildcards.items()))} belongs to another config than the one in use"
             + (f"; this config's run is {expected}" if expected else "; the config does not plan this run")
         )
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 def failed_attempts(stage):

@@ -1,0 +1,140 @@
+"""The contract between a registered model and the harness.
+
+Every registered model is an ``nn.Module`` whose ``forward(x)`` maps a normalised
+image batch ``(B, C, H, W)`` to logits ``(B, classes)``; with that alone it is
+trained with cross-entropy, evaluated and measured. A model whose training,
+deployment or cost differs from a plain CNN says so by implementing one or more
+of the optional hooks below. The harness finds them with ``isinstance`` checks
+on these protocols and never special-cases a model by name.
+
+When each hook is called, by whom and on which split (one training job, then
+one measure job, ``puppet.core.train`` and ``puppet.core.measure``)::
+
+    build model                                   train job
+    prepare(training images)       Prepares       once, before the first step (and before resuming)
+    compute_loss(x, y) per step    HasObjective   every training step, train split
+    calibrate(validation batches)  Calibrates     once, after the last epoch, validation split
+    evaluate(test)                 ReportsStats   last_stats read after every eval forward
+    save model.pt                                 prepare/calibrate results must be buffers
+    ---------------------------------------------
+    load model.pt                                 measure job: no prepare, no calibrate again
+    stored_param_count()           CountsStoredParams    the "stored params" column
+    total_param_count()            CountsTotalParams     torchinfo's "Total params"
+    set_inference(mode)            HasInferenceModes     each mode measured, interleaved
+
+Because the measure job rebuilds the model and only loads ``model.pt``, anything
+``prepare`` or ``calibrate`` decides must live in registered buffers or parameters;
+the registry-wide tests save and reload every model after both and compare logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+import torch
+
+# The per-sample statistics a model may leave in ``last_stats``: name -> meaning. Each is a
+# tensor whose first dimension is the batch (B,) or (B, k), or, for ``generation_macs`` only,
+# a float shared by every sample. The tests check every model against this vocabulary, so a
+# new statistic is added here first, with its meaning.
+STATS: dict[str, str] = {
+    "depth": "conv layers on the sample's path (adaptive-depth models, Puppet-CNN)",
+    "exit": "index of the exit the sample left at (BranchyNet)",
+    "blocks": "residual blocks executed (SkipNet)",
+    "blocks_run": "(B, blocks) 0/1 mask of the blocks executed (SkipNet)",
+    "loops": "recurrent loops run, summed over stages (DRNN)",
+    "loops_per_stage": "(B, stages) loops run in each stage (DRNN)",
+    "step": "Euler step size the puppeteer used (Puppet-CNN)",
+    "generation_macs": "MACs spent generating this sample's kernels (dynamic-kernel models)",
+    "complexity": "the image's complexity in bits before normalisation (Puppet-CNN)",
+    "complexity_normalised": "complexity mapped to [0, 1] (Puppet-CNN)",
+}
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """A model that fits something to its training data before training starts.
+
+    Called by the train job once, after the model is built and before the optimiser's first
+    step, with an iterable of normalised training image batches (no labels), in eval-size
+    batches. It is called again when a run resumes from a checkpoint (the checkpoint then
+    overwrites what it set). What it fits must be stored in buffers: the measure job never
+    calls it. Example: Puppet-CNN's complexity range (percentiles of training entropy).
+    """
+
+    def prepare(self, batches: Iterable[torch.Tensor]) -> None: ...
+
+
+@runtime_checkable
+class HasObjective(Protocol):
+    """A model trained with its own objective instead of cross-entropy on ``model(x)``.
+
+    Called by the train job on every step of the train split, under autocast on GPU, in
+    training mode; returns ``(loss, logits)``, the logits feeding the training accuracy.
+    Examples: BranchyNet's joint loss over its exits, SkipNet's gate loss.
+    """
+
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class Calibrates(Protocol):
+    """A model that chooses inference-time settings after training.
+
+    Called by the train job once, after the last epoch and before the test evaluation, with
+    ``(x, y)`` batches of the validation split, never the test split; a model that calibrates
+    refuses a config with ``data.val_size: 0`` before training starts. Returns a JSON-able
+    record of what it chose (kept in ``train.json``). Its choices must be buffers, so they
+    are saved in ``model.pt``. Example: early-exit thresholds.
+    """
+
+    def calibrate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A model whose cost varies per input and says how, after every forward pass.
+
+    ``last_stats`` maps names of ``STATS`` to values of the last forward's batch. Read by the
+    evaluation (per-sample depth/exit histograms and means in ``train.json``) and by the
+    measure job (generation MACs). Only read, never written, by the harness.
+    """
+
+    @property
+    def last_stats(self) -> dict[str, torch.Tensor | float]: ...
+
+
+@runtime_checkable
+class CountsStoredParams(Protocol):
+    """A model whose stored size is not its trainable parameter count.
+
+    Called by the measure job and the tables for the "stored params" column: the numbers one
+    must save to deploy the model. Generated weights are never counted.
+    """
+
+    def stored_param_count(self) -> int: ...
+
+
+@runtime_checkable
+class CountsTotalParams(Protocol):
+    """A model with a paper-defined "Total params" (torchinfo's) other than all its parameters.
+
+    Called by the tables (Table 5) and the measure job.
+    """
+
+    def total_param_count(self) -> int: ...
+
+
+@runtime_checkable
+class HasInferenceModes(Protocol):
+    """A model that can run inference in more than one way with the same weights.
+
+    ``inference_modes`` names them, the first being the default (the training-time path).
+    The measure job times every mode, interleaved, and records each mode's accuracy, MACs
+    and latency; ``set_inference(mode)`` returns the model. Example: Puppet-CNN's kernels
+    generated on the fly vs precomputed per complexity level.
+    """
+
+    inference_modes: tuple[str, ...]
+
+    def set_inference(self, mode: str) -> Any: ...

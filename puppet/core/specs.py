@@ -1,0 +1,133 @@
+"""Typed run specs: everything that determines one (dataset, model, seed) run.
+
+A ``RunSpec`` is built from the validated workflow config by ``puppet.core.config.run_spec``,
+travels to the train and measure jobs as JSON (``to_dict`` / ``from_dict``) and names the
+run's folder through its ``hash``. Field names are the config's keys; the schema
+(``workflow/schemas/config.schema.json``) holds their defaults and allowed values, and a
+test checks that the two agree key for key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# ``train`` keys that control how long one sitting of a job trains, not what the run
+# computes: kept out of the run spec (so out of Snakemake's params and the config_hash),
+# so a run paused under one limit resumes from its checkpoint under another.
+RUN_CONTROL_KEYS = ("time_limit_min",)
+
+
+class SpecError(ValueError):
+    """A run spec with missing or unknown keys; the message is one line."""
+
+
+def _from_mapping(cls: type, values: Mapping[str, Any], where: str):
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    missing = [n for n in names if n not in values]
+    if unknown or missing:
+        raise SpecError(f"run spec {where}: " + "; ".join(
+            ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else []))
+            + f"; build specs with puppet.core.config.run_spec (expected keys: {', '.join(names)})")
+    return cls(**{n: values[n] for n in names})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The config's ``data`` block, with the dataset's ``data_overrides`` applied."""
+
+    train_size: int | None  # None: the whole training split
+    val_size: int  # held out of training, for calibration
+    test_size: int | None
+    split_seed: int
+    augment: str  # "none" | "flip_crop"
+    image_size: int | None  # None: the dataset's own
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The config's ``train`` block without run-control keys (``RUN_CONTROL_KEYS``)."""
+
+    optimizer: str  # "sgd" | "adam" | "adamw"
+    lr: float
+    weight_decay: float
+    momentum: float
+    schedule: str  # "cosine" | "step" | "constant"
+    step_every: int  # epochs between x0.1 steps of the "step" schedule
+    batch_size: int
+    eval_batch_size: int
+    amp: bool  # mixed precision on CUDA (bf16 where supported, else fp16 with a scaler)
+    max_grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """The config's ``measure`` block: how the measure job times and counts."""
+
+    threads: int
+    warmup: int
+    latency_images: int  # batch-1 forwards per timing round
+    rounds: int
+    noise_threshold: float  # flag an estimate whose 95 % interval is wider than this fraction
+    throughput_batch: int
+    throughput_iters: int  # batched forwards per throughput round
+    macs_images: int
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: identity (profile, dataset, model, seed) and every setting that shapes its result."""
+
+    profile: str
+    dataset: str
+    model: str
+    seed: int
+    epochs: int
+    max_channels: int
+    device: str  # "auto" | "cpu" | "cuda"
+    data_root: str
+    download: bool
+    data_source: str | None  # an .npz path, or None for the dataset's default source
+    data: DataSpec
+    train: TrainSpec
+    measure: MeasureSpec
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:
+        """The inverse of ``to_dict``; unknown or missing keys raise ``SpecError``. A hand-written
+        spec may carry run-control keys in ``train`` (they are dropped)."""
+        values = dict(values)
+        nested = {"data": DataSpec, "train": TrainSpec, "measure": MeasureSpec}
+        for key, sub in nested.items():
+            if isinstance(values.get(key), Mapping):
+                block = {k: v for k, v in values[key].items() if not (key == "train" and k in RUN_CONTROL_KEYS)}
+                values[key] = _from_mapping(sub, block, key)
+        spec = _from_mapping(cls, values, "(top level)")
+        return dataclasses.replace(spec, seed=int(spec.seed), model_kwargs=dict(spec.model_kwargs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with top-level fields changed; ``data``/``train``/``measure`` take a dict of
+        the keys to change (``spec.replace(train={"lr": 0.1})``)."""
+        for key in ("data", "train", "measure"):
+            if isinstance(changes.get(key), Mapping):
+                changes[key] = dataclasses.replace(getattr(self, key), **changes[key])
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def hash(self) -> str:
+        """Short, stable hash of what determines the run's result (the ``config_hash`` column
+        and the run folder's name). Measurement settings are not part of a run's identity."""
+        keep = {k: v for k, v in self.to_dict().items() if k != "measure"}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}/{self.model}/seed{self.seed}"
