@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, make_divisible
+
+# timm exports no public block with this structure (dw conv-BN-act, pw conv-BN-act): the private
+# module is pinned by the timm upper bound in pyproject.toml and checked by tests/test_packaging.py.
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv
-from torchvision.models.mobilenetv2 import InvertedResidual, _make_divisible
+from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.squeezenet import Fire
 from torchvision.models.vgg import cfgs as _TORCHVISION_VGG_CFGS
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 from torchvision.ops.misc import Conv2dNormActivation
 
-from puppet.layers import scaled
 from puppet.core.registry import register_model
+from puppet.layers import scaled
 
 # The paper's "Params Size (MB)" at 10 classes (Table 2/3, CIFAR-10); tests and docs compare with these.
 PAPER_SIZE_MB = {
@@ -301,9 +304,9 @@ _MOBILENET_V2_WIDTH_MULTS = (1.0, 1.4)  # torchvision/timm mobilenet_v2 (1.0) an
 
 def _mobilenet_v2_widths(width_mult: float, max_channels: int) -> tuple[int, list[tuple[int, int, int, int]], int]:
     """Stem width, [(t, c, n, s)] with c scaled, head width: torchvision's width rule, then ``scaled``."""
-    stem = scaled(_make_divisible(32 * width_mult, 8), max_channels)
-    settings = [(t, scaled(_make_divisible(c * width_mult, 8), max_channels), n, s) for t, c, n, s in _MOBILENET_V2_SETTINGS]
-    head = scaled(_make_divisible(1280 * max(1.0, width_mult), 8), max_channels)
+    stem = scaled(make_divisible(32 * width_mult, 8), max_channels)
+    settings = [(t, scaled(make_divisible(c * width_mult, 8), max_channels), n, s) for t, c, n, s in _MOBILENET_V2_SETTINGS]
+    head = scaled(make_divisible(1280 * max(1.0, width_mult), 8), max_channels)
     return stem, settings, head
 
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.adaptive_depth import masked_batch_norm, softmax_entropy
+from baselines._resnet_parts import softmax_entropy
+from baselines.drnn import masked_batch_norm
 from puppet import create_model
 from puppet.core.data import Batches, load_dataset, make_splits
 from puppet.core.measure import count_macs, count_macs_flopcounter
@@ -105,47 +106,6 @@ def test_skipnet_skipped_path_counts_gates_and_shortcuts_only():
     with torch.no_grad():
         model(x)
     assert int(model.last_stats["blocks"][0]) == 1
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_batched_compaction_matches_batch_one(name):
-    """Set the threshold so that the batch splits at the first decision, then compare with batch 1."""
-    model = _model(name, seed=1)
-    # a steeper gate makes the decisions spread over (0, 1) at random init
-    for gate in getattr(model, "gates", []):
-        gate.logits.bias.data.zero_()
-        gate.logits.weight.data.mul_(30)
-    for stage in getattr(model, "stages", []):
-        for gate in stage.gates:
-            gate.fc2.bias.data.zero_()
-            gate.fc2.weight.data.mul_(30)
-    x = torch.randn(12, 3, 32, 32)
-    with torch.no_grad():
-        if name == "branchynet":
-            h = model.segments[0](model.stem(x))
-            score, thr = softmax_entropy(model.branches[0](h)), model.thresholds
-        elif name == "skipnet":
-            h = model.blocks[0](model.stem(x))
-            score, thr = F.softmax(model.gates[0](h), 1)[:, 1], model.gate_threshold
-        else:
-            stage = model.stages[0]
-            h = stage.loop(stage.transition(model.stem(x)), 0)
-            score, thr = F.softmax(stage.gates[0](h), 1)[:, 1], model.halt_threshold
-        s = score.sort().values
-        thr.fill_(float(s[5] + s[6]) / 2)  # between two samples: no near-ties
-        batched = model(x)
-        stats = {k: v.clone() for k, v in model.last_stats.items()}
-        singles, single_stats = [], []
-        for i in range(len(x)):
-            singles.append(model(x[i : i + 1]))
-            single_stats.append(model.last_stats["depth"])
-    assert len(stats["depth"].unique()) > 1, "the batch did not split; the test would prove nothing"
-    torch.testing.assert_close(batched, torch.cat(singles), rtol=1e-4, atol=1e-4)
-    assert torch.equal(batched.argmax(1), torch.cat(singles).argmax(1))
-    assert torch.equal(stats["depth"], torch.cat(single_stats))
-    assert stats["depth"].shape == (len(x),)
-    if name == "branchynet":
-        assert stats["exit"].shape == (len(x),) and (stats["exit"] == 0).sum() == 6
 
 
 def test_branchynet_calibrate_uses_the_given_batches():

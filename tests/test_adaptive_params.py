@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.adaptive_params import GeneratedConv2d, WeightNetConv2d, _filter_norm
+from baselines._generated_conv import GeneratedConv2d
+from baselines.ddfn_sw import _filter_norm
+from baselines.weightnet import WeightNetConv2d
 from puppet import create_model
 from puppet.core.data import load_dataset
 from puppet.core.measure import param_size_mb, stored_param_count

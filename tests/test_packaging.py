@@ -34,3 +34,54 @@ def test_readme_first_screen_has_the_two_commands():
     assert "snakemake --cores all tables" in head
     assert "pytest" in head
     assert "results/" in head
+
+
+# Imports of another library's private modules (a leading underscore in the module path), each
+# with the reason it is needed. A new one fails test_private_imports_are_declared until it is
+# listed here and tested below.
+PRIVATE_IMPORTS = {
+    "timm.models._efficientnet_blocks": "MobileNet-v1's DepthwiseSeparableConv; timm has no public equivalent",
+    "torch.utils._python_dispatch": "TorchDispatchMode, the CPU memory tracker's hook (no public home)",
+    "torch.utils._pytree": "tree_flatten, used with TorchDispatchMode (no public home in torch)",
+}
+
+
+def test_private_imports_are_declared():
+    found = set()
+    for path in list((REPO / "puppet").rglob("*.py")) + list((REPO / "baselines").rglob("*.py")):
+        for module in re.findall(r"^\s*(?:from|import)\s+([\w.]+)", path.read_text(), flags=re.M):
+            if module.split(".")[0] not in ("puppet", "baselines") and any(p.startswith("_") for p in module.split(".")[1:]):
+                found.add(module)
+    assert found == set(PRIVATE_IMPORTS)
+
+
+def _bound(package: str) -> tuple[str, str]:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    req = next(d.split("#")[0].strip() for d in deps if _name(d) == package)
+    return re.search(r">=([\d.]+)", req).group(1), re.search(r"<([\d.]+)", req).group(1)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def test_timm_private_block_is_within_the_tested_bound():
+    """The installed timm is inside the declared range, and its private block still has the
+    structure the MobileNet-v1 baseline relies on (names of its layers = checkpoint keys)."""
+    import timm
+    import torch.nn as nn
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv
+
+    low, high = _bound("timm")
+    assert _version(low) <= _version(timm.__version__) < _version(high)
+    block = DepthwiseSeparableConv(8, 16, stride=1, noskip=True, pw_act=True, act_layer=nn.ReLU6)
+    weights = [k for k in block.state_dict() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert weights == ["conv_dw.weight", "bn1.weight", "bn1.bias", "conv_pw.weight", "bn2.weight", "bn2.bias"]
+    assert block.conv_dw.groups == 8 and block.conv_pw.kernel_size == (1, 1)
+
+
+def test_make_divisible_is_torchvision_rounding():
+    """MobileNet-v2 widths use timm's public make_divisible: the rounding torchvision's model uses."""
+    from timm.layers import make_divisible
+
+    assert [make_divisible(v, 8) for v in (32, 16 * 1.4, 24 * 1.4, 1280, 96 * 1.4, 3)] == [32, 24, 32, 1280, 136, 8]

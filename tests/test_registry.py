@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 from puppet import create_model, list_models
 from puppet.core.measure import count_macs, count_macs_flopcounter, stored_param_count
+from puppet.core.protocols import STATS, Calibrates, HasInferenceModes, Prepares, ReportsStats
 from puppet.core.registry import UnknownModelError, model_info
+from puppet.core.train import compute_loss
 
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=32)
 MODELS = list_models()
@@ -27,9 +30,10 @@ def test_unknown_model_lists_valid_names():
     assert "resnet_9000" in str(err.value) and MODELS[0] in str(err.value)
 
 
-def test_unknown_kwarg_is_an_error():
-    with pytest.raises(TypeError):
-        create_model(MODELS[0], **SMALL, no_such_option=1)
+@pytest.mark.parametrize("name", MODELS)
+def test_unknown_kwarg_is_an_error(name):
+    with pytest.raises(TypeError, match="no_such_option"):
+        create_model(name, **SMALL, no_such_option=1)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -39,27 +43,129 @@ def test_builder_signature(name):
         assert arg in params, f"{name}: builder lacks {arg}"
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_finite(name):
-    torch.manual_seed(0)
+def varied_images(n: int = 8, seed: int = 0) -> torch.Tensor:
+    """``n`` normalised images from flat to noisy (1 to 256 grey levels): their complexity, hence a
+    Puppet model's depth after ``prepare``, spreads over the whole range."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.logspace(0, 8, n, base=2).round().long()  # (n,) grey levels per image, 1 .. 256
+    x = torch.stack([(torch.randint(0, int(k), (3, 32, 32), generator=g) * (255 // max(int(k) - 1, 1))).clamp(0, 255)
+                     for k in levels]).float() / 255.0  # (n, 3, 32, 32) in [0, 1]
+    return (x - 0.5) / 0.25
+
+
+def ready_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A model as the measure job gets it: built, prepared on training images, one optimiser step
+    (so BN statistics and weights are not at their initial values), calibrated on validation data."""
+    torch.manual_seed(seed)
     model = create_model(name, **SMALL)
+    train_x, val_x = varied_images(16, seed=1), varied_images(16, seed=2)
+    labels = torch.arange(16) % 10
+    if isinstance(model, Prepares):
+        model.prepare([train_x[:8], train_x[8:]])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()
-    x = torch.randn(4, 3, 32, 32)
-    y = torch.randint(0, 10, (4,))
-    if hasattr(model, "compute_loss"):
-        loss, logits = model.compute_loss(x, y)
-    else:
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-    assert logits.shape == (4, 10)
-    assert torch.isfinite(logits).all()
+    loss, _ = compute_loss(model, train_x, labels)
     loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{name}: no gradient reached any parameter"
+    opt.step()
     model.eval()
-    with torch.no_grad():
-        out = model(torch.randn(3, 3, 32, 32))
-    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    if isinstance(model, Calibrates):
+        model.calibrate([(val_x[:8], labels[:8]), (val_x[8:], labels[8:])])
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_trainable_parameter_gets_a_gradient(name):
+    """The harness' objective (``compute_loss``) reaches every trainable parameter, with a finite
+    gradient; a parameter that only some inputs reach is declared in the registry (``no_grad_ok``)."""
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL).train()
+    x, y = varied_images(8), torch.arange(8) % 10
+    if isinstance(model, Prepares):
+        model.prepare([x])
+    loss, logits = compute_loss(model, x, y)
+    assert logits.shape == (8, 10) and torch.isfinite(logits).all() and torch.isfinite(loss)
+    loss.backward()
+    exempt = model_info(name).no_grad_ok
+    for n, p in model.named_parameters():
+        if p.requires_grad and not any(fnmatch.fnmatchcase(n, pattern) for pattern in exempt):
+            assert p.grad is not None, f"{name}: no gradient for {n}"
+            assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient for {n}"
+
+
+# Kernels generated once for a batch are shared by the samples that use them: the generation
+# cost per sample depends on the batch by definition (puppet.core.protocols.STATS).
+BATCH_DEPENDENT_STATS = ("generation_macs",)
+
+
+def _modes(model: torch.nn.Module) -> tuple:
+    return model.inference_modes if isinstance(model, HasInferenceModes) else (None,)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_batched_evaluation_equals_batch_one(name):
+    """Eval-mode logits and per-sample statistics do not depend on what else is in the batch, in
+    every inference mode (adaptive models gather and scatter the samples of each path)."""
+    model = ready_model(name)
+    x = varied_images(8, seed=3)
+    spread = model_info(name).spread_paths
+    if spread is not None:
+        spread(model, x)
+    for mode in _modes(model):
+        if mode is not None:
+            model.set_inference(mode)
+        with torch.no_grad():
+            batched = model(x)
+            stats = dict(model.last_stats) if isinstance(model, ReportsStats) else {}
+            singles, single_stats = [], []
+            for i in range(len(x)):
+                singles.append(model(x[i : i + 1]))
+                single_stats.append(dict(model.last_stats) if isinstance(model, ReportsStats) else {})
+        torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-4, msg=f"{name} ({mode})")
+        if spread is not None or name == "puppet_cnn":  # the batch must really take several paths
+            assert stats["depth"].unique().numel() >= 2, f"{name} ({mode}): one depth for the whole batch"
+        for key, value in stats.items():
+            if isinstance(value, torch.Tensor) and key not in BATCH_DEPENDENT_STATS:
+                joined = torch.cat([s[key].reshape(1, *value.shape[1:]) for s in single_stats])
+                torch.testing.assert_close(value.double(), joined.double(), msg=f"{name} ({mode}): {key}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_and_reload_after_prepare_and_calibrate_gives_identical_logits(name, tmp_path):
+    """What the measure job relies on: a model rebuilt from its builder and ``model.pt`` (no
+    prepare, no calibrate) computes exactly what the trained one did."""
+    trained = ready_model(name, seed=0)
+    torch.save({"model": trained.state_dict()}, tmp_path / "model.pt")
+    torch.manual_seed(1)  # another init: everything that matters must come from the file
+    rebuilt = create_model(name, **SMALL)
+    rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False)["model"])
+    rebuilt.eval()
+    x = varied_images(8, seed=4)
+    for mode in _modes(trained):
+        if mode is not None:
+            trained.set_inference(mode)
+            rebuilt.set_inference(mode)
+        with torch.no_grad():
+            assert torch.equal(trained(x), rebuilt(x)), f"{name} ({mode}): reloaded model differs"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_last_stats_follow_the_contract(name):
+    """``last_stats`` names only statistics of ``puppet.core.protocols.STATS``; each is a tensor
+    whose first dimension is the batch (or, for generation MACs, one float for the batch)."""
+    model = ready_model(name)
+    if not isinstance(model, ReportsStats):
+        return
+    for batch in (5, 1):
+        with torch.no_grad():
+            model(varied_images(batch, seed=5))
+        stats = model.last_stats
+        assert stats, f"{name}: last_stats is empty after a forward pass"
+        for key, value in stats.items():
+            assert key in STATS, f"{name}: last_stats[{key!r}] is not in puppet.core.protocols.STATS"
+            if isinstance(value, torch.Tensor):
+                assert value.ndim >= 1 and value.shape[0] == batch, f"{name}: last_stats[{key!r}] has shape {value.shape}"
+            else:
+                assert key == "generation_macs" and isinstance(value, float), f"{name}: last_stats[{key!r}] = {value!r}"
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -20,6 +20,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 ModelBuilder = Callable[..., nn.Module]
@@ -39,6 +40,14 @@ class ModelInfo:
     # (num_classes, in_channels, image_size, max_channels, **kwargs) -> expected stored
     # parameter count, written independently of the module code; checked by the tests.
     param_formula: Callable[..., int] | None = None
+    # Parameter names (fnmatch patterns) that may get no gradient from one training step on a
+    # batch, with the reason in a comment where they are declared; the registry-wide test
+    # checks every other trainable parameter.
+    no_grad_ok: tuple[str, ...] = ()
+    # (model, x) -> None, for models whose path depends on the input through a threshold: set it
+    # so that the batch x takes more than one path (the registry-wide tests compare batched and
+    # batch-1 evaluation on a batch that really splits).
+    spread_paths: Callable[[nn.Module, torch.Tensor], None] | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -58,6 +67,8 @@ def register_model(
     description: str = "",
     tags: tuple[str, ...] = (),
     param_formula: Callable[..., int] | None = None,
+    no_grad_ok: tuple[str, ...] = (),
+    spread_paths: Callable[[nn.Module, torch.Tensor], None] | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register ``builder`` under ``name``; its docstring is the default description."""
 
@@ -73,6 +84,8 @@ def register_model(
             description=description or (doc[0] if doc else ""),
             tags=tuple(tags),
             param_formula=param_formula,
+            no_grad_ok=tuple(no_grad_ok),
+            spread_paths=spread_paths,
         )
         return builder
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from puppet.core.data import Batches, Splits, load_dataset, make_splits
 from puppet.core.evaluate import evaluate
-from puppet.core.protocols import Calibrates, HasObjective, Prepares
 from puppet.core.io import atomic_save, atomic_write_json, git_commit, one_line
+from puppet.core.protocols import Calibrates, HasObjective, Prepares
 from puppet.core.registry import create_model
 from puppet.core.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
 from puppet.core.specs import RunSpec, TrainSpec

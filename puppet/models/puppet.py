@@ -34,10 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from puppet.models.complexity import DEFAULT_BINS, image_complexity
-from puppet.layers import batched_conv2d, per_sample_conv2d_loop, scaled
-from puppet.models.puppeteer import KERNEL, Puppeteer, pool_kernel, step_macs
 from puppet.core.registry import register_model
+from puppet.layers import batched_conv2d, per_sample_conv2d_loop, scaled
+from puppet.models.complexity import DEFAULT_BINS, image_complexity
+from puppet.models.puppeteer import KERNEL, Puppeteer, pool_kernel, step_macs
 
 MAX_ENTROPY_BITS = math.log2(DEFAULT_BINS)  # H of a 256-bin histogram lies in [0, 8] bits
 
@@ -460,6 +460,8 @@ class PuppetCNN(nn.Module):
 
     # ---------------------------------------------------------------- precomputed ("deployed") inference
 
+    inference_modes = INFERENCE_MODES  # puppet.core.protocols.HasInferenceModes
+
     def set_inference(self, mode: str) -> "PuppetCNN":
         """``"on_the_fly"`` (kernels generated for every batch, as the paper describes) or
         ``"precomputed"``: in eval mode, every level's kernels are generated once
@@ -848,27 +850,59 @@ def puppet_cnn_static(num_classes: int = 10, in_channels: int = 3, image_size: i
     return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, False, False)
 
 
-def _fixed_structure_builder(make_plan: Callable[..., list[Op]], adapt: bool, doc: str, default_depth: int | None) -> Callable[..., PuppetCNN]:
-    if default_depth is None:
-        def builder(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
-            return _build(_fixed(make_plan(in_channels, max_channels)), num_classes, max_channels, kwargs, adapt, False)
-    else:  # depth: the fixed CNN's depth variant (Fig. 4), as the baseline's builder takes it
-        def builder(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                    depth: int = default_depth, **kwargs) -> PuppetCNN:
-            return _build(_fixed(make_plan(in_channels, max_channels, depth)), num_classes, max_channels, kwargs, adapt, False)
-
-    builder.__doc__ = doc
-    return builder
+# Table 3: a fixed CNN's structure with puppeteer-generated 3x3 kernels, fixed depth.
+# puppet_<name>: P0 and the step from the input ("parameter adaptation");
+# puppet_<name>_static: a constant P0 and step ("Puppeteer-Puppet scheme").
+_ADAPTIVE, _STATIC = "parameter adaptation", "Puppeteer-Puppet scheme"
 
 
-def _register_fixed_structure(name: str, paper: str, make_plan: Callable[..., list[Op]], formula, default_depth: int | None = None) -> None:
-    """puppet_<name> (P0 and dl from the input, fixed depth) and puppet_<name>_static (constant P0 and dl), for Table 3."""
-    for suffix, adapt, label in (("", True, "parameter adaptation"), ("_static", False, "Puppeteer-Puppet scheme")):
-        doc = f"Puppet-{paper}: the {paper} structure with puppeteer-generated 3x3 kernels ({label})."
-        register_model(f"puppet_{name}{suffix}", family="puppet", paper_name=f"Puppet-{paper} ({label})",
-                       param_formula=formula)(_fixed_structure_builder(make_plan, adapt, doc, default_depth))
+@register_model("puppet_alexnet", family="puppet", paper_name=f"Puppet-AlexNet ({_ADAPTIVE})",
+                param_formula=_alexnet_formula)
+def puppet_alexnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
+                   **kwargs) -> PuppetCNN:
+    """Puppet-AlexNet: the AlexNet structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
+    plan = cfg_plan(ALEXNET_CFG, in_channels, max_channels)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
 
 
-_register_fixed_structure("alexnet", "AlexNet", lambda i, c: cfg_plan(ALEXNET_CFG, i, c), _alexnet_formula)
-_register_fixed_structure("vgg", "VGG", lambda i, c, d: cfg_plan(vgg_cfg(d), i, c), _vgg_formula, default_depth=11)
-_register_fixed_structure("resnet", "ResNet", resnet_plan, _resnet_formula, default_depth=18)
+@register_model("puppet_alexnet_static", family="puppet", paper_name=f"Puppet-AlexNet ({_STATIC})",
+                param_formula=_alexnet_formula)
+def puppet_alexnet_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
+                          **kwargs) -> PuppetCNN:
+    """Puppet-AlexNet: the AlexNet structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
+    plan = cfg_plan(ALEXNET_CFG, in_channels, max_channels)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)
+
+
+@register_model("puppet_vgg", family="puppet", paper_name=f"Puppet-VGG ({_ADAPTIVE})", param_formula=_vgg_formula)
+def puppet_vgg(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
+               depth: int = 11, **kwargs) -> PuppetCNN:
+    """Puppet-VGG: the VGG structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
+    plan = cfg_plan(vgg_cfg(depth), in_channels, max_channels)  # depth: the VGG variant (Fig. 4)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
+
+
+@register_model("puppet_vgg_static", family="puppet", paper_name=f"Puppet-VGG ({_STATIC})", param_formula=_vgg_formula)
+def puppet_vgg_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
+                      depth: int = 11, **kwargs) -> PuppetCNN:
+    """Puppet-VGG: the VGG structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
+    plan = cfg_plan(vgg_cfg(depth), in_channels, max_channels)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)
+
+
+@register_model("puppet_resnet", family="puppet", paper_name=f"Puppet-ResNet ({_ADAPTIVE})",
+                param_formula=_resnet_formula)
+def puppet_resnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
+                  depth: int = 18, **kwargs) -> PuppetCNN:
+    """Puppet-ResNet: the ResNet structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
+    plan = resnet_plan(in_channels, max_channels, depth)  # depth: the ResNet variant (Fig. 4)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
+
+
+@register_model("puppet_resnet_static", family="puppet", paper_name=f"Puppet-ResNet ({_STATIC})",
+                param_formula=_resnet_formula)
+def puppet_resnet_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
+                         depth: int = 18, **kwargs) -> PuppetCNN:
+    """Puppet-ResNet: the ResNet structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
+    plan = resnet_plan(in_channels, max_channels, depth)
+    return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)

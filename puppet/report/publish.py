@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from puppet.report.collate import COLUMNS, KEY
 from puppet.core.io import atomic_write_csv, atomic_write_text
+from puppet.report.collate import COLUMNS, KEY
 
 LIVE = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "table6.csv",
         "sizes.csv", "tables.md"]

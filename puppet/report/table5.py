@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from puppet.core.measure import param_size_mb
-from puppet.report.paper import TABLE5_PAPER
 from puppet.core.registry import create_model
+from puppet.report.paper import TABLE5_PAPER
 
 MODEL = "puppet_cnn"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from puppet.core.io import atomic_write_csv, atomic_write_text
-from puppet.report.paper import RUN_TABLES, PaperTable
 from puppet.core.registry import create_model
+from puppet.report.paper import RUN_TABLES, PaperTable
 
 UNITS = {
     "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
