@@ -28,7 +28,12 @@ import torch.nn as nn
 
 from puppet.layers import scaled
 
-RESNET18_STAGES: tuple[tuple[int, int, int], ...] = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))  # (width, blocks, stride)
+RESNET18_STAGES: tuple[tuple[int, int, int], ...] = (
+    (64, 2, 1),
+    (128, 2, 2),
+    (256, 2, 2),
+    (512, 2, 2),
+)  # (width, blocks, stride)
 
 
 def gap(x: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 class ResidualBlock(nn.Module):
     """ResNet basic block with its residual branch callable on its own (``residual``), which
     SkipNet and DRNN need; torchvision's ``BasicBlock`` (used by the fixed ResNet) has no such
-    method. Same layers and parameter names as torchvision's, otherwise; ``shortcut`` is the identity or a 1x1 conv + BN projection."""
+    method. Same layers and parameter names as torchvision's, otherwise; ``shortcut`` is the identity
+    or a 1x1 conv + BN projection."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
@@ -122,7 +123,9 @@ def pick_threshold(rows: list[dict], tolerance_pp: float) -> dict:
     return min(ok, key=lambda r: (r["cost"], -r["val_top1"]))
 
 
-def calibrate_global_threshold(model: nn.Module, threshold: torch.Tensor, batches: Iterable, tolerance_pp: float) -> dict:
+def calibrate_global_threshold(
+    model: nn.Module, threshold: torch.Tensor, batches: Iterable, tolerance_pp: float
+) -> dict:
     was_training = model.training
     model.eval()
     data = materialise(batches)

@@ -13,7 +13,8 @@ cheapest combination (mean MACs from exact per-exit path costs) whose top-1 is w
 
 Deviations: stage depths (1, 3, 2, 1) picked by the paper's Table 1 size, not the official
 B-AlexNet / B-ResNet-110; one joint training stage instead of the official main-then-joint
-schedule; the spec's branch design; a percentile threshold grid instead of a fixed list.
+schedule; our branch design (conv, BN, ReLU, GAP, FC) instead of the official LRN + conv + FC
+branches; a percentile threshold grid instead of a fixed list.
 """
 
 from __future__ import annotations
@@ -50,10 +51,8 @@ from puppet.layers import scaled
 BRANCHY_DEFAULTS = dict(blocks=(1, 3, 2, 1), exit_after=(1, 2), branch_width=128)
 
 
-
-
 class ExitBranch(nn.Module):
-    """Side exit of the B-ResNet (spec 3.1): conv3x3 stride 2 + BN + ReLU + GAP + FC."""
+    """Side exit of the B-ResNet: conv3x3 stride 2 + BN + ReLU + GAP + FC."""
 
     def __init__(self, c_in: int, width: int, num_classes: int):
         super().__init__()
@@ -88,7 +87,9 @@ class BranchyNet(nn.Module):
             raise ValueError(f"blocks must give 4 stage depths >= 1, got {tuple(blocks)}")
         exit_after = tuple(sorted(set(exit_after)))
         if not exit_after or exit_after[0] < 1 or exit_after[-1] > 3:
-            raise ValueError(f"exit_after must name stages among 1, 2, 3 (stage 4 ends in the final exit), got {exit_after}")
+            raise ValueError(
+                f"exit_after must name stages among 1, 2, 3 (stage 4 ends in the final exit), got {exit_after}"
+            )
         check_tolerance(calib_tolerance)
         n_exits = len(exit_after) + 1
         self.exit_weights = tuple(float(w) for w in (exit_weights or [1.0] * n_exits))  # official code: all 1.0
@@ -102,14 +103,15 @@ class BranchyNet(nn.Module):
         # trunk segments end where an exit sits: segment n = stages (exit_after[n-1], exit_after[n]]
         bounds = (0, *exit_after, 4)
         self.segments = nn.ModuleList(
-            nn.Sequential(*[ResidualBlock(*spec) for s in range(a, b) for spec in plan[s]]) for a, b in zip(bounds, bounds[1:])
+            nn.Sequential(*[ResidualBlock(*spec) for s in range(a, b) for spec in plan[s]])
+            for a, b in zip(bounds, bounds[1:])
         )
         bw = scaled(branch_width, max_channels)
         self.branches = nn.ModuleList(ExitBranch(widths[s - 1], bw, num_classes) for s in exit_after)
         self.fc = nn.Linear(widths[-1], num_classes)
         self.register_buffer("thresholds", torch.full((len(exit_after),), float(default_threshold)))
         # conv layers on the path to each exit: stem + 2 per trunk block (+ the branch conv)
-        trunk = [1 + 2 * sum(blocks[: s]) for s in exit_after]
+        trunk = [1 + 2 * sum(blocks[:s]) for s in exit_after]
         self.exit_depth = tuple(d + 1 for d in trunk) + (1 + 2 * sum(blocks),)
         self.last_stats: dict[str, torch.Tensor] = {}
 
@@ -186,7 +188,7 @@ class BranchyNet(nn.Module):
         Rule: among per-exit candidate thresholds (0 = never leave, and the 5th..100th percentiles of
         that exit's validation entropies), take the combination with the lowest mean MACs whose
         validation top-1 is within ``calib_tolerance`` percentage points of the final exit's
-        (spec 3.1: "largest MAC saving with at most a 0.5 pp drop"); ties go to higher accuracy.
+        (the largest MAC saving with at most a 0.5 pp drop); ties go to higher accuracy.
         """
         was_training = self.training
         self.eval()
@@ -249,8 +251,15 @@ def _spread_paths(model: BranchyNet, x: torch.Tensor) -> None:
     split_threshold(model.thresholds, softmax_entropy(model.branches[0](model.segments[0](model.stem(x)))))
 
 
-@register_model("branchynet", family="adaptive_depth", paper_name="BranchyNet", param_formula=branchynet_params,
-                spread_paths=_spread_paths)
-def branchynet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> BranchyNet:
+@register_model(
+    "branchynet",
+    family="adaptive_depth",
+    paper_name="BranchyNet",
+    param_formula=branchynet_params,
+    spread_paths=_spread_paths,
+)
+def branchynet(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> BranchyNet:
     """BranchyNet: B-ResNet (1,3,2,1 blocks) with entropy early exits after stages 1 and 2."""
     return BranchyNet(num_classes, in_channels, max_channels, **kwargs)

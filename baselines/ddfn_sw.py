@@ -108,8 +108,12 @@ class DDFResNet(AdaptiveParamsNet):
     def __init__(self, num_classes: int, in_channels: int, max_channels: int, hidden_ratio: float) -> None:
         super().__init__()
         c0 = scaled(RESNET18_STAGES[0][0], max_channels)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(*[DDFBasicBlock(c_in, c_out, s, hidden_ratio) for c_in, c_out, s in resnet18_plan(max_channels)])
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True)
+        )
+        self.blocks = nn.Sequential(
+            *[DDFBasicBlock(c_in, c_out, s, hidden_ratio) for c_in, c_out, s in resnet18_plan(max_channels)]
+        )
         self.classifier = nn.Linear(scaled(RESNET18_STAGES[-1][0], max_channels), num_classes)
         self.last_stats: dict[str, torch.Tensor] = {}
 
@@ -123,8 +127,13 @@ def _ddf_layer_params(c: int, hidden_ratio: float) -> int:
     return (c * 9 + 9) + (c * mid + mid) + (mid * c * 9 + c * 9) + c * 9  # spatial FC, channel FC1, FC2, gain
 
 
-def _ddfn_sw_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                    channel_hidden_ratio: float = DDF_CHANNEL_HIDDEN_RATIO) -> int:
+def _ddfn_sw_params(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    channel_hidden_ratio: float = DDF_CHANNEL_HIDDEN_RATIO,
+) -> int:
     c0 = scaled(64, max_channels)
     n = in_channels * c0 * 9 + bn_params(c0)
     for c_in, c_out, stride in resnet18_plan(max_channels):
@@ -135,7 +144,13 @@ def _ddfn_sw_params(num_classes: int = 10, in_channels: int = 3, image_size: int
 
 
 @register_model("ddfn_sw", family="adaptive_params", paper_name="DDFN-SW", param_formula=_ddfn_sw_params)
-def ddfn_sw(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-            channel_hidden_ratio: float = DDF_CHANNEL_HIDDEN_RATIO) -> DDFResNet:
+def ddfn_sw(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    channel_hidden_ratio: float = DDF_CHANNEL_HIDDEN_RATIO,
+) -> DDFResNet:
     """DDF (CVPR'21) made sample-wise: per-sample spatial x channel depthwise filters in a ResNet-18-width net."""
     return DDFResNet(num_classes, in_channels, max_channels, channel_hidden_ratio)

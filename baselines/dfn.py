@@ -46,7 +46,7 @@ class DynamicConv2d(GeneratedConv2d):
         self.hidden_fc = nn.Linear(c_in, hidden)
         self.kernel_fc = nn.Linear(hidden, c_out * fan_in, bias=False)
         self.static_kernel = nn.Parameter(torch.empty(c_out, c_in, kernel_size, kernel_size))
-        # He variance for the static part; the spec's sqrt(2 / fan_in) / sqrt(d) for the generated part
+        # He variance for the static part; sqrt(2 / fan_in) / sqrt(d) for the generated part
         nn.init.kaiming_normal_(self.static_kernel, mode="fan_in", nonlinearity="relu")
         nn.init.normal_(self.kernel_fc.weight, std=math.sqrt(2.0 / fan_in) / math.sqrt(hidden))
 
@@ -67,7 +67,9 @@ class DynamicConv2d(GeneratedConv2d):
 class DFNNet(AdaptiveParamsNet):
     """VGG-like CIFAR net: static 3x3 stem, every later 3x3 conv a DFN dynamic conv, BN + ReLU after each."""
 
-    def __init__(self, num_classes: int, in_channels: int, max_channels: int, cfg: tuple[int | str, ...], hidden: int) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int, max_channels: int, cfg: tuple[int | str, ...], hidden: int
+    ) -> None:
         super().__init__()
         widths = [scaled(c, max_channels) if c != "M" else "M" for c in cfg]
         layers: list[nn.Module] = []
@@ -89,8 +91,9 @@ class DFNNet(AdaptiveParamsNet):
         return self.classifier(gap(self.features(x)))  # (B, num_classes)
 
 
-def _dfn_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                hidden: int = DFN_HIDDEN) -> int:
+def _dfn_params(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, hidden: int = DFN_HIDDEN
+) -> int:
     widths = [scaled(c, max_channels) for c in DFN_CFG if c != "M"]
     n = in_channels * widths[0] * 9 + bn_params(widths[0])  # static stem
     for c_in, c_out in zip(widths[:-1], widths[1:]):
@@ -102,7 +105,13 @@ def _dfn_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 3
 
 
 @register_model("dfn", family="adaptive_params", paper_name="DFN", param_formula=_dfn_params)
-def dfn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-        hidden: int = DFN_HIDDEN) -> DFNNet:
+def dfn(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    hidden: int = DFN_HIDDEN,
+) -> DFNNet:
     """DFN (NIPS'16), sample-wise dynamic convs: GAP->FC->ReLU->FC generates each 3x3 kernel of a VGG-like net."""
     return DFNNet(num_classes, in_channels, max_channels, DFN_CFG, hidden)

@@ -43,10 +43,8 @@ from puppet.layers import scaled
 DRNN_DEFAULTS = dict(loops=4, gate_reduction=4)
 
 
-
-
 class HaltGate(nn.Module):
-    """GAP -> FC -> BN -> ReLU -> FC to 2 logits (stop, continue); our design (spec 3.3)."""
+    """GAP -> FC -> BN -> ReLU -> FC to 2 logits (stop, continue); our design (the paper's gate is not published)."""
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
@@ -105,7 +103,9 @@ class RecursiveStage(nn.Module):
         if active is None:
             r = self.bn2[t](self.conv2(F.relu(self.bn1[t](self.conv1(h)))))
         else:
-            r = masked_batch_norm(self.conv2(F.relu(masked_batch_norm(self.conv1(h), active, self.bn1[t]))), active, self.bn2[t])
+            r = masked_batch_norm(
+                self.conv2(F.relu(masked_batch_norm(self.conv1(h), active, self.bn1[t]))), active, self.bn2[t]
+            )
         return F.relu(h + r)
 
     def forward_train(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -235,7 +235,9 @@ def drnn_params(num_classes: int, in_channels: int, image_size: int, max_channel
         hidden = max(4, w // cfg["gate_reduction"])  # at least 4 units, as scaled() widths
         n += block_params(c, w, 1 if s == 0 else 2)  # transition block
         n += 2 * conv_params(3, w, w) + t * 2 * bn_params(w)  # shared block, BN pair per loop
-        n += (t - 1) * (fc_params(w, hidden, bias=False) + 2 * hidden + fc_params(hidden, 2))  # halting gates (BN1d: 2*hidden)
+        n += (t - 1) * (
+            fc_params(w, hidden, bias=False) + 2 * hidden + fc_params(hidden, 2)
+        )  # halting gates (BN1d: 2*hidden)
         c = w
     return n + fc_params(widths[-1], num_classes)
 
@@ -253,8 +255,9 @@ def _spread_paths(model: DRNN, x: torch.Tensor) -> None:
     split_threshold(model.halt_threshold, F.softmax(stage.gates[0](h), 1)[:, 1])
 
 
-@register_model("drnn", family="adaptive_depth", paper_name="DRNN", param_formula=drnn_params,
-                spread_paths=_spread_paths)
+@register_model(
+    "drnn", family="adaptive_depth", paper_name="DRNN", param_formula=drnn_params, spread_paths=_spread_paths
+)
 def drnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> DRNN:
     """DRNN (our reconstruction): per stage a shared residual block looped <= 4 times with LVBN and halting gates."""
     return DRNN(num_classes, in_channels, max_channels, **kwargs)

@@ -3,7 +3,7 @@
 Puppet-CNN (arXiv 2411.12876, Tables 2-4) compares against these six with "every model capped at 512
 output channels". The paper gives only their "Params Size" (float32 MB at 10 classes); its sizes grow
 by 0.19 MB from 10 to 100 classes, so each ends in a fully connected layer with fan-in 512. One recipe
-reproduces those sizes (the README, fixed-CNN section, has the numbers):
+reproduces those sizes (the docs' fixed-CNN page has the numbers):
 
 * take the ImageNet architecture as torchvision/timm define it, with every width ``c`` mapped to
   ``scaled(c, max_channels)``: ImageNet heads wider than the cap (AlexNet/VGG's 4096-wide FCs,
@@ -91,7 +91,9 @@ def _init_weights(model: nn.Module) -> None:
 
 def _require_image_size(name: str, image_size: int, minimum: int) -> None:
     if image_size < minimum:
-        raise ValueError(f"{name} needs image_size >= {minimum} (its pooling would run out of pixels); got {image_size}")
+        raise ValueError(
+            f"{name} needs image_size >= {minimum} (its pooling would run out of pixels); got {image_size}"
+        )
 
 
 def _choice(name: str, option: str, value, allowed) -> None:
@@ -139,19 +141,28 @@ def alexnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, m
     hidden = scaled(_ALEXNET_FC, max_channels)
     features = nn.Sequential(
         # torchvision: 11x11 stride 4 -> 1x1 maps (and a crash) at 32x32; stride 1, same padding here.
-        nn.Conv2d(in_channels, w[0], kernel_size=11, stride=1, padding=5), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, w[0], kernel_size=11, stride=1, padding=5),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),  # 32 -> 15
-        nn.Conv2d(w[0], w[1], kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.Conv2d(w[0], w[1], kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),  # 15 -> 7
-        nn.Conv2d(w[1], w[2], kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(w[2], w[3], kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(w[3], w[4], kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(w[1], w[2], kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w[2], w[3], kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w[3], w[4], kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2),  # 7 -> 3
     )
     # torchvision pools to 6x6 and flattens 9216 features; GAP keeps the FC at fan-in 256 for any input size.
     classifier = nn.Sequential(
-        nn.Dropout(0.5), nn.Linear(w[4], hidden), nn.ReLU(inplace=True),
-        nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(w[4], hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes),
     )
     return FixedCNN(features, nn.AdaptiveAvgPool2d(1), classifier)
@@ -170,8 +181,14 @@ def _vgg_cfg(depth: int, max_channels: int) -> list[int | str]:
     return [v if v == "M" else scaled(int(v), max_channels) for v in cfg]
 
 
-def _vgg_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                depth: int = 11, batch_norm: bool = True) -> int:
+def _vgg_params(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    depth: int = 11,
+    batch_norm: bool = True,
+) -> int:
     _choice("vgg", "depth", depth, _VGG_CFG_BY_DEPTH)
     total, c_in = 0, in_channels
     for v in _vgg_cfg(depth, max_channels):
@@ -183,8 +200,15 @@ def _vgg_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 3
 
 
 @register_model("vgg", family="fixed", paper_name="VGG", param_formula=_vgg_params)
-def vgg(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-        depth: int = 11, batch_norm: bool = True) -> nn.Module:
+def vgg(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    depth: int = 11,
+    batch_norm: bool = True,
+) -> nn.Module:
     """VGG-11-BN (torchvision cfg "A") for 32x32: 4 max-pools + global max-pool, 512-wide 3-layer classifier."""
     _choice("vgg", "depth", depth, _VGG_CFG_BY_DEPTH)
     _require_image_size("vgg", image_size, 16)  # four 2x2 max-pools
@@ -195,8 +219,12 @@ def vgg(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_c
     c_last = [v for v in _vgg_cfg(depth, max_channels) if v != "M"][-1]
     hidden = scaled(_VGG_FC, max_channels)
     classifier = nn.Sequential(  # torchvision's classifier with 4096 capped and fan-in 512 x 1 x 1
-        nn.Linear(c_last, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(c_last, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
         nn.Linear(hidden, num_classes),
     )
     return FixedCNN(features, nn.AdaptiveMaxPool2d(1), classifier)
@@ -209,8 +237,9 @@ _RESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # BasicBlock depths; Bott
 _RESNET_WIDTHS = (64, 128, 256, 512)
 
 
-def _resnet_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                   depth: int = 18) -> int:
+def _resnet_params(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, depth: int = 18
+) -> int:
     _choice("resnet", "depth", depth, _RESNET_LAYERS)
     stem = scaled(64, max_channels)
     total = _conv_params(in_channels, stem, 3) + _bn_params(stem)
@@ -227,14 +256,16 @@ def _resnet_params(num_classes: int = 10, in_channels: int = 3, image_size: int 
 
 
 @register_model("resnet", family="fixed", paper_name="ResNet", param_formula=_resnet_params)
-def resnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-           depth: int = 18) -> nn.Module:
+def resnet(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *, depth: int = 18
+) -> nn.Module:
     """ResNet-18 (torchvision BasicBlock) with the CIFAR stem: 3x3 stride-1 conv, no max-pool; 4x4 last maps."""
     _choice("resnet", "depth", depth, _RESNET_LAYERS)
     stem = scaled(64, max_channels)
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1, bias=False),
-        nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(stem),
+        nn.ReLU(inplace=True),
     ]
     c_in = stem
     for i, (blocks, width) in enumerate(zip(_RESNET_LAYERS[depth], _RESNET_WIDTHS)):
@@ -254,17 +285,28 @@ def resnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, ma
 
 # (out_channels, stride) of the 13 depthwise-separable blocks; CIFAR strides (the stem has stride 1).
 _MOBILENET_V1_BLOCKS = (
-    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1),
-    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-    (1024, 2), (1024, 1),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 )
 # depth 12 drops the last block: once 1024 is capped to 512 it is a seventh plain 512 -> 512 repeat,
 # and without it the size is 7.55 MB (paper: 7.52 MB; the standard 13 blocks give 8.62 MB).
 _MOBILENET_V1_DEPTHS = (12, 13)
 
 
-def _mobilenet_v1_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                         depth: int = 12) -> int:
+def _mobilenet_v1_params(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, depth: int = 12
+) -> int:
     _choice("mobilenet_v1", "depth", depth, _MOBILENET_V1_DEPTHS)
     stem = scaled(32, max_channels)
     total = _conv_params(in_channels, stem, 3) + _bn_params(stem)
@@ -278,8 +320,9 @@ def _mobilenet_v1_params(num_classes: int = 10, in_channels: int = 3, image_size
 
 
 @register_model("mobilenet_v1", family="fixed", paper_name="MobileNet-v1", param_formula=_mobilenet_v1_params)
-def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                 depth: int = 12) -> nn.Module:
+def mobilenet_v1(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *, depth: int = 12
+) -> nn.Module:
     """MobileNet-v1 (timm DepthwiseSeparableConv) for 32x32: stride-1 stem, 1024 capped, 12 of 13 blocks."""
     _choice("mobilenet_v1", "depth", depth, _MOBILENET_V1_DEPTHS)
     stem = scaled(32, max_channels)
@@ -298,14 +341,24 @@ def mobilenet_v1(num_classes: int = 10, in_channels: int = 3, image_size: int = 
 
 # (expansion t, channels c, repeats n, stride s) as torchvision, with the CIFAR strides of
 # kuangliu/pytorch-cifar: the stem and the first 24-channel stage have stride 1 (last maps 4x4 at 32x32).
-_MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_MOBILENET_V2_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 _MOBILENET_V2_WIDTH_MULTS = (1.0, 1.4)  # torchvision/timm mobilenet_v2 (1.0) and timm's mobilenetv2_140
 
 
 def _mobilenet_v2_widths(width_mult: float, max_channels: int) -> tuple[int, list[tuple[int, int, int, int]], int]:
     """Stem width, [(t, c, n, s)] with c scaled, head width: torchvision's width rule, then ``scaled``."""
     stem = scaled(make_divisible(32 * width_mult, 8), max_channels)
-    settings = [(t, scaled(make_divisible(c * width_mult, 8), max_channels), n, s) for t, c, n, s in _MOBILENET_V2_SETTINGS]
+    settings = [
+        (t, scaled(make_divisible(c * width_mult, 8), max_channels), n, s) for t, c, n, s in _MOBILENET_V2_SETTINGS
+    ]
     head = scaled(make_divisible(1280 * max(1.0, width_mult), 8), max_channels)
     return stem, settings, head
 
@@ -316,8 +369,9 @@ def _mobilenet_v2_hidden(c_in: int, t: int, max_channels: int) -> int:
     return min(t * c_in, max_channels)
 
 
-def _mobilenet_v2_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                         width_mult: float = 1.4) -> int:
+def _mobilenet_v2_params(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, width_mult: float = 1.4
+) -> int:
     _choice("mobilenet_v2", "width_mult", width_mult, _MOBILENET_V2_WIDTH_MULTS)
     stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels)
     total = _conv_params(in_channels, stem, 3) + _bn_params(stem)
@@ -335,12 +389,20 @@ def _mobilenet_v2_params(num_classes: int = 10, in_channels: int = 3, image_size
 
 
 @register_model("mobilenet_v2", family="fixed", paper_name="MobileNet-v2", param_formula=_mobilenet_v2_params)
-def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                 width_mult: float = 1.4) -> nn.Module:
+def mobilenet_v2(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    width_mult: float = 1.4,
+) -> nn.Module:
     """MobileNet-v2 1.4 (torchvision InvertedResidual), CIFAR strides, every conv incl. expansions capped."""
     _choice("mobilenet_v2", "width_mult", width_mult, _MOBILENET_V2_WIDTH_MULTS)
     stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels)
-    layers: list[nn.Module] = [Conv2dNormActivation(in_channels, stem, kernel_size=3, stride=1, activation_layer=nn.ReLU6)]
+    layers: list[nn.Module] = [
+        Conv2dNormActivation(in_channels, stem, kernel_size=3, stride=1, activation_layer=nn.ReLU6)
+    ]
     c_in = stem
     for t, c, n, s in settings:
         for i in range(n):
@@ -359,13 +421,26 @@ def mobilenet_v2(num_classes: int = 10, in_channels: int = 3, image_size: int = 
 # SqueezeNet: torchvision Fire modules (SqueezeNet 1.1), stride-1 stem, conv10 capped, then an FC.
 
 # Fire(squeeze, expand1x1, expand3x3) of torchvision's squeezenet1_1, "M" = 3x3/2 ceil-mode max-pool.
-_SQUEEZENET_1_1 = ("M", (16, 64, 64), (16, 64, 64), "M", (32, 128, 128), (32, 128, 128), "M",
-                   (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256))
+_SQUEEZENET_1_1 = (
+    "M",
+    (16, 64, 64),
+    (16, 64, 64),
+    "M",
+    (32, 128, 128),
+    (32, 128, 128),
+    "M",
+    (48, 192, 192),
+    (48, 192, 192),
+    (64, 256, 256),
+    (64, 256, 256),
+)
 _SQUEEZENET_STEM = 64
 _SQUEEZENET_CONV10 = 1000  # ImageNet classes; capped at max_channels
 
 
-def _squeezenet_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512) -> int:
+def _squeezenet_params(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512
+) -> int:
     stem = scaled(_SQUEEZENET_STEM, max_channels)
     total = _conv_params(in_channels, stem, 3, bias=True)
     c_in = stem
@@ -373,7 +448,9 @@ def _squeezenet_params(num_classes: int = 10, in_channels: int = 3, image_size: 
         if item == "M":
             continue
         s, e1, e3 = (scaled(c, max_channels) for c in item)
-        total += _conv_params(c_in, s, 1, bias=True) + _conv_params(s, e1, 1, bias=True) + _conv_params(s, e3, 3, bias=True)
+        total += (
+            _conv_params(c_in, s, 1, bias=True) + _conv_params(s, e1, 1, bias=True) + _conv_params(s, e3, 3, bias=True)
+        )
         c_in = e1 + e3
     conv10 = scaled(_SQUEEZENET_CONV10, max_channels)
     return total + _conv_params(c_in, conv10, 1, bias=True) + _fc_params(conv10, num_classes)
@@ -387,7 +464,8 @@ def squeezenet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32
     stem = scaled(_SQUEEZENET_STEM, max_channels)
     layers: list[nn.Module] = [
         # torchvision 1.1: 3x3 stride 2, no padding -> 1x1 maps at 32x32; stride 1 with padding here.
-        nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1),
+        nn.ReLU(inplace=True),
     ]
     c_in = stem
     for item in _SQUEEZENET_1_1:

@@ -48,8 +48,6 @@ from puppet.layers import scaled
 SKIP_DEFAULTS = dict(blocks=(2, 3, 1, 2), gate="I")
 
 
-
-
 class FFGate(nn.Module):
     """SkipNet's feed-forward gate (Wang et al., ECCV 2018): conv features -> GAP -> 1x1 conv to
     2 logits (skip, execute). ``kind="I"``: maxpool 2, conv3x3, conv3x3 stride 2; ``kind="II"``:
@@ -59,7 +57,12 @@ class FFGate(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         if kind == "I":
-            layers += [nn.MaxPool2d(2, ceil_mode=True), conv3x3(channels, channels), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+            layers += [
+                nn.MaxPool2d(2, ceil_mode=True),
+                conv3x3(channels, channels),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
         elif kind != "II":
             raise ValueError(f"gate must be 'I' or 'II' (SkipNet's FFGate-I / FFGate-II), got {kind!r}")
         layers += [conv3x3(channels, channels, stride=2), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
@@ -100,7 +103,10 @@ class SkipNet(nn.Module):
         if not 0.0 <= target_rate <= 1.0:
             raise ValueError(f"target_rate is the wanted fraction of executed blocks, in [0, 1]; got {target_rate}")
         if gate_training not in ("gumbel", "sp_hrl"):
-            raise ValueError(f"gate_training must be 'gumbel' (straight-through Gumbel + target rate) or 'sp_hrl' (the paper's SP then hybrid RL), got {gate_training!r}")
+            raise ValueError(
+                "gate_training must be 'gumbel' (straight-through Gumbel + target rate) or 'sp_hrl' (the paper's SP "
+                f"then hybrid RL), got {gate_training!r}"
+            )
         self.gate_training, self.sp_steps = gate_training, int(sp_steps)
         self.hrl_alpha, self.rl_weight = float(hrl_alpha), float(rl_weight)
         check_tolerance(calib_tolerance)
@@ -123,7 +129,9 @@ class SkipNet(nn.Module):
             return "gumbel"
         return "sp" if int(self.train_steps) < self.sp_steps else "hrl"
 
-    def _train_forward(self, x: torch.Tensor, mode: str = "gumbel") -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _train_forward(
+        self, x: torch.Tensor, mode: str = "gumbel"
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Every block computed and mixed with its shortcut by a 0/1 gate g:
         gumbel: hard straight-through Gumbel-softmax; sp: hard p > 0.5 with the straight-through
         gradient of p (SkipNet's supervised pre-training); hrl: g ~ Bernoulli(p), no gradient
@@ -146,7 +154,9 @@ class SkipNet(nn.Module):
             shortcut = block.shortcut(h)
             h = m * F.relu(block.residual(h) + shortcut) + (1 - m) * shortcut
             gates.append(g)
-        run = torch.stack([torch.ones_like(gates[0])] + gates, 1) if gates else torch.ones(x.shape[0], 1, device=x.device)
+        run = (
+            torch.stack([torch.ones_like(gates[0])] + gates, 1) if gates else torch.ones(x.shape[0], 1, device=x.device)
+        )
         self._record(run.detach() > 0.5)
         return self.fc(h.mean((2, 3))), gates, log_probs
 
@@ -223,8 +233,11 @@ def _spread_paths(model: SkipNet, x: torch.Tensor) -> None:
     split_threshold(model.gate_threshold, F.softmax(model.gates[0](model.blocks[0](model.stem(x))), 1)[:, 1])
 
 
-@register_model("skipnet", family="adaptive_depth", paper_name="SkipNet", param_formula=skipnet_params,
-                spread_paths=_spread_paths)
-def skipnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> SkipNet:
+@register_model(
+    "skipnet", family="adaptive_depth", paper_name="SkipNet", param_formula=skipnet_params, spread_paths=_spread_paths
+)
+def skipnet(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> SkipNet:
     """SkipNet: ResNet (2,3,1,2 blocks) with FFGate-I skip gates, straight-through Gumbel training."""
     return SkipNet(num_classes, in_channels, max_channels, **kwargs)

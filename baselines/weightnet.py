@@ -41,12 +41,22 @@ class WeightNetConv2d(GeneratedConv2d):
     """One WeightNet conv: a = sigmoid(FC1(x_gap)) (r -> M C_out), W = grouped FC2(a)
     (G C_out groups, each M/G inputs -> C_in k^2 / G outputs, no bias)."""
 
-    def __init__(self, c_in: int, c_out: int, reduced: int, m: int, g: int, kernel_size: int = 3, stride: int = 1) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, reduced: int, m: int, g: int, kernel_size: int = 3, stride: int = 1
+    ) -> None:
         super().__init__()
         fan_in = c_in * kernel_size * kernel_size
         if m % g or fan_in % g:
             raise ValueError(f"WeightNet needs M % G == 0 and C_in*k*k % G == 0; got M={m}, G={g}, C_in*k*k={fan_in}")
-        self.c_in, self.c_out, self.k, self.stride, self.m, self.g, self.reduced = c_in, c_out, kernel_size, stride, m, g, reduced
+        self.c_in, self.c_out, self.k, self.stride, self.m, self.g, self.reduced = (
+            c_in,
+            c_out,
+            kernel_size,
+            stride,
+            m,
+            g,
+            reduced,
+        )
         self.fc1 = nn.Linear(reduced, m * c_out)
         # grouped FC2 as one weight per group: (groups, in per group, out per group); applied with bmm,
         # which both counters see (an einsum with M/G = 1 lowers to an uncounted element-wise mul)
@@ -103,7 +113,9 @@ class WeightNetResNet(AdaptiveParamsNet):
     def __init__(self, num_classes: int, in_channels: int, max_channels: int, m: int, g: int) -> None:
         super().__init__()
         c0 = scaled(RESNET18_STAGES[0][0], max_channels)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c0, 3, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True)
+        )
         blocks: list[nn.Module] = []
         c_prev = c0
         for width, n_blocks, stride in RESNET18_STAGES:
@@ -117,7 +129,9 @@ class WeightNetResNet(AdaptiveParamsNet):
 
     def generation_macs_per_sample(self) -> int:
         # each block's reduce FC (GAP -> r) is generation cost too: it only feeds the generators
-        reduce = sum(b.reduce.in_features * b.reduce.out_features for b in self.modules() if isinstance(b, WeightNetBasicBlock))
+        reduce = sum(
+            b.reduce.in_features * b.reduce.out_features for b in self.modules() if isinstance(b, WeightNetBasicBlock)
+        )
         return super().generation_macs_per_sample() + reduce
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,8 +139,14 @@ class WeightNetResNet(AdaptiveParamsNet):
         return self.classifier(gap(self.blocks(self.stem(x))))  # (B, num_classes)
 
 
-def _weightnet_params(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                      m: int = WEIGHTNET_M, g: int = WEIGHTNET_G) -> int:
+def _weightnet_params(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    m: int = WEIGHTNET_M,
+    g: int = WEIGHTNET_G,
+) -> int:
     c0 = scaled(64, max_channels)
     n = in_channels * c0 * 9 + bn_params(c0)
     for c_in, c_out, stride in resnet18_plan(max_channels):
@@ -141,7 +161,14 @@ def _weightnet_params(num_classes: int = 10, in_channels: int = 3, image_size: i
 
 
 @register_model("weightnet", family="adaptive_params", paper_name="WeightNet", param_formula=_weightnet_params)
-def weightnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-              m: int = WEIGHTNET_M, g: int = WEIGHTNET_G) -> WeightNetResNet:
+def weightnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    m: int = WEIGHTNET_M,
+    g: int = WEIGHTNET_G,
+) -> WeightNetResNet:
     """WeightNet (ECCV'20) in ResNet-18-CIFAR: GAP->FC->FC+sigmoid->grouped FC generates each block's 3x3 kernels."""
     return WeightNetResNet(num_classes, in_channels, max_channels, m, g)

@@ -62,27 +62,33 @@ def main() -> None:
             macs = count_macs(model, images[:1])
             with torch.inference_mode():
                 singles = [images[i][None] for i in range(len(images))]  # (1, C, H, W) each
-                calls = timing.time_calls(lambda x: model(x), singles, rounds=args.rounds, warmup=args.warmup)
+                calls = timing.time_calls(model, singles, rounds=args.rounds, warmup=args.warmup)
                 latency = timing.per_round(calls)
-                thr = timing.timed(lambda _: model(images), [0] * 5, rounds=args.rounds, warmup=1).scaled_inverse(len(images))
-            rows.append({
-                "model": name,
-                "max_channels": args.max_channels,
-                "path": path,
-                "depth_conv_layers": depth,
-                "macs": macs,
-                **latency.record("latency", "s_per_img"),
-                "latency_p90_s_per_img": timing.p90(calls),
-                **thr.record("throughput", "img_per_s"),
-                "throughput_batch": args.batch,
-                "rounds": args.rounds,
-                "threads": torch.get_num_threads(),
-                "device": f"cpu ({platform.processor() or platform.machine()})",
-                "torch_version": torch.__version__,
-            })
+                batched = timing.timed(lambda _, m=model: m(images), [0] * 5, rounds=args.rounds, warmup=1)
+                thr = batched.scaled_inverse(len(images))
+            rows.append(
+                {
+                    "model": name,
+                    "max_channels": args.max_channels,
+                    "path": path,
+                    "depth_conv_layers": depth,
+                    "macs": macs,
+                    **latency.record("latency", "s_per_img"),
+                    "latency_p90_s_per_img": timing.p90(calls),
+                    **thr.record("throughput", "img_per_s"),
+                    "throughput_batch": args.batch,
+                    "rounds": args.rounds,
+                    "threads": torch.get_num_threads(),
+                    "device": f"cpu ({platform.processor() or platform.machine()})",
+                    "torch_version": torch.__version__,
+                }
+            )
             r = rows[-1]
-            print(f"{name:10s} {path:5s} depth {depth:3d}  {macs / 1e6:8.2f} MMACs  "
-                  f"{latency.median * 1e3:7.3f} ms/img [{latency.low * 1e3:.3f}, {latency.high * 1e3:.3f}]  {r['throughput_img_per_s']:9.0f} img/s")
+            print(
+                f"{name:10s} {path:5s} depth {depth:3d}  {macs / 1e6:8.2f} MMACs  "
+                f"{latency.median * 1e3:7.3f} ms/img [{latency.low * 1e3:.3f}, {latency.high * 1e3:.3f}]  "
+                f"{r['throughput_img_per_s']:9.0f} img/s"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -88,11 +88,11 @@ import torch
 import torch.nn as nn
 
 from puppet.core.config import load_config, run_spec
-from puppet.core.specs import RunSpec
 from puppet.core.data import Batches, Splits, load_dataset, make_splits
 from puppet.core.io import atomic_write, atomic_write_csv, git_commit
 from puppet.core.memory import GIB, StepMemory, training_step_memory
 from puppet.core.registry import create_model, list_models, model_info
+from puppet.core.specs import RunSpec
 from puppet.core.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,16 +128,34 @@ def load_splits(path: Path) -> Splits:
     return make_splits(data, train_size=None, val_size=len(data.y_train) // 5, split_seed=0)
 
 
-def train_batches(splits: Splits, batch: int, device: torch.device, n: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(
+    splits: Splits, batch: int, device: torch.device, n: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n`` (default: all) full batches of epoch 0 as the harness shuffles them (seed 0), normalised."""
-    it = Batches(splits.x_train, splits.y_train, batch, splits.mean, splits.std, shuffle=True, seed=0, device=device, drop_last=True)
+    it = Batches(
+        splits.x_train,
+        splits.y_train,
+        batch,
+        splits.mean,
+        splits.std,
+        shuffle=True,
+        seed=0,
+        device=device,
+        drop_last=True,
+    )
     return itertools.islice(it.epoch(0), n)
 
 
 def build(name: str, spec: RunSpec, width: int, splits: Splits, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels, image_size=splits.image_size,
-                         max_channels=width, **spec.model_kwargs)
+    model = create_model(
+        name,
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        image_size=splits.image_size,
+        max_channels=width,
+        **spec.model_kwargs,
+    )
     if hasattr(model, "prepare"):  # complexity statistics of the real training images (Puppet models)
         prep = Batches(splits.x_train, splits.y_train, 512, splits.mean, splits.std)
         model.prepare(x for x, _ in prep)
@@ -169,11 +187,19 @@ def exact_before_bytes(name: str, spec: RunSpec, width: int, batch: int, splits:
     the CPU (foreach, not capturable); on the CPU grid they add 4 bytes per parameter tensor.
     """
     with torch.device("meta"):
-        model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                             image_size=splits.image_size, max_channels=width, **spec.model_kwargs)
+        model = create_model(
+            name,
+            num_classes=splits.num_classes,
+            in_channels=splits.in_channels,
+            image_size=splits.image_size,
+            max_channels=width,
+            **spec.model_kwargs,
+        )
     tensors = list(model.parameters()) + list(model.buffers())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    state = sum(t.numel() * t.element_size() for t in tensors) + 3 * sum(p.numel() * p.element_size() for p in trainable)
+    state = sum(t.numel() * t.element_size() for t in tensors) + 3 * sum(
+        p.numel() * p.element_size() for p in trainable
+    )
     pixels = splits.in_channels * splits.image_size**2
     return state + batch * (4 * pixels + 8), sum(p.numel() for p in trainable)
 
@@ -229,16 +255,22 @@ def saved_bytes_per_sample(name: str, spec: RunSpec, width: int, splits: Splits)
         for batch in (2, 4):  # the difference removes anything that does not scale with the batch
             torch.manual_seed(0)
             with torch.device(device):
-                model = create_model(name, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                                     image_size=splits.image_size, max_channels=width, **spec.model_kwargs)
+                model = create_model(
+                    name,
+                    num_classes=splits.num_classes,
+                    in_channels=splits.in_channels,
+                    image_size=splits.image_size,
+                    max_channels=width,
+                    **spec.model_kwargs,
+                )
             model.train()
             weights = {id(p.untyped_storage()) for p in model.parameters()}
             storages: dict[int, torch.UntypedStorage] = {}
 
             def pack(t: torch.Tensor) -> torch.Tensor:
                 st = t.untyped_storage()
-                if id(st) not in weights:
-                    storages[id(st)] = st  # kept alive: ids stay unique
+                if id(st) not in weights:  # noqa: B023 (called in this iteration)
+                    storages[id(st)] = st  # kept alive: ids stay unique  # noqa: B023 (called in this iteration)
                 return t
 
             x = torch.randn(batch, splits.in_channels, splits.image_size, splits.image_size, device=device)
@@ -293,9 +325,19 @@ class Point:
         return max(self.peaks.values())
 
 
-def measure(name: str, spec: RunSpec, splits: Splits, width: int, batch: int, device: torch.device,
-            amp_dtype: torch.dtype, saved: float | None, batch_index: int = 1) -> Point:
-    """The tracked (CPU) or allocator (CUDA) peak of one training step at (width, batch), on real batch ``batch_index``."""
+def measure(
+    name: str,
+    spec: RunSpec,
+    splits: Splits,
+    width: int,
+    batch: int,
+    device: torch.device,
+    amp_dtype: torch.dtype,
+    saved: float | None,
+    batch_index: int = 1,
+) -> Point:
+    """The tracked (CPU) or allocator (CUDA) peak of one training step at (width, batch), on real
+    batch ``batch_index``."""
     t0 = time.perf_counter()
     model = build(name, spec, width, splits, device)
     opt = optimizer_in_steady_state(model, spec, device)
@@ -376,7 +418,9 @@ def relative_errors(fit_points: list[Point], test_points: list[Point], terms: tu
 # --------------------------------------------------------------------------- one model
 
 
-def cpu_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dtype, validate: dict[str, list[int]]) -> list[dict]:
+def cpu_rows(
+    name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dtype, validate: dict[str, list[int]]
+) -> list[dict]:
     family = model_info(name).family
     width_t, batch_t = args.target_channels, args.target_batch
     cpu = torch.device("cpu")
@@ -387,16 +431,22 @@ def cpu_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dt
     for width, batch in itertools.product(args.widths, args.batches):
         point = measure(name, spec, splits, width, batch, cpu, amp_dtype, saved.get(width))
         points.append(point)
-        print(f"  {name:<22} w={width:<4} B={batch:<3} peak {point.peak / 2**20:9.1f} MiB "
-              f"(before {point.before / 2**20:8.1f}; fwd/bwd/step {'/'.join(f'{point.peaks[p] / 2**20:.1f}' for p in PHASES)}) "
-              f"D={point.r['D']} S={point.r['S']} N={point.r['N']} {point.seconds:.1f}s", file=sys.stderr)
+        print(
+            f"  {name:<22} w={width:<4} B={batch:<3} peak {point.peak / 2**20:9.1f} MiB "
+            f"(before {point.before / 2**20:8.1f}; fwd/bwd/step "
+            f"{'/'.join(f'{point.peaks[p] / 2**20:.1f}' for p in PHASES)}) "
+            f"D={point.r['D']} S={point.r['S']} N={point.r['N']} {point.seconds:.1f}s",
+            file=sys.stderr,
+        )
     # extrapolation check: a law fitted without the widest points predicts them; fit_rel_err on the
     # two largest batches there (nearest the target), fit_rel_err_widest on all of them
     widest = max(args.widths)
     fitted_without = [p for p in points if p.width != widest]
     held_out = [p for p in points if p.width == widest]
     largest_batches = sorted({p.batch for p in held_out})[-2:]
-    fit_rel, fit_rel_transient = relative_errors(fitted_without, [p for p in held_out if p.batch in largest_batches], terms)
+    fit_rel, fit_rel_transient = relative_errors(
+        fitted_without, [p for p in held_out if p.batch in largest_batches], terms
+    )
     fit_rel_widest, _ = relative_errors(fitted_without, held_out, terms)
     loo = max(relative_errors([q for q in points if q is not p], [p], terms)[0] for p in points)
     law = Law.fit(points, terms)
@@ -410,30 +460,72 @@ def cpu_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.dt
     peak = (before_t + transient) / GIB
     largest = max(points, key=lambda p: p.peak)
     common = {
-        "model": name, "family": family, "status": "ok", "error": "",
-        "amp_dtype": str(amp_dtype).replace("torch.", ""), "optimizer": spec.train.optimizer,
-        "fit_rel_err": fit_rel, "fit_rel_err_transient": fit_rel_transient, "fit_rel_err_widest": fit_rel_widest,
+        "model": name,
+        "family": family,
+        "status": "ok",
+        "error": "",
+        "amp_dtype": str(amp_dtype).replace("torch.", ""),
+        "optimizer": spec.train.optimizer,
+        "fit_rel_err": fit_rel,
+        "fit_rel_err_transient": fit_rel_transient,
+        "fit_rel_err_widest": fit_rel_widest,
         "loo_rel_err": loo,
-        "n_points": len(points), "grid_widths": " ".join(map(str, args.widths)), "grid_batches": " ".join(map(str, args.batches)),
-        "largest_point": f"w{largest.width}xB{largest.batch}", "largest_measured_gib": largest.peak / GIB,
-        "law_terms": " + ".join(terms), "law": law.describe(), "before_check_bytes": before_check,
+        "n_points": len(points),
+        "grid_widths": " ".join(map(str, args.widths)),
+        "grid_batches": " ".join(map(str, args.batches)),
+        "largest_point": f"w{largest.width}xB{largest.batch}",
+        "largest_measured_gib": largest.peak / GIB,
+        "law_terms": " + ".join(terms),
+        "law": law.describe(),
+        "before_check_bytes": before_check,
     }
-    rows = [{
-        **common, "method": "extrapolated_cpu", "batch_size": batch_t, "max_channels": width_t,
-        "peak_gib": peak, "peak_hi_gib": peak * (1 + fit_rel), "static_gib": before_t / GIB, "transient_gib": transient / GIB,
-        "dominant_term": dominant, "levels": comp["N"], "D": comp["D"], "S": comp["S"],
-        "batches_in_epoch": len(comps), "seconds": sum(p.seconds for p in points),
-    }]
+    rows = [
+        {
+            **common,
+            "method": "extrapolated_cpu",
+            "batch_size": batch_t,
+            "max_channels": width_t,
+            "peak_gib": peak,
+            "peak_hi_gib": peak * (1 + fit_rel),
+            "static_gib": before_t / GIB,
+            "transient_gib": transient / GIB,
+            "dominant_term": dominant,
+            "levels": comp["N"],
+            "D": comp["D"],
+            "S": comp["S"],
+            "batches_in_epoch": len(comps),
+            "seconds": sum(p.seconds for p in points),
+        }
+    ]
     for batch in validate.get(name, []):  # direct measurement at the target width: validates the extrapolation
         point = measure(name, spec, splits, width_t, batch, cpu, amp_dtype, saved.get(width_t))
-        pred, _ = law.transient(regressors(width_t, batch, params_t, {k: point.r[k] for k in ("D", "S", "N")}, saved.get(width_t)))
+        pred, _ = law.transient(
+            regressors(width_t, batch, params_t, {k: point.r[k] for k in ("D", "S", "N")}, saved.get(width_t))
+        )
         predicted = (exact_before_bytes(name, spec, width_t, batch, splits)[0] + pred) / GIB
-        rows.append({**common, "method": "measured_cpu", "batch_size": batch, "max_channels": width_t,
-                     "peak_gib": point.peak / GIB, "static_gib": point.before / GIB, "transient_gib": (point.peak - point.before) / GIB,
-                     "predicted_gib": predicted, "rel_err": predicted / (point.peak / GIB) - 1,
-                     "levels": point.r["N"], "D": point.r["D"], "S": point.r["S"], "seconds": point.seconds})
-        print(f"  {name:<22} validation w={width_t} B={batch}: measured {point.peak / GIB:.3f} GiB, law {predicted:.3f} GiB "
-              f"({predicted / (point.peak / GIB) - 1:+.1%}), {point.seconds:.0f}s", file=sys.stderr)
+        rows.append(
+            {
+                **common,
+                "method": "measured_cpu",
+                "batch_size": batch,
+                "max_channels": width_t,
+                "peak_gib": point.peak / GIB,
+                "static_gib": point.before / GIB,
+                "transient_gib": (point.peak - point.before) / GIB,
+                "predicted_gib": predicted,
+                "rel_err": predicted / (point.peak / GIB) - 1,
+                "levels": point.r["N"],
+                "D": point.r["D"],
+                "S": point.r["S"],
+                "seconds": point.seconds,
+            }
+        )
+        print(
+            f"  {name:<22} validation w={width_t} B={batch}: measured {point.peak / GIB:.3f} GiB, law {predicted:.3f} "
+            "GiB "
+            f"({predicted / (point.peak / GIB) - 1:+.1%}), {point.seconds:.0f}s",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -452,19 +544,38 @@ def cuda_rows(name: str, spec: RunSpec, splits: Splits, args, amp_dtype: torch.d
             worst = mem
         del x, y
     comp = composition(worst.stats, args.target_batch)
-    return [{"model": name, "family": model_info(name).family, "status": "ok", "error": "", "method": "measured_cuda",
-             "batch_size": args.target_batch, "max_channels": args.target_channels, "amp_dtype": str(amp_dtype).replace("torch.", ""),
-             "optimizer": spec.train.optimizer, "peak_gib": worst.peak_bytes / GIB, "peak_hi_gib": worst.peak_bytes / GIB,
-             "static_gib": worst.before_bytes / GIB, "transient_gib": (worst.peak_bytes - worst.before_bytes) / GIB,
-             "tracked_peak_gib": worst.tracked_peak_bytes / GIB, "fit_rel_err": 0.0, "n_points": steps,
-             "levels": comp["N"], "D": comp["D"], "S": comp["S"], "seconds": time.perf_counter() - t0}]
+    return [
+        {
+            "model": name,
+            "family": model_info(name).family,
+            "status": "ok",
+            "error": "",
+            "method": "measured_cuda",
+            "batch_size": args.target_batch,
+            "max_channels": args.target_channels,
+            "amp_dtype": str(amp_dtype).replace("torch.", ""),
+            "optimizer": spec.train.optimizer,
+            "peak_gib": worst.peak_bytes / GIB,
+            "peak_hi_gib": worst.peak_bytes / GIB,
+            "static_gib": worst.before_bytes / GIB,
+            "transient_gib": (worst.peak_bytes - worst.before_bytes) / GIB,
+            "tracked_peak_gib": worst.tracked_peak_bytes / GIB,
+            "fit_rel_err": 0.0,
+            "n_points": steps,
+            "levels": comp["N"],
+            "D": comp["D"],
+            "S": comp["S"],
+            "seconds": time.perf_counter() - t0,
+        }
+    ]
 
 
 # --------------------------------------------------------------------------- main
 
 
 def parse_validate(text: str, batch: int, names: list[str]) -> dict[str, list[int]]:
-    """"resnet,puppet_cnn:16" -> {"resnet": [batch], "puppet_cnn": [16]}; "all" (or "all:16") = every model measured."""
+    """``"resnet,puppet_cnn:16"`` -> ``{"resnet": [batch], "puppet_cnn": [16]}``; ``"all"`` (or
+    ``"all:16"``) = every model measured."""
     out: dict[str, list[int]] = {}
     for item in filter(None, text.split(",")):
         name, _, b = item.partition(":")
@@ -480,7 +591,9 @@ def figure(frame: pd.DataFrame, path: Path, margin: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = frame[frame["method"].isin(["extrapolated_cpu", "measured_cuda"]) & (frame["status"] == "ok")].sort_values("peak_gib")
+    rows = frame[frame["method"].isin(["extrapolated_cpu", "measured_cuda"]) & (frame["status"] == "ok")].sort_values(
+        "peak_gib"
+    )
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.4))
     colours = ["tab:green" if f else "tab:red" for f in rows["fits_24gb"]]
     err = (rows["peak_hi_gib"] - rows["peak_gib"]).clip(lower=0)
@@ -503,19 +616,40 @@ def figure(frame: pd.DataFrame, path: Path, margin: float) -> None:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "config" / "paper.yaml"), help="the profile whose train settings are measured")
+    parser.add_argument(
+        "--config", default=str(REPO / "config" / "paper.yaml"), help="the profile whose train settings are measured"
+    )
     parser.add_argument("--models", default="", help="comma list (default: every registered model)")
-    parser.add_argument("--widths", default="32,48,64,96,128", help="CPU grid: max_channels values (>= 32 keeps every stage width proportional)")
+    parser.add_argument(
+        "--widths",
+        default="32,48,64,96,128",
+        help="CPU grid: max_channels values (>= 32 keeps every stage width proportional)",
+    )
     parser.add_argument("--batches", default="4,8,16,32,64", help="CPU grid: batch sizes")
-    parser.add_argument("--validate", default="", help="measure these directly on CPU at the target width: name or name:batch "
-                        "(default batch: the target's), comma list; 'all' for every model")
-    parser.add_argument("--margin-gib", type=float, default=2.0, help="GiB kept free for what the counts do not see (fits_24gb)")
-    parser.add_argument("--gpu-steps", type=int, default=None, help="CUDA: steps measured, on consecutive batches of epoch 0 "
-                        "(default: all of them, as the CPU rows take the epoch's worst batch); the worst is reported")
+    parser.add_argument(
+        "--validate",
+        default="",
+        help="measure these directly on CPU at the target width: name or name:batch "
+        "(default batch: the target's), comma list; 'all' for every model",
+    )
+    parser.add_argument(
+        "--margin-gib", type=float, default=2.0, help="GiB kept free for what the counts do not see (fits_24gb)"
+    )
+    parser.add_argument(
+        "--gpu-steps",
+        type=int,
+        default=None,
+        help="CUDA: steps measured, on consecutive batches of epoch 0 "
+        "(default: all of them, as the CPU rows take the epoch's worst batch); the worst is reported",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 .npz (shared/data/README.md format)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
-                        help="torch threads (1: memory does not depend on it, and 2 threads on a busy 2-core machine crawl)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+        help="torch threads (1: memory does not depend on it, and 2 threads on a busy 2-core machine crawl)",
+    )
     parser.add_argument("--out", default=str(REPO / "results" / "bench" / "paper_memory.csv"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -528,7 +662,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for n in names:
         model_info(n)  # unknown names fail here, with the list of valid ones
     validate = parse_validate(args.validate, args.target_batch, names)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as puppet.core.train does: its workspaces are part of the real peak
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -542,8 +680,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         amp_dtype = None
     splits = load_splits(Path(args.data))
     gc.freeze()  # ~0.4 M long-lived objects (config schema, data, libraries): no gen-2 collection rescans them
-    print(f"{label}, {args.threads} threads; target batch {args.target_batch}, {args.target_channels} channels, "
-          f"{amp_dtype} autocast; {len(names)} models", file=sys.stderr)
+    print(
+        f"{label}, {args.threads} threads; target batch {args.target_batch}, {args.target_channels} channels, "
+        f"{amp_dtype} autocast; {len(names)} models",
+        file=sys.stderr,
+    )
 
     rows, t_start = [], time.perf_counter()
     for name in names:
@@ -560,31 +701,66 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 message = f"out of memory on {label}: does not fit ({message[:200]})"
             print(f"  {name}: FAILED {message}", file=sys.stderr)
-            rows.append({"model": name, "family": model_info(name).family, "status": "error", "error": message,
-                         "method": "measured_cuda" if device.type == "cuda" else "extrapolated_cpu",
-                         "batch_size": args.target_batch, "max_channels": args.target_channels})
+            rows.append(
+                {
+                    "model": name,
+                    "family": model_info(name).family,
+                    "status": "error",
+                    "error": message,
+                    "method": "measured_cuda" if device.type == "cuda" else "extrapolated_cpu",
+                    "batch_size": args.target_batch,
+                    "max_channels": args.target_channels,
+                }
+            )
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     frame = pd.DataFrame(rows)
     headline = frame["method"].isin(["extrapolated_cpu", "measured_cuda"])
     frame["margin_gib"] = args.margin_gib
-    frame["fits_24gb"] = (frame["peak_hi_gib"] + args.margin_gib <= CARD_GIB).where(headline & (frame["status"] == "ok"))
+    frame["fits_24gb"] = (frame["peak_hi_gib"] + args.margin_gib <= CARD_GIB).where(
+        headline & (frame["status"] == "ok")
+    )
     if "error" in frame:  # out of memory on a card larger than 24 GB: it does not fit
         frame.loc[headline & frame["error"].fillna("").str.startswith("out of memory"), "fits_24gb"] = False
     frame["device"], frame["threads"] = label, torch.get_num_threads()
     frame["torch_version"], frame["git_commit"] = torch.__version__, git_commit()
     frame["bench_seconds"] = time.perf_counter() - t_start
-    first = ["model", "family", "method", "status", "batch_size", "max_channels", "amp_dtype", "peak_gib", "peak_hi_gib",
-             "fits_24gb", "fit_rel_err", "fit_rel_err_widest", "loo_rel_err", "n_points", "largest_point", "largest_measured_gib", "dominant_term",
-             "static_gib", "transient_gib", "predicted_gib", "rel_err", "levels", "D", "S"]
+    first = [
+        "model",
+        "family",
+        "method",
+        "status",
+        "batch_size",
+        "max_channels",
+        "amp_dtype",
+        "peak_gib",
+        "peak_hi_gib",
+        "fits_24gb",
+        "fit_rel_err",
+        "fit_rel_err_widest",
+        "loo_rel_err",
+        "n_points",
+        "largest_point",
+        "largest_measured_gib",
+        "dominant_term",
+        "static_gib",
+        "transient_gib",
+        "predicted_gib",
+        "rel_err",
+        "levels",
+        "D",
+        "S",
+    ]
     frame = frame[[c for c in first if c in frame] + [c for c in frame if c not in first]]
     out = Path(args.out)
     atomic_write_csv(frame, out)
     if headline.any() and (frame["status"] == "ok").any():
         figure(frame, out.with_suffix(".png"), args.margin_gib)
     print(f"wrote {out} ({time.perf_counter() - t_start:.0f}s)", file=sys.stderr)
-    shown = frame[headline][[c for c in ("model", "peak_gib", "fits_24gb", "fit_rel_err", "dominant_term") if c in frame]]
+    shown = frame[headline][
+        [c for c in ("model", "peak_gib", "fits_24gb", "fit_rel_err", "dominant_term") if c in frame]
+    ]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"), file=sys.stderr)
     return frame
 

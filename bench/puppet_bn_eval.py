@@ -99,8 +99,9 @@ def bn_eval(run_dir: Path, label: str, reestimate: bool = False) -> dict:
     model.load_state_dict(state["model"])  # a checkpoint with one statistic per slot loads too
     test = Batches(splits.x_test, splits.y_test, spec.train.eval_batch_size, splits.mean, splits.std)
     if reestimate:  # same weights, statistics gathered anew from the training split by this code's BN
-        _reestimate_statistics(model, Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size,
-                                              splits.mean, splits.std))
+        _reestimate_statistics(
+            model, Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size, splits.mean, splits.std)
+        )
     eval_mode = evaluate(model, test)
     batch_stats = _batch_stats_accuracy(copy.deepcopy(model), test)
     ratios = torch.tensor(_variance_ratios(model, test))
@@ -130,12 +131,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--label", action="append", default=[], help="one per run dir (default: the dir name)")
-    parser.add_argument("--reestimate", action="store_true",
-                        help="also re-estimate the BN statistics of each run on its training split with this code's BN "
-                             "(per depth since DepthBatchNorm2d): the same weights with the new statistics")
+    parser.add_argument(
+        "--reestimate",
+        action="store_true",
+        help="also re-estimate the BN statistics of each run on its training split with this code's BN "
+        "(per depth since DepthBatchNorm2d): the same weights with the new statistics",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench/puppet_bn_eval.csv"))
     args = parser.parse_args()
-    labels = args.label + [d.name for d in args.run_dirs[len(args.label):]]
+    labels = args.label + [d.name for d in args.run_dirs[len(args.label) :]]
     rows = [bn_eval(d, label) for d, label in zip(args.run_dirs, labels)]
     if args.reestimate:
         rows += [bn_eval(d, label, reestimate=True) for d, label in zip(args.run_dirs, labels)]

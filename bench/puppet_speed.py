@@ -97,10 +97,12 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
     rows = []
     rounds, warmup = args.rounds, 2
     # batch 1: precomputed against the same-plan fixed CNN, and on the fly against precomputed
-    same = timing.compare(puppet("precomputed"), lambda i: fixed[levels[i]](images[i]), idx,
-                          rounds=rounds, warmup=warmup, device=device)
-    fly = timing.compare(puppet("on_the_fly"), puppet("precomputed"), idx,
-                         rounds=args.fly_rounds, warmup=1, device=device)
+    same = timing.compare(
+        puppet("precomputed"), lambda i: fixed[levels[i]](images[i]), idx, rounds=rounds, warmup=warmup, device=device
+    )
+    fly = timing.compare(
+        puppet("on_the_fly"), puppet("precomputed"), idx, rounds=args.fly_rounds, warmup=1, device=device
+    )
     complexity = timing.timed(lambda i: image_complexity(images[i]), idx, rounds=rounds, warmup=warmup, device=device)
     model.set_inference("on_the_fly")
     gen = _generation_seconds(model, images[0], args, device)
@@ -108,9 +110,18 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
     kernels_mb = model.precomputed_kernel_bytes() / 1e6
     common = {"batch": 1, "depth_mean": depth_mean, "levels_seen": len(fixed)}
     rows.append(_row("on the fly", fly.a, **common, generation_share=gen.median / fly.a.median, rounds=args.fly_rounds))
-    rows.append(_row("precomputed", same.a, **common, **_ratio("ratio_vs_fixed", same.ratio),
-                     **_ratio("speedup_vs_on_the_fly", fly.ratio), kernels_mb=kernels_mb,
-                     complexity_share=complexity.median / same.a.median, rounds=rounds))
+    rows.append(
+        _row(
+            "precomputed",
+            same.a,
+            **common,
+            **_ratio("ratio_vs_fixed", same.ratio),
+            **_ratio("speedup_vs_on_the_fly", fly.ratio),
+            kernels_mb=kernels_mb,
+            complexity_share=complexity.median / same.a.median,
+            rounds=rounds,
+        )
+    )
     rows.append(_row("fixed CNN, same plan", same.b, **common, rounds=rounds))
     rows.append(_row("complexity measure alone", complexity, **common, rounds=rounds))
     if args.compile_complexity:  # experiment: the complexity measure fused by torch.compile
@@ -119,10 +130,23 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
         if model.level_index(x_test[: len(images)]).tolist() != levels:
             print("  compiled complexity measure gives other levels: skipped", file=sys.stderr)
         else:
-            comp = timing.compare(lambda i: model(images[i]), lambda i: fixed[levels[i]](images[i]), idx,
-                                  rounds=rounds, warmup=warmup, device=device)
-            rows.append(_row("precomputed, compiled complexity measure", comp.a, **common,
-                             **_ratio("ratio_vs_fixed", comp.ratio), rounds=rounds))
+            comp = timing.compare(
+                lambda i: model(images[i]),
+                lambda i: fixed[levels[i]](images[i]),
+                idx,
+                rounds=rounds,
+                warmup=warmup,
+                device=device,
+            )
+            rows.append(
+                _row(
+                    "precomputed, compiled complexity measure",
+                    comp.a,
+                    **common,
+                    **_ratio("ratio_vs_fixed", comp.ratio),
+                    rounds=rounds,
+                )
+            )
         model.complexity_fn = image_complexity
 
     # throughput at --batch: precomputed against the same-plan fixed CNN split by depth
@@ -133,22 +157,60 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
     for d in sorted({model._deployed[q][0] for q in qb.tolist()}):
         members = [i for i, q in enumerate(qb.tolist()) if model._deployed[q][0] == d]
         groups.append((model.fixed_cnn(qb[members[0]].item()), xb[members]))
-    thr = timing.compare(lambda _: model(xb), lambda _: [f(x) for f, x in groups], [0] * args.iters,
-                         rounds=rounds, warmup=warmup, device=device)
+    thr = timing.compare(
+        lambda _: model(xb),
+        lambda _: [f(x) for f, x in groups],
+        [0] * args.iters,
+        rounds=rounds,
+        warmup=warmup,
+        device=device,
+    )
     b = len(xb)
-    rows.append(_row("precomputed", None, batch=b, **_ratio("ratio_vs_fixed", thr.ratio), rounds=rounds,
-                     **thr.a.scaled_inverse(b).record("throughput", "img_per_s")))
-    rows.append(_row("fixed CNN, same plan", None, batch=b, rounds=rounds,
-                     **thr.b.scaled_inverse(b).record("throughput", "img_per_s")))
+    rows.append(
+        _row(
+            "precomputed",
+            None,
+            batch=b,
+            **_ratio("ratio_vs_fixed", thr.ratio),
+            rounds=rounds,
+            **thr.a.scaled_inverse(b).record("throughput", "img_per_s"),
+        )
+    )
+    rows.append(
+        _row(
+            "fixed CNN, same plan",
+            None,
+            batch=b,
+            rounds=rounds,
+            **thr.b.scaled_inverse(b).record("throughput", "img_per_s"),
+        )
+    )
     if not args.skip_on_the_fly_throughput:
         model.set_inference("on_the_fly")
         est = timing.timed(lambda _: model(xb), [0], rounds=args.fly_rounds, warmup=1, device=device)
         gen_b = _generation_seconds(model, xb, args, device)
-        rows.append(_row("on the fly", None, batch=b, rounds=args.fly_rounds, generation_share=gen_b.median / est.median,
-                         **est.scaled_inverse(b).record("throughput", "img_per_s")))
+        rows.append(
+            _row(
+                "on the fly",
+                None,
+                batch=b,
+                rounds=args.fly_rounds,
+                generation_share=gen_b.median / est.median,
+                **est.scaled_inverse(b).record("throughput", "img_per_s"),
+            )
+        )
     for r in rows:
-        shown = f"{r['latency_s_per_img'] * 1e3:8.3f} ms/img" if "latency_s_per_img" in r else f"{r['throughput_img_per_s']:9.1f} img/s"
-        ratio = f"  x{r['ratio_vs_fixed']:.3f} [{r['ratio_vs_fixed_ci_low']:.3f}, {r['ratio_vs_fixed_ci_high']:.3f}] vs fixed" if "ratio_vs_fixed" in r else ""
+        shown = (
+            f"{r['latency_s_per_img'] * 1e3:8.3f} ms/img"
+            if "latency_s_per_img" in r
+            else f"{r['throughput_img_per_s']:9.1f} img/s"
+        )
+        ratio = (
+            f"  x{r['ratio_vs_fixed']:.3f} [{r['ratio_vs_fixed_ci_low']:.3f}, {r['ratio_vs_fixed_ci_high']:.3f}] vs "
+            "fixed"
+            if "ratio_vs_fixed" in r
+            else ""
+        )
         print(f"  width {width:4d} batch {r['batch']:4d} {r['variant']:<26} {shown}{ratio}", file=sys.stderr)
     return [{"max_channels": width, **r} for r in rows]
 
@@ -163,12 +225,23 @@ def bench_conv_impls(device: torch.device, width: int, args, x_train, x_test) ->
         model = create_model("puppet_cnn", max_channels=width, complexity_levels=0, conv_impl=impl)
         model.prepare([x_train])
         model = model.to(device).eval()
-        times[impl] = timing.timed(lambda _: model(xb), [0], rounds=args.fly_rounds, warmup=1, device=device)
-    rows = [{"max_channels": width, "batch": len(xb), "variant": f"continuous complexity: {impl} conv",
-             "rounds": args.fly_rounds, "speedup_vs_loop": times["loop"].median / est.median,
-             **est.scaled_inverse(len(xb)).record("throughput", "img_per_s")} for impl, est in times.items()]
-    print("  continuous complexity, whole forward vs loop: "
-          + ", ".join(f"{i} {times['loop'].median / t.median:.2f}x" for i, t in times.items()), file=sys.stderr)
+        times[impl] = timing.timed(lambda _: model(xb), [0], rounds=args.fly_rounds, warmup=1, device=device)  # noqa: B023 (called in this iteration)
+    rows = [
+        {
+            "max_channels": width,
+            "batch": len(xb),
+            "variant": f"continuous complexity: {impl} conv",
+            "rounds": args.fly_rounds,
+            "speedup_vs_loop": times["loop"].median / est.median,
+            **est.scaled_inverse(len(xb)).record("throughput", "img_per_s"),
+        }
+        for impl, est in times.items()
+    ]
+    print(
+        "  continuous complexity, whole forward vs loop: "
+        + ", ".join(f"{i} {times['loop'].median / t.median:.2f}x" for i, t in times.items()),
+        file=sys.stderr,
+    )
     return rows
 
 
@@ -181,7 +254,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--iters", type=int, default=2, help="batched forwards per throughput round")
     parser.add_argument("--latency-images", type=int, default=20, help="batch-1 images per round")
     parser.add_argument("--skip-on-the-fly-throughput", action="store_true", help="(slow at width 512 on a CPU)")
-    parser.add_argument("--compile-complexity", action="store_true", help="also time the complexity measure under torch.compile")
+    parser.add_argument(
+        "--compile-complexity", action="store_true", help="also time the complexity measure under torch.compile"
+    )
     parser.add_argument("--conv-impls-width", type=int, default=32, help="width of the conv_impl comparison (0: skip)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--devices", default="auto", help="'auto' (cpu, + cuda if available) or a comma list")
@@ -191,24 +266,43 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     torch.set_num_threads(args.threads)
 
     x_train, x_test, data_label = _images(args.data_source, 512, max(args.batch, args.latency_images))
-    devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else [])) if args.devices == "auto" else args.devices.split(",")
+    devices = (
+        (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        if args.devices == "auto"
+        else args.devices.split(",")
+    )
     rows = []
     for name in devices:
         device = torch.device(name)
-        label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+        label = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()})"
+        )
         print(f"{label}, {torch.get_num_threads()} threads, {data_label}", file=sys.stderr)
         found = []
         for width in [int(w) for w in args.widths.split(",")]:
             found += bench_width(device, width, args, x_train, x_test)
         if args.conv_impls_width:
             found += bench_conv_impls(device, args.conv_impls_width, args, x_train, x_test)
-        rows += [{"device": label, "device_type": device.type, "threads": torch.get_num_threads(),
-                  "torch_version": torch.__version__, "data": data_label, **r} for r in found]
+        rows += [
+            {
+                "device": label,
+                "device_type": device.type,
+                "threads": torch.get_num_threads(),
+                "torch_version": torch.__version__,
+                "data": data_label,
+                **r,
+            }
+            for r in found
+        ]
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     if out.is_file():  # keep the rows of other devices and widths (a GPU run is not lost to a CPU rerun)
         old = pd.read_csv(out)
-        replaced = old.set_index(["device", "max_channels"]).index.isin(frame.set_index(["device", "max_channels"]).index)
+        replaced = old.set_index(["device", "max_channels"]).index.isin(
+            frame.set_index(["device", "max_channels"]).index
+        )
         frame = pd.concat([old[~replaced], frame], ignore_index=True)
     atomic_write_csv(frame, out)  # a crash never leaves a half-written CSV
     plot(frame, out.with_suffix(".png"))
@@ -238,8 +332,15 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
             ax.bar(xs, ms, width=0.25, color=colour, yerr=err, capsize=2, label=variant)
             if variant == "precomputed":
                 for x, (_, r) in zip(xs, v.iterrows()):
-                    ax.annotate(f"{r['ratio_vs_fixed']:.2f}x", (x, r["latency_s_per_img"] * 1e3), ha="center",
-                                va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+                    ax.annotate(
+                        f"{r['ratio_vs_fixed']:.2f}x",
+                        (x, r["latency_s_per_img"] * 1e3),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        xytext=(0, 2),
+                        textcoords="offset points",
+                    )
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -250,8 +351,11 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
         threads = int(d["threads"].iloc[0])
         ax.set_title(f"{device}" + (f", {threads} threads" if d["device_type"].iloc[0] == "cpu" else ""), fontsize=9)
     axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("Puppet-CNN at batch 1: kernels on the fly, precomputed, and the same-plan fixed CNN\n"
-                 "(label: precomputed / fixed, median of interleaved per-round ratios)", fontsize=8)
+    fig.suptitle(
+        "Puppet-CNN at batch 1: kernels on the fly, precomputed, and the same-plan fixed CNN\n"
+        "(label: precomputed / fixed, median of interleaved per-round ratios)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -1,15 +1,15 @@
 """Command line: the small interface the Snakemake rules call (``python -m puppet ...``).
 
-    python -m puppet train   --spec JSON --out-dir DIR [--time-limit-min M]   # -> DIR/train.json, model.pt
-                                                        # (exit 75: paused by the limit, rerun to resume)
-    python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
-    python -m puppet collate --runs A/train.json ... --out results/metrics.csv
-    python -m puppet tables  --metrics results/metrics.csv --out-dir results
-    python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
-    python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
-    python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
-    python -m puppet validate --configfile config/config.yaml   # check a config and its data, print each run's state
-    python -m puppet models                                     # list registered models
+python -m puppet train   --spec JSON --out-dir DIR [--time-limit-min M]   # -> DIR/train.json, model.pt
+                                                    # (exit 75: paused by the limit, rerun to resume)
+python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
+python -m puppet collate --runs A/train.json ... --out results/metrics.csv
+python -m puppet tables  --metrics results/metrics.csv --out-dir results
+python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
+python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
+python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
+python -m puppet validate --configfile config/config.yaml   # check a config and its data, print each run's state
+python -m puppet models                                     # list registered models
 """
 
 from __future__ import annotations
@@ -73,8 +73,16 @@ def _publish(args: argparse.Namespace) -> int:
     from puppet.report.publish import PublishError, publish  # pandas: not imported for train jobs
 
     try:
-        print(publish(args.results, args.name, args.run_command, args.timing,
-                      merge=args.merge, allow_config_change=args.allow_config_change))
+        print(
+            publish(
+                args.results,
+                args.name,
+                args.run_command,
+                args.timing,
+                merge=args.merge,
+                allow_config_change=args.allow_config_change,
+            )
+        )
     except PublishError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -90,13 +98,16 @@ def _validate(args: argparse.Namespace) -> int:
     warnings = preflight(config)  # raises DataError on the first bad data source
     print(f"config OK: profile {config['profile']}, {len(runs)} runs; data sources checked")
     if config["device"] == "cuda" and not torch.cuda.is_available():
-        warnings.append("device: cuda but no CUDA device is visible here; every run will fail on this machine "
-                        "(fine on a login node whose jobs run on GPU nodes)")
+        warnings.append(
+            "device: cuda but no CUDA device is visible here; every run will fail on this machine "
+            "(fine on a login node whose jobs run on GPU nodes)"
+        )
     for warning in warnings:
         print(f"warning: {warning}")
     for dataset, model, seed in runs:
-        path = run_dir(args.results, config["profile"], dataset, model, seed,
-                       run_spec(config, dataset, model, seed).hash)
+        path = run_dir(
+            args.results, config["profile"], dataset, model, seed, run_spec(config, dataset, model, seed).hash
+        )
         print(f"  {dataset:14s} {model:24s} seed {seed}  {inspect_run(path).describe():24s} {path}")
     return 0
 
@@ -111,8 +122,9 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m puppet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m puppet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -123,15 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", _train, "train one run")
     p.add_argument("--spec", required=True, help="run spec as JSON (puppet.core.specs.RunSpec.to_dict)")
     p.add_argument("--out-dir", required=True, type=Path)
-    p.add_argument("--time-limit-min", type=float, default=None,
-                   help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
-                        "exit code 75); rerun to resume. Snakemake passes train.time_limit_min")
+    p.add_argument(
+        "--time-limit-min",
+        type=float,
+        default=None,
+        help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
+        "exit code 75); rerun to resume. Snakemake passes train.time_limit_min",
+    )
     p = command("measure", _measure, "measure a trained run")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
     p = command("collate", _collate, "collect runs into results/metrics.csv")
-    p.add_argument("--runs", nargs="+", required=True, type=Path,
-                   help="train.json files (measure.json is read beside each)")
+    p.add_argument(
+        "--runs", nargs="+", required=True, type=Path, help="train.json files (measure.json is read beside each)"
+    )
     p.add_argument("--out", required=True, type=Path)
     p = command("tables", _tables, "paper-layout tables and tables.md from metrics.csv")
     p.add_argument("--metrics", required=True, type=Path)
@@ -144,16 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-command", required=True, help="the command that produced the results")
     p.add_argument("--timing", default="", help="measured wall-clock, free text")
     p.add_argument("--results", default=Path("results"), type=Path)
-    p.add_argument("--merge", action="store_true",
-                   help="add the rows of results/metrics.csv to the existing snapshot NAME (a row of the same "
-                        "profile, dataset, model and seed is replaced) and rebuild its tables and figures")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="with --merge: let a row replace one of the same run whose config_hash differs")
-    p = command("validate", _validate,
-                "validate config files and their data sources; print each run, its state and folder")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the rows of results/metrics.csv to the existing snapshot NAME (a row of the same "
+        "profile, dataset, model and seed is replaced) and rebuild its tables and figures",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --merge: let a row replace one of the same run whose config_hash differs",
+    )
+    p = command(
+        "validate", _validate, "validate config files and their data sources; print each run, its state and folder"
+    )
     p.add_argument("--configfile", nargs="+", required=True)
-    p.add_argument("--results", default=Path("results"), type=Path,
-                   help="where the runs' folders are (default: results)")
+    p.add_argument(
+        "--results", default=Path("results"), type=Path, help="where the runs' folders are (default: results)"
+    )
     command("models", _models, "list registered models")
     return parser
 

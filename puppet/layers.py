@@ -35,7 +35,10 @@ def batched_conv2d(
         x.reshape(1, b * c_in, h, w),
         weight.reshape(b * c_out, *weight.shape[2:]),  # (B*C_out, C_in/groups, k, k)
         None if bias is None else bias.reshape(b * c_out),
-        stride=stride, padding=padding, dilation=dilation, groups=b * groups,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=b * groups,
     )
     return out.reshape(b, c_out, *out.shape[-2:])  # (B, C_out, H', W')
 

@@ -21,8 +21,8 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from puppet.core.data import load_npz
-from puppet.models.complexity import image_complexity
 from puppet.core.train import compute_loss
+from puppet.models.complexity import image_complexity
 
 # --------------------------------------------------------------------------- real images
 
@@ -79,8 +79,18 @@ def loss_and_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple
 # (torch.index_copy, Tensor.index_copy, Tensor.index_copy_, ...).
 STRICT_OPS = frozenset(
     name
-    for base in ("index_copy", "index_put", "index_add", "index_reduce", "scatter", "scatter_add",
-                 "scatter_reduce", "masked_scatter", "put", "lerp")
+    for base in (
+        "index_copy",
+        "index_put",
+        "index_add",
+        "index_reduce",
+        "scatter",
+        "scatter_add",
+        "scatter_reduce",
+        "masked_scatter",
+        "put",
+        "lerp",
+    )
     for name in (base, base + "_")
 )
 

@@ -17,8 +17,8 @@ from baselines.weightnet import WeightNetConv2d
 from puppet import create_model
 from puppet.core.data import load_dataset
 from puppet.core.measure import param_size_mb, stored_param_count
-from puppet.layers import per_sample_conv2d_loop
 from puppet.core.registry import model_info
+from puppet.layers import per_sample_conv2d_loop
 
 NAMES = ("dfn", "weightnet", "ddfn_sw")
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=32)
@@ -93,7 +93,9 @@ def test_paper_scale_size_closest_to_table1(name):
     ours = param_size_mb(info.param_formula(max_channels=512))
     for value in neighbours:
         other = param_size_mb(info.param_formula(max_channels=512, **_knob_kwargs(name, value)))
-        assert abs(ours - paper) < abs(other - paper), f"{name}: {value} gives {other:.2f} MB, closer to {paper} than {ours:.2f}"
+        assert abs(ours - paper) < abs(other - paper), (
+            f"{name}: {value} gives {other:.2f} MB, closer to {paper} than {ours:.2f}"
+        )
     assert abs(ours - paper) / paper < 0.025, f"{name}: ours {ours:.2f} MB vs paper {paper} MB"
     model = create_model(name, max_channels=512, **_knob_kwargs(name, chosen))
     stored = stored_param_count(model)
@@ -101,7 +103,9 @@ def test_paper_scale_size_closest_to_table1(name):
     print(f"{name}: {stored} params = {param_size_mb(stored):.2f} MB (paper {paper} MB)")
 
 
-@pytest.mark.parametrize("name,kwargs", [("dfn", {"hidden": 3}), ("weightnet", {"m": 4, "g": 2}), ("ddfn_sw", {"channel_hidden_ratio": 0.2})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("dfn", {"hidden": 3}), ("weightnet", {"m": 4, "g": 2}), ("ddfn_sw", {"channel_hidden_ratio": 0.2})]
+)
 def test_knob_changes_size_as_formula_says(name, kwargs):
     info = model_info(name)
     model = create_model(name, **SMALL, **kwargs)
@@ -191,8 +195,6 @@ def test_ddf_filters_are_normalised_and_spatial_branch_is_the_averaged_official_
         spatial = kernels / cf  # (B, C, k^2), each row the sample's spatial filter
     torch.testing.assert_close(spatial, spatial[:, :1].expand_as(spatial), rtol=1e-3, atol=1e-4)
     assert (spatial[0, 0] - spatial[1, 0]).abs().max() > 1e-3  # and it differs per sample
-
-
 
 
 @pytest.mark.parametrize("name", NAMES)

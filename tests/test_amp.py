@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_checks import CudaAutocastDtypeCheck, MixedDtypeError, loss_and_logits, prepare_if_needed, real_cifar10_batch
+
 from puppet import create_model, list_models, model_info
 
 MODELS = list_models()
@@ -27,6 +27,7 @@ BATCH = 12
 
 def _dtype_id(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
 
 # Models whose batch must split into several depths for the test to reach their conditional code:
 # every adaptive-depth baseline (in eval) and Puppet-CNN (in training and eval).
@@ -49,7 +50,9 @@ def _autocast(dtype: torch.dtype):
 
 
 def test_depth_adaptive_models_are_registered():
-    assert DEPTH_ADAPTIVE <= set(MODELS), f"DEPTH_ADAPTIVE names unregistered models: {sorted(DEPTH_ADAPTIVE - set(MODELS))}"
+    assert DEPTH_ADAPTIVE <= set(MODELS), (
+        f"DEPTH_ADAPTIVE names unregistered models: {sorted(DEPTH_ADAPTIVE - set(MODELS))}"
+    )
 
 
 def test_cpu_autocast_hides_the_mixed_index_copy_that_the_check_catches():
@@ -120,10 +123,16 @@ def test_check_leaves_promoting_and_basic_indexing_ops_alone():
 def _threshold_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     """The buffers ``calibrate`` sets (BranchyNet ``thresholds``, SkipNet ``gate_threshold``, DRNN
     ``halt_threshold``), found by name so that a new model following the convention is covered."""
-    return [b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1].endswith(("threshold", "thresholds")) and b.is_floating_point()]
+    return [
+        b
+        for n, b in model.named_buffers()
+        if n.rsplit(".", 1)[-1].endswith(("threshold", "thresholds")) and b.is_floating_point()
+    ]
 
 
-def _split_the_batch(run, thresholds: list[torch.Tensor], lo: float = -1.0, hi: float = 10.0, steps: int = 30) -> torch.Tensor:
+def _split_the_batch(
+    run, thresholds: list[torch.Tensor], lo: float = -1.0, hi: float = 10.0, steps: int = 30
+) -> torch.Tensor:
     """Bisect one value for all threshold buffers until an eval forward (``run()`` -> per-sample
     depth) sees several depths. Entropies (BranchyNet) and probabilities (SkipNet, DRNN) lie in
     [0, 10], so ``lo`` and ``hi`` give the full and the shortest path; every criterion is monotone
@@ -169,9 +178,13 @@ def test_amp_train_step_and_eval(name, dtype, batch):
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     non_finite = [n for n, g in grads.items() if g is not None and not torch.isfinite(g).all()]
     assert not non_finite, f"{name}: non-finite gradients under {dtype}: {non_finite[:5]}"
-    assert any(g is not None and g.abs().sum() > 0 for g in grads.values()), f"{name}: no gradient reached any parameter under {dtype}"
+    assert any(g is not None and g.abs().sum() > 0 for g in grads.values()), (
+        f"{name}: no gradient reached any parameter under {dtype}"
+    )
     if name in DEPTH_ADAPTIVE and model_info(name).family == "puppet":  # the grouped forward runs in training too
-        assert train_depths is not None and train_depths.unique().numel() > 1, f"{name}: the training batch ran one depth only"
+        assert train_depths is not None and train_depths.unique().numel() > 1, (
+            f"{name}: the training batch ran one depth only"
+        )
 
     model.eval()
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 import pytest
 
 from puppet.core.config import ConfigError, load_config, run_grid, run_spec, validate_config
-from puppet.core.specs import RunSpec
 from puppet.core.registry import list_models
+from puppet.core.specs import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +33,15 @@ def test_paper_subset_profile_fits_the_offline_cifar10_subset(cifar10_npz):
 
     cfg = load_config(REPO / "config" / "paper_subset.yaml")
     assert (REPO / cfg["data_sources"]["cifar10"]).resolve() == cifar10_npz.resolve()
-    assert [m for _, m, _ in run_grid(cfg)] == ["resnet", "puppet_resnet", "puppet_cnn",  # Table 4 first
-                                                 "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"]
+    assert [m for _, m, _ in run_grid(cfg)] == [
+        "resnet",
+        "puppet_resnet",
+        "puppet_cnn",  # Table 4 first
+        "alexnet",
+        "mobilenet_v1",
+        "mobilenet_v2",
+        "squeezenet",
+    ]
     spec = run_spec(cfg, "cifar10", "resnet", 0).replace(data_source=str(cifar10_npz))
     splits = load_splits(spec)
     assert (len(splits.y_train), len(splits.y_val), len(splits.y_test)) == (4400, 1000, 1017)
@@ -84,7 +90,9 @@ def test_malformed_yaml_is_one_line(tmp_path):
 
 def test_extra_grid_adds_runs_without_duplicates():
     m = list_models()[:2]
-    cfg = validate_config(_base(models=m, seeds=[0, 1], extra_grid=[{"datasets": ["synthetic", "cifar100"], "models": m[:1]}]))
+    cfg = validate_config(
+        _base(models=m, seeds=[0, 1], extra_grid=[{"datasets": ["synthetic", "cifar100"], "models": m[:1]}])
+    )
     runs = run_grid(cfg)
     assert len(runs) == len(set(runs)) == 2 * 2 + 1 * 2
 
@@ -117,8 +125,13 @@ def test_time_limit_must_be_positive():
 
 
 def test_data_overrides_apply_to_one_dataset_only():
-    cfg = validate_config(_base(datasets=["synthetic", "cifar100"], data={"train_size": 4000},
-                                data_overrides={"cifar100": {"train_size": 900}}))
+    cfg = validate_config(
+        _base(
+            datasets=["synthetic", "cifar100"],
+            data={"train_size": 4000},
+            data_overrides={"cifar100": {"train_size": 900}},
+        )
+    )
     model = cfg["models"][0]
     assert run_spec(cfg, "cifar100", model, 0).data.train_size == 900
     assert run_spec(cfg, "synthetic", model, 0).data.train_size == 4000
@@ -131,8 +144,14 @@ def test_snakemake_cli_strings_are_coerced():
     from snakemake.cli import parse_config
 
     model = list_models()[0]
-    overrides = parse_config(["seeds=[0,1]", "epochs=3", f"model_kwargs={{{model}: {{dl_min: 0.25, impl: grouped}}}}",
-                              "data={train_size: 100, augment: none}"])
+    overrides = parse_config(
+        [
+            "seeds=[0,1]",
+            "epochs=3",
+            f"model_kwargs={{{model}: {{dl_min: 0.25, impl: grouped}}}}",
+            "data={train_size: 100, augment: none}",
+        ]
+    )
     cfg = validate_config(_base(**overrides))
     assert cfg["seeds"] == [0, 1] and cfg["epochs"] == 3 and cfg["data"]["train_size"] == 100
     assert cfg["model_kwargs"][model] == {"dl_min": 0.25, "impl": "grouped"}

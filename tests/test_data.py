@@ -31,8 +31,13 @@ def test_npz_loader_layout(tmp_path):
 def test_npz_grey_images_get_a_channel_axis(tmp_path):
     path = tmp_path / "g.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), y_train=np.arange(10) % 2,
-             x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8), y_test=np.arange(4) % 2)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8),
+        y_train=np.arange(10) % 2,
+        x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8),
+        y_test=np.arange(4) % 2,
+    )
     assert load_npz(path, "toy").x_train.shape == (10, 1, 8, 8)
 
 

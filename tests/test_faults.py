@@ -43,8 +43,14 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.
     full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     full_env.pop("PUPPET_FAILPOINT", None)
     full_env.update(env or {})
-    return subprocess.run([SNAKEMAKE, "tables", "--cores", "2", "--directory", str(workdir), "--configfile", SMOKE, *args],
-                          cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(workdir), "--configfile", SMOKE, *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def run_dirs(workdir: Path) -> dict[int, Path]:
@@ -62,8 +68,11 @@ def output(proc: subprocess.CompletedProcess) -> str:
 
 def planned_trains(proc: subprocess.CompletedProcess) -> list[str]:
     """The run folders of the train jobs an invocation ran (or planned, with -n)."""
-    return [line.split("--out-dir ")[1].split()[0] for line in (proc.stdout + proc.stderr).splitlines()
-            if "puppet train --spec" in line]
+    return [
+        line.split("--out-dir ")[1].split()[0]
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "puppet train --spec" in line
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +168,9 @@ def test_damaged_files_are_set_aside_and_the_runs_redone(finished, tmp_path):
     assert "resuming" in (runs[0] / "train.log").read_text()  # a sound checkpoint is resumed
     reference = run_dirs(finished)
     for seed in (0, 1, 2):
-        assert {k: record(runs[seed] / "train.json")[k] for k in RESULT_KEYS} == \
-               {k: record(reference[seed] / "train.json")[k] for k in RESULT_KEYS}
+        assert {k: record(runs[seed] / "train.json")[k] for k in RESULT_KEYS} == {
+            k: record(reference[seed] / "train.json")[k] for k in RESULT_KEYS
+        }
         assert record(runs[seed] / "measure.json")["status"] == "ok"
     assert (pd.read_csv(workdir / "results/metrics.csv")["status"] == "ok").all()
     assert "Nothing to be done" in output(snakemake(workdir, *GRID, "-n"))
@@ -195,20 +205,35 @@ def test_readme_recipe_redoes_one_finished_run_from_scratch(finished, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [Path(p).parent.name for p in planned_trains(proc)] == ["seed1"]
     assert "resuming" not in (runs[1] / "train.log").read_text()  # from scratch
-    assert {k: record(runs[1] / "train.json")[k] for k in RESULT_KEYS} == \
-           {k: record(run_dirs(finished)[1] / "train.json")[k] for k in RESULT_KEYS}
+    assert {k: record(runs[1] / "train.json")[k] for k in RESULT_KEYS} == {
+        k: record(run_dirs(finished)[1] / "train.json")[k] for k in RESULT_KEYS
+    }
     assert all((runs[s] / "train.json").read_bytes() == others[s] for s in (0, 2))
 
 
 @pytest.mark.slow
 def test_ctrl_c_then_rerun_completes(tmp_path):
-    args = ("--config", "models=[alexnet]", "seeds=[0]", "epochs=4", "data={train_size: 1900, val_size: 64, test_size: 128}")
+    args = (
+        "--config",
+        "models=[alexnet]",
+        "seeds=[0]",
+        "epochs=4",
+        "data={train_size: 1900, val_size: 64, test_size: 128}",
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PUPPET_FAILPOINT", None)
-    proc = subprocess.Popen([SNAKEMAKE, "tables", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("results/runs/**/checkpoint.pt")) and time.monotonic() < deadline and proc.poll() is None:
+    while (
+        not list(tmp_path.glob("results/runs/**/checkpoint.pt")) and time.monotonic() < deadline and proc.poll() is None
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
@@ -247,7 +272,9 @@ def test_a_deleted_record_of_a_tabulated_run_is_named(finished, tmp_path):
 def test_bad_data_source_fails_before_any_job(tmp_path):
     bad = tmp_path / "channels_first.npz"
     _npz(bad, channels_first=True)
-    proc = snakemake(tmp_path, "-n", "--config", "datasets=[cifar10]", "models=[alexnet]", f"data_sources={{cifar10: {bad}}}")
+    proc = snakemake(
+        tmp_path, "-n", "--config", "datasets=[cifar10]", "models=[alexnet]", f"data_sources={{cifar10: {bad}}}"
+    )
     assert proc.returncode != 0 and not planned_trains(proc)
     (line,) = [line for line in output(proc).splitlines() if "channels-first" in line]
     assert str(bad) in line and "transpose(0, 2, 3, 1)" in line
@@ -339,13 +366,19 @@ def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "16x16 but cifar10 is 32x32" in proc.stderr
     _npz(bad)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0 and "not started" in proc.stdout and "results/runs/t/cifar10/alexnet/seed0/" in proc.stdout
+    assert (
+        proc.returncode == 0 and "not started" in proc.stdout and "results/runs/t/cifar10/alexnet/seed0/" in proc.stdout
+    )
     if not torch.cuda.is_available():
         cfg.write_text(cfg.read_text() + "device: cuda\n")
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0 and "device: cuda but no CUDA device is visible here" in proc.stdout
-    missing = subprocess.run([sys.executable, "-m", "puppet", "validate", "--configfile", str(tmp_path / "nope.yaml")],
-                             cwd=REPO, capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "puppet", "validate", "--configfile", str(tmp_path / "nope.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.yaml" in missing.stderr
 
 

@@ -69,7 +69,14 @@ def _params(module: nn.Module) -> int:
 
 def test_all_six_registered_as_fixed():
     assert set(FIXED) <= set(list_models("fixed"))
-    assert [model_info(n).paper_name for n in FIXED] == ["AlexNet", "MobileNet-v1", "MobileNet-v2", "ResNet", "SqueezeNet", "VGG"]
+    assert [model_info(n).paper_name for n in FIXED] == [
+        "AlexNet",
+        "MobileNet-v1",
+        "MobileNet-v2",
+        "ResNet",
+        "SqueezeNet",
+        "VGG",
+    ]
 
 
 @pytest.mark.parametrize("name", FIXED)
@@ -79,7 +86,9 @@ def test_params_at_paper_width(name, capsys):
     assert stored == _formula(name) == EXPECTED_PARAMS_512[name]
     ours, paper = param_size_mb(stored), PAPER_SIZE_MB[name]
     with capsys.disabled():
-        print(f"\n{name}: {stored:,} params = {ours:.3f} MB, paper {paper:.2f} MB ({(ours - paper) / paper:+.1%})", end="")
+        print(
+            f"\n{name}: {stored:,} params = {ours:.3f} MB, paper {paper:.2f} MB ({(ours - paper) / paper:+.1%})", end=""
+        )
     assert abs(ours - paper) <= SIZE_TOLERANCE * paper
 
 
@@ -148,7 +157,10 @@ def test_mobilenet_v1_matches_timm_below_the_cap():
     # Stem + the first 11 blocks never reach 512 -> identical to timm's stem and first four stages.
     assert _params(ours.features[:12]) == _params(ref.conv_stem) + _params(ref.bn1) + _params(ref.blocks[:4])
     # timm's 1024 stage (2 blocks) and 1024 -> 10 classifier, capped to 512.
-    assert _params(ours.features[12:]) + _params(ours.classifier) == 2 * (9 * 512 + 2 * 512 + 512 * 512 + 2 * 512) + 512 * 10 + 10
+    assert (
+        _params(ours.features[12:]) + _params(ours.classifier)
+        == 2 * (9 * 512 + 2 * 512 + 512 * 512 + 2 * 512) + 512 * 10 + 10
+    )
 
 
 def test_mobilenet_v2_caps_expanded_hidden_layers():
@@ -178,7 +190,9 @@ def test_width_scaling_caps_every_layer(name):
 def test_last_feature_map_and_forward(name):
     torch.manual_seed(0)
     for (image_size, in_channels), expected in zip(((28, 1), (32, 3), (84, 3)), LAST_MAP[name]):
-        model = create_model(name, num_classes=7, in_channels=in_channels, image_size=image_size, max_channels=SMALL_WIDTH).eval()
+        model = create_model(
+            name, num_classes=7, in_channels=in_channels, image_size=image_size, max_channels=SMALL_WIDTH
+        ).eval()
         x = torch.randn(1, in_channels, image_size, image_size)
         with torch.no_grad():
             fmap = model.features(x)
@@ -198,8 +212,15 @@ def test_too_small_input_is_refused(name):
         create_model(name, image_size=size - 1, max_channels=SMALL_WIDTH)
 
 
-@pytest.mark.parametrize("name,bad", [("vgg", dict(depth=12)), ("resnet", dict(depth=50)),
-                                      ("mobilenet_v1", dict(depth=11)), ("mobilenet_v2", dict(width_mult=0.5))])
+@pytest.mark.parametrize(
+    "name,bad",
+    [
+        ("vgg", dict(depth=12)),
+        ("resnet", dict(depth=50)),
+        ("mobilenet_v1", dict(depth=11)),
+        ("mobilenet_v2", dict(width_mult=0.5)),
+    ],
+)
 def test_bad_variant_lists_choices(name, bad):
     with pytest.raises(ValueError, match="not one of"):
         create_model(name, max_channels=SMALL_WIDTH, **bad)

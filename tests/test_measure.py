@@ -7,10 +7,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from puppet.core.data import Batches
-from puppet.core.specs import MeasureSpec
 from puppet.core.measure import (
-    count_macs, count_macs_flopcounter, measure_model, param_size_mb, stored_param_count, total_param_count,
+    count_macs,
+    count_macs_flopcounter,
+    measure_model,
+    param_size_mb,
+    stored_param_count,
+    total_param_count,
 )
+from puppet.core.specs import MeasureSpec
 
 
 class GeneratedConv(nn.Module):
@@ -55,8 +60,16 @@ def test_measure_model_fields():
     model = GeneratedConv()
     x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     batches = Batches(x, torch.zeros(6, dtype=torch.long), 1, (0.5,) * 3, (0.25,) * 3)
-    settings = MeasureSpec(threads=1, warmup=1, latency_images=5, rounds=10, noise_threshold=0.1,
-                           throughput_batch=4, throughput_iters=2, macs_images=2)
+    settings = MeasureSpec(
+        threads=1,
+        warmup=1,
+        latency_images=5,
+        rounds=10,
+        noise_threshold=0.1,
+        throughput_batch=4,
+        throughput_iters=2,
+        macs_images=2,
+    )
     rec = measure_model(model, batches, settings, torch.device("cpu"))
     assert rec["latency_s_per_img"] > 0 and rec["latency_p90_s_per_img"] >= rec["latency_s_per_img"]
     assert rec["throughput_img_per_s"] > 0 and rec["throughput_batch"] == 4
@@ -73,8 +86,16 @@ def test_puppet_is_measured_on_the_fly_and_precomputed():
     batches = Batches(x, torch.arange(12) % 10, 1, (0.5,) * 3, (0.25,) * 3)
     model = create_model("puppet_cnn", max_channels=8)
     model.prepare([batches.normalise(x)])
-    settings = MeasureSpec(threads=1, warmup=1, latency_images=3, rounds=3, noise_threshold=0.1,
-                           throughput_batch=6, throughput_iters=1, macs_images=3)
+    settings = MeasureSpec(
+        threads=1,
+        warmup=1,
+        latency_images=3,
+        rounds=3,
+        noise_threshold=0.1,
+        throughput_batch=6,
+        throughput_iters=1,
+        macs_images=3,
+    )
     rec = measure_model(model, batches, settings, torch.device("cpu"))
     # the precomputed forward runs the same convs without generating: ptflops agrees with the model's count
     assert rec["precomputed_macs"] == rec["macs_without_generation"] == rec["macs"] - rec["macs_generation"]

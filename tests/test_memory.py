@@ -85,7 +85,10 @@ def test_bias_free_linear_forward_backward_by_hand():
         assert mem.peak_bytes == before + 8 * 50 * F32 + 4 + 4 + grad_w
         del y, loss
         assert mem.live_bytes == before + grad_w
-    assert mem.phase_peak_bytes == {"forward": before + 8 * 50 * F32 + 4, "backward": before + 8 * 50 * F32 + 4 + 4 + grad_w}
+    assert mem.phase_peak_bytes == {
+        "forward": before + 8 * 50 * F32 + 4,
+        "backward": before + 8 * 50 * F32 + 4 + 4 + grad_w,
+    }
 
 
 def test_saved_activations_stay_an_unsaved_intermediate_goes():
@@ -134,7 +137,9 @@ def test_no_callback_after_exit():
 
 def test_training_step_counts_what_exists_before_exactly():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

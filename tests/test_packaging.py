@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,9 @@ def test_private_imports_are_declared():
     found = set()
     for path in list((REPO / "puppet").rglob("*.py")) + list((REPO / "baselines").rglob("*.py")):
         for module in re.findall(r"^\s*(?:from|import)\s+([\w.]+)", path.read_text(), flags=re.M):
-            if module.split(".")[0] not in ("puppet", "baselines") and any(p.startswith("_") for p in module.split(".")[1:]):
+            if module.split(".")[0] not in ("puppet", "baselines") and any(
+                p.startswith("_") for p in module.split(".")[1:]
+            ):
                 found.add(module)
     assert found == set(PRIVATE_IMPORTS)
 
@@ -85,3 +87,22 @@ def test_make_divisible_is_torchvision_rounding():
     from timm.layers import make_divisible
 
     assert [make_divisible(v, 8) for v in (32, 16 * 1.4, 24 * 1.4, 1280, 96 * 1.4, 3)] == [32, 24, 32, 1280, 136, 8]
+
+
+def test_readme_is_a_landing_page():
+    """The README stays short: the reference lives in docs/ (mkdocs)."""
+    assert len((REPO / "README.md").read_bytes()) < 10_000
+
+
+def test_docs_and_code_cite_nothing_outside_the_repository():
+    """A reader of the docs or the code never needs a file that is not in the repository."""
+    paths = [
+        REPO / "README.md",
+        *(REPO / "docs").rglob("*.md"),
+        *(REPO / "puppet").rglob("*.py"),
+        *(REPO / "baselines").rglob("*.py"),
+    ]
+    for path in paths:
+        text = path.read_text()
+        for pattern in ("../shared", "shared/spec", "shared/data"):
+            assert pattern not in text, f"{path.relative_to(REPO)} cites {pattern}"

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_checks import loss_and_logits, prepare_if_needed, real_cifar10_batch
+
 from puppet import create_model, list_models
 
 PAPER = dict(num_classes=10, in_channels=3, image_size=32, max_channels=512)

@@ -205,7 +205,9 @@ def test_batchnorm_statistics_are_kept_per_depth():
             bn = model.bns[slot]
             row = bn.depths.index(depth)
             torch.testing.assert_close(bn.running_mean[row], inp.mean(dim=(0, 2, 3)), msg=f"{slot} depth {depth}")
-            torch.testing.assert_close(bn.running_var[row], inp.var(dim=(0, 2, 3), unbiased=True), msg=f"{slot} depth {depth}")
+            torch.testing.assert_close(
+                bn.running_var[row], inp.var(dim=(0, 2, 3), unbiased=True), msg=f"{slot} depth {depth}"
+            )
         bn = model.bns["s0_0"]  # used by every depth
         for row, depth in enumerate(bn.depths):
             if depth not in depths_in_batch:
@@ -215,15 +217,23 @@ def test_batchnorm_statistics_are_kept_per_depth():
         for slot, depth, inp, out in seen:
             bn = model.bns[slot]
             row = bn.depths.index(depth)
-            expected = (inp - bn.running_mean[row].view(1, -1, 1, 1)) / torch.sqrt(bn.running_var[row].view(1, -1, 1, 1) + bn.eps)
+            expected = (inp - bn.running_mean[row].view(1, -1, 1, 1)) / torch.sqrt(
+                bn.running_var[row].view(1, -1, 1, 1) + bn.eps
+            )
             expected = expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
             torch.testing.assert_close(out, expected, msg=f"{slot} depth {depth}")
 
 
 def test_checkpoint_with_one_statistic_per_slot_still_loads():
     model = _model()
-    old = {k: (v[0] if k.startswith("bns.") and k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") else v)
-           for k, v in model.state_dict().items()}
+    old = {
+        k: (
+            v[0]
+            if k.startswith("bns.") and k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked")
+            else v
+        )
+        for k, v in model.state_dict().items()
+    }
     old["bns.s0_0.running_mean"] = torch.full_like(old["bns.s0_0.running_mean"], 0.25)
     fresh = create_model("puppet_cnn", max_channels=C)
     fresh.load_state_dict(old)
@@ -244,7 +254,9 @@ def test_gradients_reach_only_puppeteer_bns_and_head():
     assert convs and all(n.startswith("puppeteer.") for n in convs)
 
 
-@pytest.mark.parametrize("name", ["puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_resnet", "puppet_vgg_static"])
+@pytest.mark.parametrize(
+    "name", ["puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_resnet", "puppet_vgg_static"]
+)
 def test_stored_and_total_param_counts(name):
     model = create_model(name, max_channels=C, num_classes=7)
     bn = sum(p.numel() for p in model.bns.parameters())
@@ -252,7 +264,10 @@ def test_stored_and_total_param_counts(name):
     assert puppeteer_param_count(C) == C * C + 15 * C == sum(p.numel() for p in model.puppeteer.parameters())
     assert stored_param_count(model) == C * C + 15 * C + bn + head
     assert total_param_count(model) == stored_param_count(model) + 9 * C * C  # + the fixed template
-    assert bn == sum(2 * c.c_out for c in plan_convs(model.plan_for_depth(model.cfg.max_depth if model.adapt_depth else model.cfg.fixed_depth)))
+    assert bn == sum(
+        2 * c.c_out
+        for c in plan_convs(model.plan_for_depth(model.cfg.max_depth if model.adapt_depth else model.cfg.fixed_depth))
+    )
 
 
 def test_variants_adapt_what_they_claim():
@@ -261,7 +276,9 @@ def test_variants_adapt_what_they_claim():
         static = _model("puppet_cnn_static").eval()
         static(x)
         assert static.last_stats["depth"].unique().numel() == 1 and static.last_stats["step"].unique().numel() == 1
-        assert static.last_stats["generation_macs"].sum() == pytest.approx(16 * step_macs(C))  # one trajectory per batch
+        assert static.last_stats["generation_macs"].sum() == pytest.approx(
+            16 * step_macs(C)
+        )  # one trajectory per batch
         param = _model("puppet_cnn_param").eval()
         param(x)
         assert param.last_stats["depth"].unique().tolist() == [16] and param.last_stats["step"].unique().numel() > 1
@@ -269,7 +286,9 @@ def test_variants_adapt_what_they_claim():
             fixed = _model(name).eval()
             fixed(x)
             assert fixed.last_stats["depth"].unique().numel() == 1
-    assert {"puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_alexnet_static"} <= set(list_models("puppet"))
+    assert {"puppet_cnn", "puppet_cnn_param", "puppet_cnn_static", "puppet_alexnet_static"} <= set(
+        list_models("puppet")
+    )
 
 
 # --------------------------------------------------------------------------- MACs, Table 5, cache

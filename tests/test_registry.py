@@ -48,8 +48,15 @@ def varied_images(n: int = 8, seed: int = 0) -> torch.Tensor:
     Puppet model's depth after ``prepare``, spreads over the whole range."""
     g = torch.Generator().manual_seed(seed)
     levels = torch.logspace(0, 8, n, base=2).round().long()  # (n,) grey levels per image, 1 .. 256
-    x = torch.stack([(torch.randint(0, int(k), (3, 32, 32), generator=g) * (255 // max(int(k) - 1, 1))).clamp(0, 255)
-                     for k in levels]).float() / 255.0  # (n, 3, 32, 32) in [0, 1]
+    x = (
+        torch.stack(
+            [
+                (torch.randint(0, int(k), (3, 32, 32), generator=g) * (255 // max(int(k) - 1, 1))).clamp(0, 255)
+                for k in levels
+            ]
+        ).float()
+        / 255.0
+    )  # (n, 3, 32, 32) in [0, 1]
     return (x - 0.5) / 0.25
 
 
@@ -163,7 +170,9 @@ def test_last_stats_follow_the_contract(name):
         for key, value in stats.items():
             assert key in STATS, f"{name}: last_stats[{key!r}] is not in puppet.core.protocols.STATS"
             if isinstance(value, torch.Tensor):
-                assert value.ndim >= 1 and value.shape[0] == batch, f"{name}: last_stats[{key!r}] has shape {value.shape}"
+                assert value.ndim >= 1 and value.shape[0] == batch, (
+                    f"{name}: last_stats[{key!r}] has shape {value.shape}"
+                )
             else:
                 assert key == "generation_macs" and isinstance(value, float), f"{name}: last_stats[{key!r}] = {value!r}"
 
@@ -173,7 +182,9 @@ def test_channels_capped(name):
     model = create_model(name, **SMALL)
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
-            assert m.out_channels <= SMALL["max_channels"] or m.out_channels == SMALL["num_classes"], f"{name}: {m} exceeds max_channels"
+            assert m.out_channels <= SMALL["max_channels"] or m.out_channels == SMALL["num_classes"], (
+                f"{name}: {m} exceeds max_channels"
+            )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -195,7 +206,9 @@ def bias_adds(model: torch.nn.Module, x: torch.Tensor) -> int:
         if module.bias is not None:
             total += output.numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -215,4 +228,6 @@ def test_macs_cross_check(name):
     ptflops_macs = count_macs(model, x)
     independent = count_macs_flopcounter(model, x) + bias_adds(model, x)
     assert ptflops_macs > 0
-    assert abs(ptflops_macs - independent) <= 0.02 * independent, f"{name}: ptflops {ptflops_macs} vs FlopCounterMode+bias {independent}"
+    assert abs(ptflops_macs - independent) <= 0.02 * independent, (
+        f"{name}: ptflops {ptflops_macs} vs FlopCounterMode+bias {independent}"
+    )

@@ -8,35 +8,59 @@ import math
 import pandas as pd
 import pytest
 
+from puppet.core.runs import run_dir
 from puppet.report.collate import COLUMNS, collate
 from puppet.report.figures import pareto_front, write_figures
 from puppet.report.paper import TABLE2
-from puppet.core.runs import run_dir
 from puppet.report.tables import write_tables
 
 
 def _run(root, model, seed, top1, status="ok", measured=True):
     d = run_dir(root, "quick", "cifar10", model, seed, "h")
     d.mkdir(parents=True)
-    train = {"profile": "quick", "dataset": "cifar10", "model": model, "seed": seed, "status": status,
-             "error": "" if status == "ok" else "RuntimeError: boom", "epochs": 2, "train_size": 100,
-             "test_size": 50, "data_source": "npz:x.npz", "git_commit": "abc", "config_hash": "h",
-             "stats": {"mean_depth": 7.0} if model == "puppet_cnn" else {}, "history": [{"loss": 1.0}]}
+    train = {
+        "profile": "quick",
+        "dataset": "cifar10",
+        "model": model,
+        "seed": seed,
+        "status": status,
+        "error": "" if status == "ok" else "RuntimeError: boom",
+        "epochs": 2,
+        "train_size": 100,
+        "test_size": 50,
+        "data_source": "npz:x.npz",
+        "git_commit": "abc",
+        "config_hash": "h",
+        "stats": {"mean_depth": 7.0} if model == "puppet_cnn" else {},
+        "history": [{"loss": 1.0}],
+    }
     if status == "ok":
         train.update(top1=top1, top5=top1 + 20, train_time_s=3.0)
     (d / "train.json").write_text(json.dumps(train))
     if measured:
-        m = {"status": "ok" if status == "ok" else "skipped", "error": "", "stored_params": 1000 * (seed + 1) * len(model),
-             "param_size_mb": 0.004 * len(model), "macs": 1e6 * len(model), "latency_s_per_img": 0.001 * len(model),
-             "device": "cpu (x86_64)", "threads": 2, "torch_version": "2.x"}
+        m = {
+            "status": "ok" if status == "ok" else "skipped",
+            "error": "",
+            "stored_params": 1000 * (seed + 1) * len(model),
+            "param_size_mb": 0.004 * len(model),
+            "macs": 1e6 * len(model),
+            "latency_s_per_img": 0.001 * len(model),
+            "device": "cpu (x86_64)",
+            "threads": 2,
+            "torch_version": "2.x",
+        }
         (d / "measure.json").write_text(json.dumps(m))
     return d / "train.json"
 
 
 @pytest.fixture
 def metrics(tmp_path):
-    runs = [_run(tmp_path, "alexnet", 0, 50.0), _run(tmp_path, "alexnet", 1, 54.0),
-            _run(tmp_path, "squeezenet", 0, 40.0, status="error"), _run(tmp_path, "mobilenet_v1", 0, 45.0, measured=False)]
+    runs = [
+        _run(tmp_path, "alexnet", 0, 50.0),
+        _run(tmp_path, "alexnet", 1, 54.0),
+        _run(tmp_path, "squeezenet", 0, 40.0, status="error"),
+        _run(tmp_path, "mobilenet_v1", 0, 45.0, measured=False),
+    ]
     out = tmp_path / "metrics.csv"
     collate(runs, out)
     return out
@@ -79,7 +103,11 @@ def test_a_failure_without_message_is_said_so(metrics, tmp_path):
 def test_figures_are_written(metrics, tmp_path):
     paths = write_figures(metrics, tmp_path / "fig")
     names = {p.name for p in paths}
-    assert {"cifar10_top1_vs_stored_params.png", "cifar10_top1_vs_macs.pdf", "cifar10_top1_vs_latency_s_per_img.png"} <= names
+    assert {
+        "cifar10_top1_vs_stored_params.png",
+        "cifar10_top1_vs_macs.pdf",
+        "cifar10_top1_vs_latency_s_per_img.png",
+    } <= names
     assert all(p.stat().st_size > 1000 for p in paths if p.suffix in (".png", ".pdf"))
     assert {"size_vs_depth.png", "size_vs_depth.csv"} <= names
 
@@ -135,23 +163,32 @@ def test_publish_merge_adds_each_sitting(tmp_path):
     from puppet.report.publish import publish
 
     results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0), ("mobilenet_v1", 0, 45.0))
-    out = publish(results, "paper-x", "snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'", "9 min", merge=True)
+    out = publish(
+        results, "paper-x", "snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'", "9 min", merge=True
+    )
     assert len(pd.read_csv(out / "metrics.csv")) == 2 and (out / "table2.csv").is_file()
     # A second sitting: a new run, and alexnet redone (same spec) with another result.
     _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0), ("alexnet", 0, 60.0))
-    publish(results, "paper-x", "snakemake --cores all tables --config models='[squeezenet,alexnet]'", "7 min", merge=True)
+    publish(
+        results, "paper-x", "snakemake --cores all tables --config models='[squeezenet,alexnet]'", "7 min", merge=True
+    )
     merged = pd.read_csv(out / "metrics.csv")
     assert sorted(merged["model"]) == ["alexnet", "mobilenet_v1", "squeezenet"]
     assert merged.loc[merged.model == "alexnet", "top1"].item() == 60.0  # the newer row of the same run
     t2 = pd.read_csv(out / "table2.csv")  # tables rebuilt from the merged rows
-    assert t2.loc[t2.model == "squeezenet", "top1"].item() == 40.0 and t2.loc[t2.model == "alexnet", "top1"].item() == 60.0
+    assert (
+        t2.loc[t2.model == "squeezenet", "top1"].item() == 40.0 and t2.loc[t2.model == "alexnet", "top1"].item() == 60.0
+    )
     assert "60.00" in (out / "tables.md").read_text() and list((out / "figures").glob("cifar10_top1_vs_*.png"))
     sittings = pd.read_csv(out / "sittings.csv")
     assert sittings["command"].str.contains("models=").all() and list(sittings["wall_clock"]) == ["9 min", "7 min"]
     assert sittings["runs"].iloc[1] == "quick/cifar10/alexnet/seed0; quick/cifar10/squeezenet/seed0"
     readme = (out / "README.md").read_text()
     assert "2 workflow sittings" in readme and "runs: 3 (3 ok, 0 failed)" in readme
-    assert "1. `snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'`" in readme and "wall-clock 7 min" in readme
+    assert (
+        "1. `snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'`" in readme
+        and "wall-clock 7 min" in readme
+    )
 
 
 def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
@@ -180,8 +217,14 @@ def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recor
     _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0))
     publish(results, "quick-old", "snakemake --cores all tables --config models='[squeezenet]'", merge=True)
     sittings = pd.read_csv(out / "sittings.csv", keep_default_na=False)
-    assert list(sittings["command"]) == ["snakemake --cores all all", "snakemake --cores all tables --config models='[squeezenet]'"]
-    assert sittings["wall_clock"].iloc[0] == "20 min" and sorted(pd.read_csv(out / "metrics.csv")["model"]) == ["alexnet", "squeezenet"]
+    assert list(sittings["command"]) == [
+        "snakemake --cores all all",
+        "snakemake --cores all tables --config models='[squeezenet]'",
+    ]
+    assert sittings["wall_clock"].iloc[0] == "20 min" and sorted(pd.read_csv(out / "metrics.csv")["model"]) == [
+        "alexnet",
+        "squeezenet",
+    ]
 
 
 def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
@@ -199,8 +242,15 @@ def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
 def test_puppet_rows_appear_on_the_fly_and_precomputed(tmp_path):
     d = _run(tmp_path, "puppet_cnn", 0, 30.0).parent
     m = json.loads((d / "measure.json").read_text())
-    m.update(precomputed_latency_s_per_img=0.0001, precomputed_macs=2e6, precomputed_macs_without_generation=2e6,
-             precomputed_kernels_mb=3.5, precomputed_top1=29.0, precomputed_top5=80.0, macs_without_generation=2e6)
+    m.update(
+        precomputed_latency_s_per_img=0.0001,
+        precomputed_macs=2e6,
+        precomputed_macs_without_generation=2e6,
+        precomputed_kernels_mb=3.5,
+        precomputed_top1=29.0,
+        precomputed_top5=80.0,
+        macs_without_generation=2e6,
+    )
     (d / "measure.json").write_text(json.dumps(m))
     collate([d / "train.json"], tmp_path / "metrics.csv")
     write_tables(tmp_path / "metrics.csv", tmp_path / "out")

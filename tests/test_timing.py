@@ -26,8 +26,11 @@ def test_noise_flag_and_record_columns():
     est = timing.Estimate(1.0, 0.97, 1.02, 10)
     assert not est.noisy() and est.noisy(threshold=0.01)
     assert est.record("latency", "s_per_img") == {
-        "latency_s_per_img": 1.0, "latency_ci_low_s_per_img": 0.97,
-        "latency_ci_high_s_per_img": 1.02, "latency_noisy": False}
+        "latency_s_per_img": 1.0,
+        "latency_ci_low_s_per_img": 0.97,
+        "latency_ci_high_s_per_img": 1.02,
+        "latency_noisy": False,
+    }
     inv = est.scaled_inverse(10.0)
     assert inv.low == pytest.approx(10 / 1.02) and inv.high == pytest.approx(10 / 0.97)
 
@@ -38,8 +41,9 @@ def test_a_model_timed_against_itself_has_a_ratio_interval_containing_one():
     images = [torch.randn(1, 3, 32, 32) for _ in range(4)]
     with torch.inference_mode():
         # a 99.9 % interval: a correct interval misses the true ratio 1 once in a thousand runs
-        c = timing.compare(lambda i: model(images[i]), lambda i: model(images[i]), range(4),
-                           rounds=21, warmup=2, level=0.999)
+        c = timing.compare(
+            lambda i: model(images[i]), lambda i: model(images[i]), range(4), rounds=21, warmup=2, level=0.999
+        )
     assert c.ratio.contains(1.0), c.ratio
     assert c.a.low <= c.a.median <= c.a.high and len(c.calls_a) == 21 and len(c.calls_a[0]) == 4
 

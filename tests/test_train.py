@@ -7,16 +7,23 @@ import json
 import pytest
 import torch
 
-from puppet.core.config import run_spec, validate_config
 import puppet.core.train
 from puppet.cli import main as cli_main
+from puppet.core.config import run_spec, validate_config
 from puppet.core.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main, train_run
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
-    cfg = {"profile": "test", "models": [model], "datasets": [dataset], "epochs": 2, "max_channels": 16,
-           "device": "cpu", "data": {"train_size": 192, "val_size": 32, "test_size": 64},
-           "train": {"batch_size": 32, "lr": 0.003}}
+    cfg = {
+        "profile": "test",
+        "models": [model],
+        "datasets": [dataset],
+        "epochs": 2,
+        "max_channels": 16,
+        "device": "cpu",
+        "data": {"train_size": 192, "val_size": 32, "test_size": 64},
+        "train": {"batch_size": 32, "lr": 0.003},
+    }
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **value}
@@ -66,8 +73,10 @@ def test_time_limit_pauses_and_resumes_to_the_same_metrics(tmp_path, monkeypatch
         if record["status"] != "paused":
             break
     assert [r["status"] for r in sittings] == ["paused", "paused", "ok"]
-    assert sittings[0]["message"] == ("alexnet/synthetic/seed0: paused at epoch 1/3 after 0.7 min "
-                                      "(train.time_limit_min=1, last epoch 0.7 min); rerun the same command to resume")
+    assert sittings[0]["message"] == (
+        "alexnet/synthetic/seed0: paused at epoch 1/3 after 0.7 min "
+        "(train.time_limit_min=1, last epoch 0.7 min); rerun the same command to resume"
+    )
     assert "paused at epoch 2/3" in sittings[1]["message"]
     resumed = sittings[-1]
     assert resumed["top1"] == straight["top1"] and resumed["test_loss"] == straight["test_loss"]
@@ -135,9 +144,14 @@ def test_missing_data_becomes_an_error_record(tmp_path):
 @pytest.mark.slow
 def test_learns_real_cifar10_clearly_above_chance(tmp_path, cifar10_npz):
     """A small ResNet on 2,000 real CIFAR-10 images beats chance (10%) clearly on 1,017 test images."""
-    spec = make_spec(model="resnet", dataset="cifar10", epochs=4, max_channels=32,
-                     data={"train_size": 2000, "val_size": 0, "test_size": None},
-                     train={"batch_size": 64, "lr": 0.003}).replace(data_source=str(cifar10_npz))
+    spec = make_spec(
+        model="resnet",
+        dataset="cifar10",
+        epochs=4,
+        max_channels=32,
+        data={"train_size": 2000, "val_size": 0, "test_size": None},
+        train={"batch_size": 64, "lr": 0.003},
+    ).replace(data_source=str(cifar10_npz))
     torch.manual_seed(0)
     record = train_run(spec, tmp_path)
     assert record["test_size"] == 1017

@@ -38,7 +38,8 @@ def parsed_cli(*args, cwd=REPO) -> dict:
         "_, a = parse_args(sys.argv[1:])\n"
         "print(json.dumps({'keep_going': a.keep_going, 'rerun_incomplete': a.rerun_incomplete,\n"
         "    'resources': {k: v.value for k, v in (a.resources or {}).items()},\n"
-        "    'set_resources': {r: {k: v.value for k, v in res.items()} for r, res in (a.set_resources or {}).items()},\n"
+        "    'set_resources': "
+        "{r: {k: v.value for k, v in res.items()} for r, res in (a.set_resources or {}).items()},\n"
         "    'rerun_triggers': sorted(t.name.lower() for t in a.rerun_triggers), 'jobs': a.jobs}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
@@ -47,8 +48,12 @@ def parsed_cli(*args, cwd=REPO) -> dict:
 
 
 # What workflow/profiles/default must put in force (README "The workflow").
-DEFAULT_PROFILE = {"keep_going": True, "rerun_incomplete": True, "resources": {"gpu": 1, "speed_lock": 1},
-                   "rerun_triggers": ["input", "mtime", "params"]}
+DEFAULT_PROFILE = {
+    "keep_going": True,
+    "rerun_incomplete": True,
+    "resources": {"gpu": 1, "speed_lock": 1},
+    "rerun_triggers": ["input", "mtime", "params"],
+}
 
 
 @pytest.mark.parametrize("how", ["repo root, no -s", "elsewhere, -s workflow/Snakefile"])
@@ -99,10 +104,22 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
 
 def test_profile_file_replaces_the_default(tmp_path):
     """--configfile config/paper.yaml must not inherit the quick profile's data_overrides or model_kwargs."""
-    out = snakemake("tables", "-n", "-p", "--cores", "1", "--directory", str(tmp_path),
-                    "--configfile", str(REPO / "config" / "paper.yaml")).stdout
-    specs = [json.loads(line.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'"))
-             for line in out.splitlines() if "puppet train --spec" in line]
+    out = snakemake(
+        "tables",
+        "-n",
+        "-p",
+        "--cores",
+        "1",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "paper.yaml"),
+    ).stdout
+    specs = [
+        json.loads(line.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'"))
+        for line in out.splitlines()
+        if "puppet train --spec" in line
+    ]
     assert specs and all(s["profile"] == "paper" and s["max_channels"] == 512 for s in specs)
     puppet = next(s for s in specs if s["model"] == "puppet_cnn" and s["dataset"] == "cifar10")
     assert puppet["model_kwargs"] == {}  # the quick profile's dl_min override must not leak in
@@ -119,15 +136,23 @@ def test_paper_subset_profile_plans_tables_4_and_2_with_a_time_limit(tmp_path):
     # The profile reads ../shared/data/cifar10_subset.npz, which the pre-flight checks: give it one.
     rng = np.random.default_rng(0)
     (tmp_path / "shared" / "data").mkdir(parents=True)
-    np.savez(tmp_path / "shared" / "data" / "cifar10_subset.npz",
-             x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_train=np.arange(20) % 10,
-             x_test=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), y_test=np.arange(10) % 10)
+    np.savez(
+        tmp_path / "shared" / "data" / "cifar10_subset.npz",
+        x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+        y_train=np.arange(20) % 10,
+        x_test=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(10) % 10,
+    )
     commands = planned_train_commands(tmp_path / "work", "--configfile", str(REPO / "config" / "paper_subset.yaml"))
     specs = [json.loads(c.split("--spec ", 1)[1].split(" --out-dir")[0].strip("'")) for c in commands]
     assert sorted((s["dataset"], s["model"], s["seed"]) for s in specs) == sorted(
-        ("cifar10", m, 0) for m in ("resnet", "puppet_resnet", "puppet_cnn", "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet"))
+        ("cifar10", m, 0)
+        for m in ("resnet", "puppet_resnet", "puppet_cnn", "alexnet", "mobilenet_v1", "mobilenet_v2", "squeezenet")
+    )
     for s in specs:
-        assert s["max_channels"] == 512 and s["train"]["amp"] and s["data_source"] == "../shared/data/cifar10_subset.npz"
+        assert (
+            s["max_channels"] == 512 and s["train"]["amp"] and s["data_source"] == "../shared/data/cifar10_subset.npz"
+        )
         assert "time_limit_min" not in s["train"]  # not part of the run's identity
     assert all(c.split(" 2> ")[0].endswith("--time-limit-min 6") for c in commands)
 
@@ -143,7 +168,9 @@ def test_time_limit_changes_no_run_spec(tmp_path):
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
-    proc = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--config", "models=[resnet_9000]", check=False)
+    proc = snakemake(
+        "tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--config", "models=[resnet_9000]", check=False
+    )
     assert proc.returncode != 0
     assert "resnet_9000" in proc.stderr + proc.stdout and "choose one of" in proc.stderr + proc.stdout
 
@@ -158,7 +185,16 @@ def test_smoke_profile_end_to_end(tmp_path):
     assert (tmp_path / "results" / "table2.csv").is_file() and (tmp_path / "results" / "tables.md").is_file()
     assert list((tmp_path / "results" / "figures").glob("synthetic_top1_vs_*.png"))
     # Finished runs are not redone, and the tables survive a rerun.
-    again = snakemake("tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"))
+    again = snakemake(
+        "tables",
+        "-n",
+        "--cores",
+        "1",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "smoke.yaml"),
+    )
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -170,8 +206,19 @@ def test_paused_run_resumes_through_snakemake(tmp_path):
     train = {"batch_size": 64, "time_limit_min": 0.0001}
     cfg = load_config(REPO / "config" / "smoke.yaml", overrides={"epochs": 2, "models": ["alexnet"], "train": train})
     target = f"results/runs/smoke/synthetic/alexnet/seed0/{run_spec(cfg, 'synthetic', 'alexnet', 0).hash}/train.json"
-    args = (target, "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"),
-            "--config", "epochs=2", "models=[alexnet]", "train={batch_size: 64, time_limit_min: 0.0001}")
+    args = (
+        target,
+        "--cores",
+        "1",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "smoke.yaml"),
+        "--config",
+        "epochs=2",
+        "models=[alexnet]",
+        "train={batch_size: 64, time_limit_min: 0.0001}",
+    )
     paused = snakemake(*args, check=False)
     assert paused.returncode != 0 and "exit status 75" in paused.stdout + paused.stderr
     assert "paused at epoch 1/2" in paused.stdout and "rerun the same command to resume" in paused.stdout

@@ -90,7 +90,8 @@ def _coerce(schema: dict, value: Any, root: dict) -> Any:
 def _describe(error) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "enum":
-        return f"config {where}: {error.instance!r} is not valid; choose one of: {', '.join(map(str, error.validator_value))}"
+        choices = ", ".join(map(str, error.validator_value))
+        return f"config {where}: {error.instance!r} is not valid; choose one of: {choices}"
     if error.validator == "additionalProperties":
         allowed = ", ".join(error.schema.get("properties", {}))
         return f"config {where}: {error.message}; allowed keys: {allowed}"

@@ -105,8 +105,13 @@ def resolve_data_root(config_root: str | os.PathLike | None) -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or config_root or "data").expanduser()
 
 
-def _layout_problem(shapes: dict[str, tuple], dtypes: dict[str, np.dtype], labels: dict[str, np.ndarray],
-                    info: DatasetInfo, image_size: int | None) -> str:
+def _layout_problem(
+    shapes: dict[str, tuple],
+    dtypes: dict[str, np.dtype],
+    labels: dict[str, np.ndarray],
+    info: DatasetInfo,
+    image_size: int | None,
+) -> str:
     """What is wrong with a packed data set's arrays ('' when nothing): the layout this
     harness reads is uint8 ``(N, H, W, C)`` (or ``(N, H, W)`` grey), channels last, with
     train and test images of the dataset's size and channel count, integer labels in
@@ -118,8 +123,10 @@ def _layout_problem(shapes: dict[str, tuple], dtypes: dict[str, np.dtype], label
         if len(shape) not in (3, 4):
             return f"x_{split} has shape {shape}; expected (N, H, W, C) or (N, H, W)"
         if len(shape) == 4 and shape[-1] not in (1, 3) and shape[1] in (1, 3):
-            return (f"x_{split} has shape {shape}, which looks channels-first (N, C, H, W); "
-                    f"store channels last: x.transpose(0, 2, 3, 1)")
+            return (
+                f"x_{split} has shape {shape}, which looks channels-first (N, C, H, W); "
+                f"store channels last: x.transpose(0, 2, 3, 1)"
+            )
         if shape[0] == 0:
             return f"x_{split} is empty; the {split} split needs images"
         if y.ndim != 1 or len(y) != shape[0]:
@@ -128,9 +135,15 @@ def _layout_problem(shapes: dict[str, tuple], dtypes: dict[str, np.dtype], label
             return f"y_{split} is {y.dtype}; labels must be integers 0..{info.num_classes - 1}"
     h, w, c = (shapes["x_train"] + (1,))[1:4]
     if shapes["x_test"][1:] != shapes["x_train"][1:]:
-        return f"test images {shapes['x_test'][1:]} differ from training images {shapes['x_train'][1:]}; both splits need one size"
+        return (
+            f"test images {shapes['x_test'][1:]} differ from training images {shapes['x_train'][1:]}; "
+            "both splits need one size"
+        )
     if c != info.in_channels:
-        return f"images have {c} channel(s) but {info.name} has {info.in_channels}; convert them (or name the right dataset)"
+        return (
+            f"images have {c} channel(s) but {info.name} has {info.in_channels}; "
+            "convert them (or name the right dataset)"
+        )
     want = image_size or info.image_size
     if info.name != "mini_imagenet" and (h, w) != (want, want):  # mini-ImageNet: any square size, see image_size
         return f"images are {h}x{w} but {info.name} is {want}x{want}; resize them or name the right dataset"
@@ -140,7 +153,10 @@ def _layout_problem(shapes: dict[str, tuple], dtypes: dict[str, np.dtype], label
         y = labels[f"y_{split}"]
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= info.num_classes:
-            return f"y_{split} holds labels {lo}..{hi} but {info.name} has {info.num_classes} classes (0..{info.num_classes - 1})"
+            return (
+                f"y_{split} holds labels {lo}..{hi} but {info.name} has {info.num_classes} classes "
+                f"(0..{info.num_classes - 1})"
+            )
     return ""
 
 
@@ -181,19 +197,32 @@ def check_npz(path: str | os.PathLike, name: str, image_size: int | None = None)
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
+        raise DataError(
+            f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch "
+            "it again"
+        ) from None
     info = DATASETS[name]
     if n_named is not None and name != "mini_imagenet" and n_named != info.num_classes:
-        raise DataError(f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} file")
+        raise DataError(
+            f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} "
+            "file"
+        )
     if name == "mini_imagenet":  # classes from the file, any square size (see load_npz)
-        info = DatasetInfo(name, n_named or 1 + int(max(labels["y_train"].max(initial=0), labels["y_test"].max(initial=0))),
-                           3, image_size or shapes["x_train"][1], "")
+        info = DatasetInfo(
+            name,
+            n_named or 1 + int(max(labels["y_train"].max(initial=0), labels["y_test"].max(initial=0))),
+            3,
+            image_size or shapes["x_train"][1],
+            "",
+        )
     problem = _layout_problem(shapes, dtypes, labels, info, image_size)
     if problem:
         raise DataError(f"{where}: '{path}': {problem}")
 
 
-def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = None, image_size: int | None = None) -> ArrayData:
+def load_npz(
+    path: str | os.PathLike, name: str, expected_classes: int | None = None, image_size: int | None = None
+) -> ArrayData:
     """Read the packed-array format (keys x_train, y_train, x_test, y_test; uint8 images
     channels last), refusing anything else before training starts (``_layout_problem``)."""
     path = Path(path)
@@ -210,7 +239,10 @@ def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = 
     except DataError:
         raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, ...
-        raise DataError(f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch it again") from None
+        raise DataError(
+            f"{where}: cannot read '{path}' ({type(exc).__name__}: {exc}); the file is corrupt or not an .npz, fetch "
+            "it again"
+        ) from None
     info = DATASETS.get(name)
     if info is None or name == "mini_imagenet":  # classes from the file (mini-ImageNet: any square size)
         x = arrays["x_train"]
@@ -219,9 +251,17 @@ def load_npz(path: str | os.PathLike, name: str, expected_classes: int | None = 
     if expected_classes is not None and info.num_classes != expected_classes:
         info = DatasetInfo(name, expected_classes, info.in_channels, info.image_size, "")
     if n_named is not None and n_named != info.num_classes:
-        raise DataError(f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} file")
-    problem = _layout_problem({k: v.shape for k, v in arrays.items()}, {k: v.dtype for k, v in arrays.items()},
-                              {k: arrays[k] for k in ("y_train", "y_test")}, info, image_size)
+        raise DataError(
+            f"{where}: '{path}' names {n_named} classes but {name} has {info.num_classes}; point {where} at a {name} "
+            "file"
+        )
+    problem = _layout_problem(
+        {k: v.shape for k, v in arrays.items()},
+        {k: v.dtype for k, v in arrays.items()},
+        {k: arrays[k] for k in ("y_train", "y_test")},
+        info,
+        image_size,
+    )
     if problem:
         raise DataError(f"{where}: '{path}': {problem}")
     return ArrayData(
@@ -251,7 +291,9 @@ def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
         "fashion_mnist": (tvd.FashionMNIST, "FashionMNIST/raw"),
     }[name]
     if root.exists() and not root.is_dir():
-        raise DataError(f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder")
+        raise DataError(
+            f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder"
+        )
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
@@ -260,7 +302,7 @@ def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
         raise DataError(
             f"{name}: no usable data under '{root / folder}' and {why} [{type(exc).__name__}]; "
             f"put the official files there, set data_root (or ${DATA_ROOT_ENV}), "
-            f"or point data_sources.{name} at an .npz (format in shared/data/README.md)"
+            f"or point data_sources.{name} at an .npz (its format: docs/data.md)"
         ) from None
 
     def arrays(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +330,8 @@ def _mini_imagenet(root: Path, image_size: int, split_seed: int) -> ArrayData:
     if not all(p.is_file() for p in csvs) or not (folder / "images").is_dir():
         raise DataError(
             f"mini_imagenet: expected '{folder}/images/' and train.csv, val.csv, test.csv (columns filename,label) "
-            f"under the data root; there is no download, get it from the official source or set data_sources.mini_imagenet to an .npz"
+            "under the data root; there is no download, get it from the official source or set "
+            "data_sources.mini_imagenet to an .npz"
         )
     from PIL import Image
 
@@ -305,7 +348,9 @@ def _mini_imagenet(root: Path, image_size: int, split_seed: int) -> ArrayData:
         try:
             img = Image.open(folder / "images" / fname).convert("RGB")
         except Exception as exc:
-            raise DataError(f"mini_imagenet: cannot read image '{folder / 'images' / fname}' ({exc}); re-extract images/") from None
+            raise DataError(
+                f"mini_imagenet: cannot read image '{folder / 'images' / fname}' ({exc}); re-extract images/"
+            ) from None
         w, h = img.size
         s = image_size / min(w, h)
         img = img.resize((max(image_size, round(w * s)), max(image_size, round(h * s))), Image.BILINEAR)
@@ -316,12 +361,21 @@ def _mini_imagenet(root: Path, image_size: int, split_seed: int) -> ArrayData:
     order = _balanced_order(torch.as_tensor(y), len(classes), split_seed).numpy()
     test_mask[order[: len(y) // 6]] = True
     tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, x_train=x[~test_mask], y_train=y[~test_mask], x_test=x[test_mask], y_test=y[test_mask], classes=np.array(classes))
+    np.savez(
+        tmp,
+        x_train=x[~test_mask],
+        y_train=y[~test_mask],
+        x_test=x[test_mask],
+        y_test=y[test_mask],
+        classes=np.array(classes),
+    )
     os.replace(tmp, cache)
     return load_npz(cache, "mini_imagenet")
 
 
-def _synthetic(num_classes: int = 10, n_train: int = 2000, n_test: int = 500, size: int = 32, seed: int = 1234) -> ArrayData:
+def _synthetic(
+    num_classes: int = 10, n_train: int = 2000, n_test: int = 500, size: int = 32, seed: int = 1234
+) -> ArrayData:
     """Procedural, class-dependent images: each class is a grating with its own
     orientation, frequency and colour, with random phase, contrast and noise.
     Learnable by a small CNN in a few epochs; made in well under a second."""
@@ -361,7 +415,9 @@ def load_dataset(
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     info = DATASETS[name]
     if source:
-        return load_npz(source, name, expected_classes=None if name == "mini_imagenet" else info.num_classes, image_size=image_size)
+        return load_npz(
+            source, name, expected_classes=None if name == "mini_imagenet" else info.num_classes, image_size=image_size
+        )
     if name == "synthetic":
         return _synthetic(num_classes=info.num_classes, size=image_size or info.image_size)
     root = resolve_data_root(data_root)
@@ -379,12 +435,22 @@ def default_source_problem(name: str, data_root: str | os.PathLike | None, downl
         return "", False
     root = resolve_data_root(data_root)
     if root.exists() and not root.is_dir():
-        return f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder", True
-    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "fashion_mnist": "FashionMNIST/raw",
-              "mini_imagenet": "mini_imagenet"}[name]
+        return (
+            f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder",
+            True,
+        )
+    folder = {
+        "cifar10": "cifar-10-batches-py",
+        "cifar100": "cifar-100-python",
+        "fashion_mnist": "FashionMNIST/raw",
+        "mini_imagenet": "mini_imagenet",
+    }[name]
     if not (root / folder).exists() and (not download or name == "mini_imagenet"):
         how = "there is no download" if name == "mini_imagenet" else "download: false"
-        return f"{name}: no data at '{root / folder}' and {how}; its runs will fail (set data_sources.{name} to an .npz)", False
+        return (
+            f"{name}: no data at '{root / folder}' and {how}; its runs will fail (set data_sources.{name} to an .npz)",
+            False,
+        )
     return "", False
 
 
@@ -422,9 +488,14 @@ def make_splits(
     """
     pool = len(data.y_train)
     if val_size < 0 or (train_size is not None and train_size <= 0):
-        raise DataError(f"{data.name}: train_size must be positive and val_size non-negative (got {train_size}, {val_size})")
+        raise DataError(
+            f"{data.name}: train_size must be positive and val_size non-negative (got {train_size}, {val_size})"
+        )
     if val_size + (train_size or 1) > pool:
-        raise DataError(f"{data.name}: train_size {train_size} + val_size {val_size} exceed the {pool} training images of {data.source}; lower them in config")
+        raise DataError(
+            f"{data.name}: train_size {train_size} + val_size {val_size} exceed the {pool} training images of "
+            f"{data.source}; lower them in config"
+        )
     order = _balanced_order(data.y_train, data.num_classes, split_seed)
     val_index = order[:val_size].sort().values
     rest = order[val_size:]
@@ -436,7 +507,9 @@ def make_splits(
         test_index = torch.arange(n_test)
     if len(test_index) == 0 or len(train_index) == 0:
         empty = "test" if len(test_index) == 0 else "train"
-        raise DataError(f"{data.name}: the {empty} split of {data.source} is empty; give it images or change data.{empty}_size")
+        raise DataError(
+            f"{data.name}: the {empty} split of {data.source} is empty; give it images or change data.{empty}_size"
+        )
     x_train = data.x_train[train_index]
     xf = x_train.float() / 255.0
     mean = xf.mean(dim=(0, 2, 3))

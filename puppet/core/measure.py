@@ -79,11 +79,18 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
         clone(x)
     with redirect_stdout(io.StringIO()) as out:
         macs, _ = get_model_complexity_info(
-            clone, tuple(x.shape[1:]), input_constructor=lambda _: x, as_strings=False,
-            print_per_layer_stat=False, backend=FLOPS_BACKEND.ATEN, verbose=False,
+            clone,
+            tuple(x.shape[1:]),
+            input_constructor=lambda _: x,
+            as_strings=False,
+            print_per_layer_stat=False,
+            backend=FLOPS_BACKEND.ATEN,
+            verbose=False,
         )
     if macs is None:  # ptflops prints the traceback and returns None instead of raising
-        raise MacsCountError(f"ptflops could not count MACs for {type(model).__name__}: {out.getvalue().strip().splitlines()[-1:]}")
+        raise MacsCountError(
+            f"ptflops could not count MACs for {type(model).__name__}: {out.getvalue().strip().splitlines()[-1:]}"
+        )
     return int(macs)
 
 
@@ -111,13 +118,16 @@ def has_precomputed_mode(model: nn.Module) -> bool:
 
 def _latency_record(prefix: str, est: timing.Estimate, calls: list[list[float]], threshold: float) -> dict[str, Any]:
     flat = [t for r in calls for t in r]
-    return {**est.record(f"{prefix}latency", "s_per_img", threshold),
-            f"{prefix}latency_p90_s_per_img": timing.p90(calls),
-            f"{prefix}latency_mean_s_per_img": statistics.fmean(flat)}
+    return {
+        **est.record(f"{prefix}latency", "s_per_img", threshold),
+        f"{prefix}latency_p90_s_per_img": timing.p90(calls),
+        f"{prefix}latency_mean_s_per_img": statistics.fmean(flat),
+    }
 
 
-def _throughput(model: nn.Module, x_all: torch.Tensor, settings: MeasureSpec, device: torch.device,
-                modes: tuple[str, ...]):
+def _throughput(
+    model: nn.Module, x_all: torch.Tensor, settings: MeasureSpec, device: torch.device, modes: tuple[str, ...]
+):
     """(images/s estimate per mode, ratio of the first mode's time to the second's or None, batch used)."""
     n, batch, rounds = len(x_all), settings.throughput_batch, settings.rounds
     while batch >= 1:
@@ -129,7 +139,8 @@ def _throughput(model: nn.Module, x_all: torch.Tensor, settings: MeasureSpec, de
                 def fn(_):
                     if mode:
                         model.set_inference(mode)
-                    model(xb)
+                    model(xb)  # noqa: B023 (called in this iteration)
+
                 return fn
 
             if len(modes) == 2:
@@ -156,6 +167,7 @@ def measure_speed(model: nn.Module, batches: Batches, settings: MeasureSpec, dev
     rounds, threshold, warmup = settings.rounds, settings.noise_threshold, settings.warmup
     record: dict[str, Any] = {"latency_rounds": rounds}
     if has_precomputed_mode(model):
+
         def run(mode):
             return lambda i: (model.set_inference(mode), model(images[i]))
 
@@ -203,7 +215,9 @@ def measure_macs(model: nn.Module, batches: Batches, n_images: int) -> dict[str,
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
         "device_type": device.type,
         "threads": threads,
         "torch_version": torch.__version__,
@@ -227,8 +241,13 @@ def measure_model(model: nn.Module, test: Batches, settings: MeasureSpec, device
     if has_precomputed_mode(model):
         model.set_inference("precomputed")
         try:
-            record.update({f"precomputed_{k}": v for k, v in measure_macs(model, test, settings.macs_images).items()
-                           if k in ("macs", "macs_generation", "macs_without_generation")})
+            record.update(
+                {
+                    f"precomputed_{k}": v
+                    for k, v in measure_macs(model, test, settings.macs_images).items()
+                    if k in ("macs", "macs_generation", "macs_without_generation")
+                }
+            )
             record["precomputed_kernels_mb"] = model.precomputed_kernel_bytes() / 1e6
             # accuracy with precomputed kernels, on the same test images as the run's top1
             batched = copy.copy(test)
@@ -260,8 +279,10 @@ def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
                 model.load_state_dict(saved["model"])
             except Exception as exc:
-                raise RuntimeError(f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
-                                   f"delete it and rerun: the run is redone from its checkpoint") from None
+                raise RuntimeError(
+                    f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
+                    f"delete it and rerun: the run is redone from its checkpoint"
+                ) from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
             record.update(status="ok", error="", **measure_model(model, test, spec.measure, device))
         except Exception as exc:  # recorded in the row, never a silent None

@@ -119,8 +119,12 @@ class LiveTensorMemory(TorchDispatchMode):
 
     def track(self, *tensors: Any) -> None:
         """Count tensors that already exist (any nesting of lists, tuples, dicts, generators; None is skipped)."""
-        flat, _ = tree_flatten([list(t) if isinstance(t, Iterable) and not isinstance(t, (torch.Tensor, dict, list, tuple)) else t
-                                for t in tensors])
+        flat, _ = tree_flatten(
+            [
+                list(t) if isinstance(t, Iterable) and not isinstance(t, (torch.Tensor, dict, list, tuple)) else t
+                for t in tensors
+            ]
+        )
         for t in flat:
             if isinstance(t, torch.Tensor):
                 self._count(t)
@@ -194,8 +198,16 @@ def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
     return compute_loss(model, x, y)
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                  amp_dtype: torch.dtype | None, loss_fn=default_loss, phase: Callable[[str], None] = lambda _: None) -> None:
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None,
+    loss_fn=default_loss,
+    phase: Callable[[str], None] = lambda _: None,
+) -> None:
     """One step in ``puppet.core.train.train_one_epoch``'s order: autocast forward and loss, zero_grad,
     backward, optimizer step. The order matters for memory: the previous step's gradients are
     still alive during the forward (zero_grad comes after it, as in the harness)."""
@@ -210,8 +222,15 @@ def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.T
     optimizer.step()
 
 
-def training_step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
-                         amp_dtype: torch.dtype | None, loss_fn=default_loss) -> StepMemory:
+def training_step_memory(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    amp_dtype: torch.dtype | None,
+    loss_fn=default_loss,
+) -> StepMemory:
     """Peak memory of one training step (call it after a first step, so optimizer state exists).
 
     CUDA: ``max_memory_allocated`` per phase (peak stats reset at each phase start), plus the
@@ -245,6 +264,15 @@ def training_step_memory(model: nn.Module, optimizer: torch.optim.Optimizer, x: 
     if cuda:
         torch.cuda.synchronize(device)
         phases[current[0]] = torch.cuda.max_memory_allocated(device)
-        return StepMemory(max(phases.values()), before, phases, "cuda_allocator", tracker.peak_bytes, tracked_before, stats)
-    return StepMemory(tracker.peak_bytes, tracked_before, dict(tracker.phase_peak_bytes), "tracked", tracker.peak_bytes,
-                      tracked_before, stats)
+        return StepMemory(
+            max(phases.values()), before, phases, "cuda_allocator", tracker.peak_bytes, tracked_before, stats
+        )
+    return StepMemory(
+        tracker.peak_bytes,
+        tracked_before,
+        dict(tracker.phase_peak_bytes),
+        "tracked",
+        tracker.peak_bytes,
+        tracked_before,
+        stats,
+    )

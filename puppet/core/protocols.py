@@ -46,8 +46,8 @@ STATS: dict[str, str] = {
     "loops_per_stage": "(B, stages) loops run in each stage (DRNN)",
     "step": "Euler step size the puppeteer used (Puppet-CNN)",
     "generation_macs": "MACs spent generating this sample's kernels (dynamic-kernel models); kernels "
-                       "generated once for a batch are shared by the samples that use them, so this "
-                       "one depends on the batch",
+    "generated once for a batch are shared by the samples that use them, so this "
+    "one depends on the batch",
     "complexity": "the image's complexity in bits before normalisation (Puppet-CNN)",
     "complexity_normalised": "complexity mapped to [0, 1] (Puppet-CNN)",
 }

@@ -74,7 +74,9 @@ def register_model(
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY and _REGISTRY[name].builder is not builder:
-            raise ValueError(f"model {name!r} is registered twice ({_REGISTRY[name].builder.__module__} and {builder.__module__})")
+            raise ValueError(
+                f"model {name!r} is registered twice ({_REGISTRY[name].builder.__module__} and {builder.__module__})"
+            )
         doc = (builder.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ModelInfo(
             name=name,

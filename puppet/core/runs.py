@@ -69,8 +69,12 @@ class RunState:
 
     def describe(self) -> str:
         if self.train == "ok":
-            return {"ok": "done", "missing": "trained, not measured"}.get(self.measure, f"trained, measure {self.measure}")
-        return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(self.train, self.train)
+            return {"ok": "done", "missing": "trained, not measured"}.get(
+                self.measure, f"trained, measure {self.measure}"
+            )
+        return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(
+            self.train, self.train
+        )
 
 
 def read_record(path: Path) -> tuple[dict | None, str]:

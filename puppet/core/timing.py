@@ -60,8 +60,12 @@ class Estimate:
     def record(self, name: str, unit: str = "", threshold: float = DEFAULT_NOISE_THRESHOLD) -> dict[str, float | bool]:
         """Columns ``<name>[_unit]``, ``<name>_ci_low[_unit]``, ``<name>_ci_high[_unit]``, ``<name>_noisy``."""
         suffix = f"_{unit}" if unit else ""
-        return {f"{name}{suffix}": self.median, f"{name}_ci_low{suffix}": self.low,
-                f"{name}_ci_high{suffix}": self.high, f"{name}_noisy": self.noisy(threshold)}
+        return {
+            f"{name}{suffix}": self.median,
+            f"{name}_ci_low{suffix}": self.low,
+            f"{name}_ci_high{suffix}": self.high,
+            f"{name}_noisy": self.noisy(threshold),
+        }
 
     def scaled_inverse(self, scale: float) -> "Estimate":
         """``scale / self`` (e.g. images per batch / seconds per batch = images per second)."""
@@ -124,8 +128,9 @@ def _warm_up(fns: Iterable[Callable], inputs: Sequence, warmup: int, device) -> 
     sync(device)
 
 
-def time_calls(fn: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1,
-               device: torch.device | str | None = None) -> list[list[float]]:
+def time_calls(
+    fn: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1, device: torch.device | str | None = None
+) -> list[list[float]]:
     """Seconds of every call ``fn(item)``: one list per round, one value per input."""
     if rounds < 1 or not inputs:
         raise ValueError("time_calls needs rounds >= 1 and at least one input")
@@ -138,8 +143,9 @@ def per_round(calls: list[list[float]], level: float = DEFAULT_LEVEL) -> Estimat
     return median_interval([_mean(r) for r in calls], level)
 
 
-def timed(fn: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1, device=None,
-          level: float = DEFAULT_LEVEL) -> Estimate:
+def timed(
+    fn: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1, device=None, level: float = DEFAULT_LEVEL
+) -> Estimate:
     """Median seconds per call over ``rounds`` rounds, with its interval."""
     return per_round(time_calls(fn, inputs, rounds=rounds, warmup=warmup, device=device), level)
 
@@ -153,8 +159,16 @@ class Comparison:
     calls_b: list[list[float]]
 
 
-def compare(fn_a: Callable, fn_b: Callable, inputs: Sequence, *, rounds: int, warmup: int = 1,
-            device=None, level: float = DEFAULT_LEVEL) -> Comparison:
+def compare(
+    fn_a: Callable,
+    fn_b: Callable,
+    inputs: Sequence,
+    *,
+    rounds: int,
+    warmup: int = 1,
+    device=None,
+    level: float = DEFAULT_LEVEL,
+) -> Comparison:
     """Time A and B interleaved: each round times both over the same inputs, alternating which
     goes first; the ratio A/B is taken per round and summarised by its median and interval."""
     if rounds < 1 or not inputs:
@@ -169,7 +183,9 @@ def compare(fn_a: Callable, fn_b: Callable, inputs: Sequence, *, rounds: int, wa
             calls_b.append(_timed_round(fn_b, inputs, device))
             calls_a.append(_timed_round(fn_a, inputs, device))
     ratios = [_mean(a) / _mean(b) for a, b in zip(calls_a, calls_b)]
-    return Comparison(per_round(calls_a, level), per_round(calls_b, level), median_interval(ratios, level), calls_a, calls_b)
+    return Comparison(
+        per_round(calls_a, level), per_round(calls_b, level), median_interval(ratios, level), calls_a, calls_b
+    )
 
 
 def p90(calls: list[list[float]]) -> float:

@@ -114,8 +114,9 @@ def build_model(spec: RunSpec, splits: Splits) -> nn.Module:
 def make_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if train.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
-                               nesterov=True)
+        return torch.optim.SGD(
+            params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True
+        )
     if train.optimizer == "adam":
         return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
@@ -147,17 +148,33 @@ class Progress:
     def step(self, epoch: int, i: int, n: int, loss: float, acc: float, img_s: float) -> None:
         if self.live:
             bar = "#" * int(20 * (i + 1) / n)
-            print(f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} "
-                  f"{img_s:,.0f} img/s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} "
+                f"{img_s:,.0f} img/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
         prefix = "\r" if self.live else ""  # overwrite the live bar with the epoch's summary
-        print(f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} "
-              f"{img_s:,.0f} img/s {seconds:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} "
+            f"{img_s:,.0f} img/s {seconds:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, epoch: int, opt: torch.optim.Optimizer,
-                    device: torch.device, train: TrainSpec, progress: Progress) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    epoch: int,
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    train: TrainSpec,
+    progress: Progress,
+) -> dict:
     model.train()
     use_amp = train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -185,8 +202,13 @@ def train_one_epoch(model: nn.Module, batches: Batches, epoch: int, opt: torch.o
         seen += len(y)
         progress.step(epoch, i, n, total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "seconds": seconds, "img_per_s": seen / seconds}
+    return {
+        "epoch": epoch + 1,
+        "loss": total_loss / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "seconds": seconds,
+        "img_per_s": seen / seconds,
+    }
 
 
 def _rng_state() -> dict:
@@ -243,21 +265,38 @@ class _Trainer:
         print(f"resuming {self.out_dir} from epoch {self.start_epoch}", file=sys.stderr)
 
     def checkpoint(self, epoch: int, commit: str) -> None:
-        _save(self.ckpt_path, {
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "schedule": self.sched.state_dict(),
-            "rng": _rng_state(), "epoch": epoch + 1, "history": self.history, "train_time_s": self.train_time_s,
-            "config_hash": self.spec.hash, "git_commit": commit,
-        })
+        _save(
+            self.ckpt_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "schedule": self.sched.state_dict(),
+                "rng": _rng_state(),
+                "epoch": epoch + 1,
+                "history": self.history,
+                "train_time_s": self.train_time_s,
+                "config_hash": self.spec.hash,
+                "git_commit": commit,
+            },
+        )
 
 
 def _pause_message(label: str, epoch: int, epochs: int, elapsed_s: float, limit_min: float, last_epoch_s: float) -> str:
-    return (f"{label}: paused at epoch {epoch}/{epochs} after {elapsed_s / 60:.1f} min "
-            f"(train.time_limit_min={limit_min:g}, last epoch {last_epoch_s / 60:.1f} min); "
-            f"rerun the same command to resume")
+    return (
+        f"{label}: paused at epoch {epoch}/{epochs} after {elapsed_s / 60:.1f} min "
+        f"(train.time_limit_min={limit_min:g}, last epoch {last_epoch_s / 60:.1f} min); "
+        f"rerun the same command to resume"
+    )
 
 
-def train_run(spec: RunSpec, out_dir: str | Path, *, stop_after_epoch: int | None = None,
-              time_limit_min: float | None = None, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+def train_run(
+    spec: RunSpec,
+    out_dir: str | Path,
+    *,
+    stop_after_epoch: int | None = None,
+    time_limit_min: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
     """Run (or resume) one training job; return the ``train.json`` record, or a record with
     ``status="paused"`` (and a one-line ``message``) when ``time_limit_min`` stops it early.
 
@@ -280,8 +319,17 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, stop_after_epoch: int | Non
     model = build_model(spec, splits).to(device)
     if isinstance(model, Calibrates) and len(splits.y_val) == 0:  # refused before training, not after it
         raise ValueError(f"{spec.model} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
-    train_batches = Batches(splits.x_train, splits.y_train, spec.train.batch_size, splits.mean, splits.std,
-                            shuffle=True, seed=spec.seed, augment=spec.data.augment, device=device)
+    train_batches = Batches(
+        splits.x_train,
+        splits.y_train,
+        spec.train.batch_size,
+        splits.mean,
+        splits.std,
+        shuffle=True,
+        seed=spec.seed,
+        augment=spec.data.augment,
+        device=device,
+    )
     eval_kw = dict(batch_size=spec.train.eval_batch_size, mean=splits.mean, std=splits.std, device=device)
     if isinstance(model, Prepares):
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
@@ -296,9 +344,15 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, stop_after_epoch: int | Non
         if time_limit_min is not None and last_epoch_s is not None:
             elapsed_s = clock() - started
             if elapsed_s + last_epoch_s > 60 * time_limit_min:
-                return {"status": "paused", "epoch": epoch, "epochs": spec.epochs, "elapsed_min": elapsed_s / 60,
-                        "message": _pause_message(progress.label, epoch, spec.epochs, elapsed_s, time_limit_min,
-                                                  last_epoch_s)}
+                return {
+                    "status": "paused",
+                    "epoch": epoch,
+                    "epochs": spec.epochs,
+                    "elapsed_min": elapsed_s / 60,
+                    "message": _pause_message(
+                        progress.label, epoch, spec.epochs, elapsed_s, time_limit_min, last_epoch_s
+                    ),
+                }
         epoch_start = clock()
         record = train_one_epoch(model, train_batches, epoch, opt, device, spec.train, progress)
         run.sched.step()
@@ -315,9 +369,18 @@ def train_run(spec: RunSpec, out_dir: str | Path, *, stop_after_epoch: int | Non
     if isinstance(model, Calibrates):
         calibration = model.calibrate(Batches(splits.x_val, splits.y_val, **eval_kw)) or {}
     test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
-    _save(out_dir / "model.pt", {"model": model.state_dict(), "spec": spec.to_dict(), "num_classes": splits.num_classes,
-                                 "in_channels": splits.in_channels, "image_size": splits.image_size,
-                                 "mean": splits.mean, "std": splits.std})
+    _save(
+        out_dir / "model.pt",
+        {
+            "model": model.state_dict(),
+            "spec": spec.to_dict(),
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+            "image_size": splits.image_size,
+            "mean": splits.mean,
+            "std": splits.std,
+        },
+    )
     if test.per_sample:  # per-sample depth / exit / complexity feed the depth figures
         _save(out_dir / "test_stats.pt", test.per_sample)
     history = run.history
@@ -354,7 +417,9 @@ def _save(path: Path, obj: dict) -> None:
     try:
         atomic_save(obj, path)
     except (OSError, RuntimeError) as exc:
-        raise CheckpointWriteError(f"cannot write {path} ({one_line(exc, 200)}){disk_hint(path)}; free space or move results/") from None
+        raise CheckpointWriteError(
+            f"cannot write {path} ({one_line(exc, 200)}){disk_hint(path)}; free space or move results/"
+        ) from None
 
 
 def _load_checkpoint(path: Path, device: torch.device) -> dict | None:
@@ -385,8 +450,12 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     # train.log holds this attempt; the rule appends it to train.log.history, where this header
     # starts each attempt.
-    print(f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · config_hash {spec.hash} "
-          f"· commit {git_commit()} ====", file=sys.stderr, flush=True)
+    print(
+        f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · config_hash {spec.hash} "
+        f"· commit {git_commit()} ====",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         record = train_run(spec, out_dir, time_limit_min=time_limit_min)
         if record["status"] == "paused":

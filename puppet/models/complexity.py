@@ -3,7 +3,7 @@
     E(v)  = - sum_b p_b log2 p_b                  (eq. 8: Shannon entropy of a 256-bin histogram)
     H(x)  = 1/2 E(grey(x)) + 1/2 E(Y(grey(x)))    (eq. 9: pixels and Fourier "frequency map")
 
-What the paper leaves open and we chose (see the README (Puppet-CNN section)):
+What the paper leaves open and we chose (see the docs' Puppet-CNN page):
 
 * grey map = the mean over colour channels;
 * the model receives mean/std-normalised images, not uint8 pixels, so each grey map is

@@ -19,7 +19,7 @@ BatchNorm affine parameters are shared by all depths; running statistics are kep
 
 Only the puppeteer G, the puppet's BatchNorms and the head are trainable; no puppet conv
 owns a weight. Every choice the paper leaves open is a ``PuppetConfig`` field (builder
-kwarg, hence ``model_kwargs`` in config) and is listed in the README (Puppet-CNN section).
+kwarg, hence ``model_kwargs`` in config) and is listed on the docs' Puppet-CNN page.
 """
 
 from __future__ import annotations
@@ -158,8 +158,14 @@ def resnet_plan(in_channels: int, max_channels: int, depth: int = 18) -> list[Op
         c_out = scaled(width, max_channels)
         for b in range(blocks):
             st = stride if b == 0 else 1
-            shortcut = ConvSpec(c_in, c_out, f"s{s}b{b}_sc", kernel=1, stride=st) if (st != 1 or c_in != c_out) else None
-            plan.append(Block(ConvSpec(c_in, c_out, f"s{s}b{b}_c1", stride=st), ConvSpec(c_out, c_out, f"s{s}b{b}_c2"), shortcut))
+            shortcut = (
+                ConvSpec(c_in, c_out, f"s{s}b{b}_sc", kernel=1, stride=st) if (st != 1 or c_in != c_out) else None
+            )
+            plan.append(
+                Block(
+                    ConvSpec(c_in, c_out, f"s{s}b{b}_c1", stride=st), ConvSpec(c_out, c_out, f"s{s}b{b}_c2"), shortcut
+                )
+            )
             c_in = c_out
     return plan
 
@@ -172,9 +178,9 @@ INFERENCE_MODES = ("on_the_fly", "precomputed")
 
 @dataclass(frozen=True)
 class PuppetConfig:
-    """Every choice the paper does not pin down (the README (Puppet-CNN section)). Unknown keys raise TypeError."""
+    """Every choice the paper does not pin down (docs: the Puppet-CNN page). Unknown keys raise TypeError."""
 
-    dl_min: float = 1 / 8  # Euler step of the most complex inputs  (spec §2.1 DEFAULT)
+    dl_min: float = 1 / 8  # Euler step of the most complex inputs  (our default; the paper gives none)
     dl_max: float = 1 / 2  # Euler step of the simplest inputs
     stage_horizon: float = 1.0  # ODE time T integrated per channel stage: L = round(T / dl)
     fixed_depth: int = 4  # layers per stage when depth is not adaptive
@@ -242,8 +248,9 @@ class DepthBatchNorm2d(nn.Module):
             if self.momentum is None:  # cumulative average, as nn.BatchNorm2d (re-estimating statistics)
                 momentum = 1.0 / float(self.num_batches_tracked[row])
         # rows are views: batch_norm updates this depth's running statistics in place
-        return F.batch_norm(x, self.running_mean[row], self.running_var[row], self.weight, self.bias,
-                            self.training, momentum, self.eps)
+        return F.batch_norm(
+            x, self.running_mean[row], self.running_var[row], self.weight, self.bias, self.training, momentum, self.eps
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before statistics were kept per depth hold one (C,) statistic
@@ -258,7 +265,7 @@ class DepthBatchNorm2d(nn.Module):
         return f"{self.weight.numel()}, depths={self.depths}, eps={self.eps}, momentum={self.momentum}"
 
 
-# --------------------------------------------------------------------------- plain torch.nn parts of PuppetCNN.fixed_cnn
+# ------------------------------------------------------------------ plain torch.nn parts of PuppetCNN.fixed_cnn
 
 
 class _MaxPoolIfFits(nn.MaxPool2d):
@@ -377,7 +384,7 @@ class PuppetCNN(nn.Module):
             return torch.full_like(h, cfg.dl_static), torch.full_like(h, cfg.p0_static)
         dl = cfg.dl_max - (cfg.dl_max - cfg.dl_min) * h  # more complex -> smaller step -> more layers
         # centred and small: a large constant fill would dominate the pooled template and make
-        # all output channels of the first layers nearly equal (the README (Puppet-CNN section))
+        # all output channels of the first layers nearly equal (docs: the Puppet-CNN page)
         return dl, cfg.p0_scale * (h - 0.5)
 
     def depth_per_stage(self, dl: torch.Tensor) -> torch.Tensor:
@@ -390,7 +397,9 @@ class PuppetCNN(nn.Module):
 
     # ---------------------------------------------------------------- Euler steps -> kernels
 
-    def generate_kernels(self, fill: torch.Tensor, dl: torch.Tensor, depth: torch.Tensor) -> dict[int, list[torch.Tensor]]:
+    def generate_kernels(
+        self, fill: torch.Tensor, dl: torch.Tensor, depth: torch.Tensor
+    ) -> dict[int, list[torch.Tensor]]:
         """Euler trajectories for N (fill value, step, layers per stage) triples (N,) each.
 
         Every trajectory starts at P0 = fill * ones + template and takes one Euler step per conv
@@ -411,23 +420,30 @@ class PuppetCNN(nn.Module):
         # steps and 16 levels. Checkpointed, a step keeps only its input state and recomputes the
         # rest in backward (a third more generation compute). Not with puppeteer_norm="batch",
         # whose running statistics would be updated twice by the recomputation.
-        recompute = (self.cfg.checkpoint_generation and self.training and torch.is_grad_enabled()
-                     and self.cfg.puppeteer_norm == "trajectory")
+        recompute = (
+            self.cfg.checkpoint_generation
+            and self.training
+            and torch.is_grad_enabled()
+            and self.cfg.puppeteer_norm == "trajectory"
+        )
         kernels: dict[int, list[torch.Tensor]] = {d: [] for d in depths}
         for t in range(len(convs[depths[0]])):
             groups = [(d, len(m)) for d, m in zip(depths, members) if len(convs[d]) > t]  # still active
             active = sum(size for _, size in groups)
             specs = tuple((convs[d][t], size) for d, size in groups)
             if recompute:
-                p, *ks = checkpoint(self._euler_step, p[:active], step[:active], specs,
-                                    use_reentrant=False, preserve_rng_state=False)
+                p, *ks = checkpoint(
+                    self._euler_step, p[:active], step[:active], specs, use_reentrant=False, preserve_rng_state=False
+                )
             else:
                 p, *ks = self._euler_step(p[:active], step[:active], specs)
             for (d, _), k in zip(groups, ks):
                 kernels[d].append(k)  # (N_d, c_out, c_in, k, k)
         return kernels
 
-    def _euler_step(self, p: torch.Tensor, step: torch.Tensor, specs: tuple[tuple[ConvSpec, int], ...]) -> tuple[torch.Tensor, ...]:
+    def _euler_step(
+        self, p: torch.Tensor, step: torch.Tensor, specs: tuple[tuple[ConvSpec, int], ...]
+    ) -> tuple[torch.Tensor, ...]:
         """One Euler step of N states (N, C, C, 3, 3), then each group's kernel for this step.
 
         ``specs``: (conv, trajectories) per depth group, groups contiguous along N in that order.
@@ -478,8 +494,10 @@ class PuppetCNN(nn.Module):
         if not self.adapt_kernels:
             return 1
         if self.cfg.complexity_levels <= 1:
-            raise ValueError("precomputed inference needs quantised complexity (continuous h has no finite set of "
-                             "kernels): set model_kwargs complexity_levels to 2 or more (default 16)")
+            raise ValueError(
+                "precomputed inference needs quantised complexity (continuous h has no finite set of "
+                "kernels): set model_kwargs complexity_levels to 2 or more (default 16)"
+            )
         return self.cfg.complexity_levels
 
     def _generation_version(self) -> tuple:
@@ -536,8 +554,19 @@ class PuppetCNN(nn.Module):
             elif isinstance(op, ConvSpec):
                 bn = self.bns[op.slot]
                 row = bn.depths.index(depth)
-                program.append(("conv", next(it), op.stride, op.kernel // 2, bn.running_mean[row], bn.running_var[row],
-                                bn.weight, bn.bias, bn.eps))
+                program.append(
+                    (
+                        "conv",
+                        next(it),
+                        op.stride,
+                        op.kernel // 2,
+                        bn.running_mean[row],
+                        bn.running_var[row],
+                        bn.weight,
+                        bn.bias,
+                        bn.eps,
+                    )
+                )
             else:
                 return None
         return program
@@ -547,7 +576,9 @@ class PuppetCNN(nn.Module):
             kind = step[0]
             if kind == "conv":
                 _, kernel, stride, pad, mean, var, weight, bias, eps = step
-                x = F.relu(F.batch_norm(F.conv2d(x, kernel, None, stride, pad), mean, var, weight, bias, False, 0.0, eps))
+                x = F.relu(
+                    F.batch_norm(F.conv2d(x, kernel, None, stride, pad), mean, var, weight, bias, False, 0.0, eps)
+                )
             elif kind == "pool":
                 x = F.max_pool2d(x, step[1], step[2]) if x.shape[-1] >= step[1] else x
             elif kind == "gap":
@@ -612,7 +643,9 @@ class PuppetCNN(nn.Module):
             for d in sorted({self._deployed[j][0] for j in levels}):
                 group = [j for j in levels if self._deployed[j][0] == d]
                 size = sum(counts[j] for j in group)
-                per_conv = [tuple(self._deployed[j][1][t][0] for j in group) for t in range(len(self._deployed[group[0]][1]))]
+                per_conv = [
+                    tuple(self._deployed[j][1][t][0] for j in group) for t in range(len(self._deployed[group[0]][1]))
+                ]
                 outputs.append(self.run_puppet(x_sorted[first : first + size], d, per_conv, [counts[j] for j in group]))
                 first += size
             logits = torch.cat(outputs)[torch.argsort(order)]
@@ -626,8 +659,11 @@ class PuppetCNN(nn.Module):
         q = self.__dict__.get("_pending_levels")
         if q is not None:
             self.__dict__["_pending_levels"] = None
-            self.__dict__["_last_stats"] = {"depth": self._level_steps[q], "step": self._level_dl[q],
-                                            "generation_macs": torch.zeros(q.shape, dtype=torch.float64, device=q.device)}
+            self.__dict__["_last_stats"] = {
+                "depth": self._level_steps[q],
+                "step": self._level_dl[q],
+                "generation_macs": torch.zeros(q.shape, dtype=torch.float64, device=q.device),
+            }
         return self.__dict__["_last_stats"]
 
     @last_stats.setter
@@ -673,8 +709,16 @@ class PuppetCNN(nn.Module):
 
     # ---------------------------------------------------------------- the puppet's convs
 
-    def _conv_bn(self, x: torch.Tensor, spec: ConvSpec, kernel: torch.Tensor, counts: list[int],
-                 traj: torch.Tensor | None, depth: int, relu: bool) -> torch.Tensor:
+    def _conv_bn(
+        self,
+        x: torch.Tensor,
+        spec: ConvSpec,
+        kernel: torch.Tensor,
+        counts: list[int],
+        traj: torch.Tensor | None,
+        depth: int,
+        relu: bool,
+    ) -> torch.Tensor:
         """Generated conv -> BN (-> ReLU) on one depth group, its samples sorted by level.
 
         kernel: (N, c_out, c_in, k, k), one per level; counts: samples per level (contiguous
@@ -683,7 +727,9 @@ class PuppetCNN(nn.Module):
         pad = spec.kernel // 2
         if len(counts) == 1:  # the whole group shares one trajectory: a plain conv
             y = F.conv2d(x, kernel[0], stride=spec.stride, padding=pad)
-        elif self.cfg.conv_impl == "level" or not isinstance(kernel, torch.Tensor):  # a dense conv per level (precomputed: always)
+        elif self.cfg.conv_impl == "level" or not isinstance(
+            kernel, torch.Tensor
+        ):  # a dense conv per level (precomputed: always)
             y = torch.cat([F.conv2d(xs, k, stride=spec.stride, padding=pad) for xs, k in zip(x.split(counts), kernel)])
         else:
             conv = batched_conv2d if self.cfg.conv_impl == "grouped" else per_sample_conv2d_loop
@@ -696,7 +742,9 @@ class PuppetCNN(nn.Module):
         of them using level j's kernels; kernels aligned with plan_convs(plan_for_depth(depth))."""
         traj = None
         if self.cfg.conv_impl != "level" and len(counts) > 1:
-            traj = torch.repeat_interleave(torch.arange(len(counts), device=x.device), torch.tensor(counts, device=x.device))
+            traj = torch.repeat_interleave(
+                torch.arange(len(counts), device=x.device), torch.tensor(counts, device=x.device)
+            )
         it = iter(kernels)
 
         def conv_bn(x, spec, relu):
@@ -796,10 +844,12 @@ def _stage_formula(adapt_depth: bool) -> Callable[..., int]:
 
 
 _ALEXNET_CONVS = (64, 192, 384, 256, 256)
-_VGG_CONVS = {11: (64, 128, 256, 256, 512, 512, 512, 512),
-              13: (64, 64, 128, 128, 256, 256, 512, 512, 512, 512),
-              16: (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
-              19: (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)}
+_VGG_CONVS = {
+    11: (64, 128, 256, 256, 512, 512, 512, 512),
+    13: (64, 64, 128, 128, 256, 256, 512, 512, 512, 512),
+    16: (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512),
+    19: (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512),
+}
 
 
 def _cfg_formula(conv_widths: tuple[int, ...], c: int, num_classes: int) -> int:
@@ -812,11 +862,15 @@ def _alexnet_formula(num_classes: int, in_channels: int, image_size: int, max_ch
     return _cfg_formula(_ALEXNET_CONVS, max_channels, num_classes)
 
 
-def _vgg_formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 11, **kw) -> int:
+def _vgg_formula(
+    num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 11, **kw
+) -> int:
     return _cfg_formula(_VGG_CONVS[depth], max_channels, num_classes)
 
 
-def _resnet_formula(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 18, **kw) -> int:
+def _resnet_formula(
+    num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, depth: int = 18, **kw
+) -> int:
     """Stem + two convs per block + a 1x1 shortcut at each stage change, each with a BN; head from the last width."""
     c = max_channels
     w = [max(4, min(round(v * c / 512), c)) for v in (64, 128, 256, 512)]
@@ -828,24 +882,44 @@ def _resnet_formula(num_classes: int, in_channels: int, image_size: int, max_cha
     return (c * c + 15 * c) + bn + w[3] * num_classes + num_classes
 
 
-def _build(plan_for_depth, num_classes: int, max_channels: int, kwargs: dict, adapt_kernels: bool, adapt_depth: bool) -> PuppetCNN:
-    return PuppetCNN(plan_for_depth, num_classes, max_channels, _config(kwargs), adapt_kernels=adapt_kernels, adapt_depth=adapt_depth)
+def _build(
+    plan_for_depth, num_classes: int, max_channels: int, kwargs: dict, adapt_kernels: bool, adapt_depth: bool
+) -> PuppetCNN:
+    return PuppetCNN(
+        plan_for_depth, num_classes, max_channels, _config(kwargs), adapt_kernels=adapt_kernels, adapt_depth=adapt_depth
+    )
 
 
 @register_model("puppet_cnn", family="puppet", paper_name="Puppet-CNN", param_formula=_stage_formula(True))
-def puppet_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+def puppet_cnn(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> PuppetCNN:
     """Puppet-CNN: kernels and depth generated from the input's complexity by the puppeteer ODE."""
     return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, True, True)
 
 
-@register_model("puppet_cnn_param", family="puppet", paper_name="Puppet-CNN (parameter adaptation)", param_formula=_stage_formula(False))
-def puppet_cnn_param(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_cnn_param",
+    family="puppet",
+    paper_name="Puppet-CNN (parameter adaptation)",
+    param_formula=_stage_formula(False),
+)
+def puppet_cnn_param(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> PuppetCNN:
     """Puppet-CNN with input-adaptive kernels and a fixed depth (fixed_depth layers per stage)."""
     return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, True, False)
 
 
-@register_model("puppet_cnn_static", family="puppet", paper_name="Puppet-CNN (Puppeteer-Puppet scheme)", param_formula=_stage_formula(False))
-def puppet_cnn_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_cnn_static",
+    family="puppet",
+    paper_name="Puppet-CNN (Puppeteer-Puppet scheme)",
+    param_formula=_stage_formula(False),
+)
+def puppet_cnn_static(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> PuppetCNN:
     """Puppeteer-Puppet scheme: kernels generated by the ODE from a constant P0 and step (no input adaptation)."""
     return _build(_stages(in_channels, max_channels), num_classes, max_channels, kwargs, False, False)
 
@@ -856,53 +930,87 @@ def puppet_cnn_static(num_classes: int = 10, in_channels: int = 3, image_size: i
 _ADAPTIVE, _STATIC = "parameter adaptation", "Puppeteer-Puppet scheme"
 
 
-@register_model("puppet_alexnet", family="puppet", paper_name=f"Puppet-AlexNet ({_ADAPTIVE})",
-                param_formula=_alexnet_formula)
-def puppet_alexnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                   **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_alexnet", family="puppet", paper_name=f"Puppet-AlexNet ({_ADAPTIVE})", param_formula=_alexnet_formula
+)
+def puppet_alexnet(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> PuppetCNN:
     """Puppet-AlexNet: the AlexNet structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
     plan = cfg_plan(ALEXNET_CFG, in_channels, max_channels)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
 
 
-@register_model("puppet_alexnet_static", family="puppet", paper_name=f"Puppet-AlexNet ({_STATIC})",
-                param_formula=_alexnet_formula)
-def puppet_alexnet_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512,
-                          **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_alexnet_static", family="puppet", paper_name=f"Puppet-AlexNet ({_STATIC})", param_formula=_alexnet_formula
+)
+def puppet_alexnet_static(
+    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
+) -> PuppetCNN:
     """Puppet-AlexNet: the AlexNet structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
     plan = cfg_plan(ALEXNET_CFG, in_channels, max_channels)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)
 
 
 @register_model("puppet_vgg", family="puppet", paper_name=f"Puppet-VGG ({_ADAPTIVE})", param_formula=_vgg_formula)
-def puppet_vgg(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-               depth: int = 11, **kwargs) -> PuppetCNN:
+def puppet_vgg(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    depth: int = 11,
+    **kwargs,
+) -> PuppetCNN:
     """Puppet-VGG: the VGG structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
     plan = cfg_plan(vgg_cfg(depth), in_channels, max_channels)  # depth: the VGG variant (Fig. 4)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
 
 
 @register_model("puppet_vgg_static", family="puppet", paper_name=f"Puppet-VGG ({_STATIC})", param_formula=_vgg_formula)
-def puppet_vgg_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                      depth: int = 11, **kwargs) -> PuppetCNN:
+def puppet_vgg_static(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    depth: int = 11,
+    **kwargs,
+) -> PuppetCNN:
     """Puppet-VGG: the VGG structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
     plan = cfg_plan(vgg_cfg(depth), in_channels, max_channels)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)
 
 
-@register_model("puppet_resnet", family="puppet", paper_name=f"Puppet-ResNet ({_ADAPTIVE})",
-                param_formula=_resnet_formula)
-def puppet_resnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                  depth: int = 18, **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_resnet", family="puppet", paper_name=f"Puppet-ResNet ({_ADAPTIVE})", param_formula=_resnet_formula
+)
+def puppet_resnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    depth: int = 18,
+    **kwargs,
+) -> PuppetCNN:
     """Puppet-ResNet: the ResNet structure with puppeteer-generated 3x3 kernels (parameter adaptation)."""
     plan = resnet_plan(in_channels, max_channels, depth)  # depth: the ResNet variant (Fig. 4)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
 
 
-@register_model("puppet_resnet_static", family="puppet", paper_name=f"Puppet-ResNet ({_STATIC})",
-                param_formula=_resnet_formula)
-def puppet_resnet_static(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *,
-                         depth: int = 18, **kwargs) -> PuppetCNN:
+@register_model(
+    "puppet_resnet_static", family="puppet", paper_name=f"Puppet-ResNet ({_STATIC})", param_formula=_resnet_formula
+)
+def puppet_resnet_static(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    *,
+    depth: int = 18,
+    **kwargs,
+) -> PuppetCNN:
     """Puppet-ResNet: the ResNet structure with puppeteer-generated 3x3 kernels (Puppeteer-Puppet scheme)."""
     plan = resnet_plan(in_channels, max_channels, depth)
     return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)

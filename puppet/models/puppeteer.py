@@ -2,8 +2,8 @@
 
 G is "a 1-layer depth-separable convolution, followed by batch-norm and tanh" (paper §3).
 We build it as the MobileNet block DW 3x3 (bias) -> BN -> PW 1x1 (bias) -> BN -> tanh,
-because exactly that count, C^2 + 15C, reproduces every row of the paper's Table 5
-(shared/spec/puppet_cnn.md §6): 10C (DW) + 2C (BN) + C^2 + C (PW) + 2C (BN).
+because exactly that count, C^2 + 15C, reproduces every row of the paper's Table 5:
+10C (DW) + 2C (BN) + C^2 + C (PW) + 2C (BN).
 
 The state P is one C_max x C_max x 3 x 3 kernel tensor per trajectory, stored as
 (N, C_out, C_in, 3, 3). G sees it as N*C_out "images" with C_in channels and a 3x3

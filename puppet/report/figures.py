@@ -32,8 +32,14 @@ COST_AXES = {
     "macs": "MACs per image (batch 1)",
     "latency_s_per_img": "latency (s/img, batch 1)",
 }
-FAMILY_COLOURS = {"fixed": "tab:blue", "puppet": "tab:red", "adaptive_params": "tab:green", "adaptive_depth": "tab:purple"}
+FAMILY_COLOURS = {
+    "fixed": "tab:blue",
+    "puppet": "tab:red",
+    "adaptive_params": "tab:green",
+    "adaptive_depth": "tab:purple",
+}
 MARKERS = "osD^v<>pP*Xhd"
+
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Points no other point beats on both lower cost ``x`` and higher accuracy ``y``."""
@@ -99,24 +105,45 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
             for _, p in pts.iterrows():
                 colour = FAMILY_COLOURS.get(_family(p["model"]), "grey")
                 marker = MARKERS[models.index(p["model"].removesuffix(PRECOMPUTED)) % len(MARKERS)]
-                target.errorbar(p[x], p["top1"], yerr=p.get("top1_std") if p["n_seeds"] > 1 else None,
-                                marker=marker, color=colour, linestyle="none", capsize=3, markersize=7,
-                                markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour, label=p["model"])
+                target.errorbar(
+                    p[x],
+                    p["top1"],
+                    yerr=p.get("top1_std") if p["n_seeds"] > 1 else None,
+                    marker=marker,
+                    color=colour,
+                    linestyle="none",
+                    capsize=3,
+                    markersize=7,
+                    markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour,
+                    label=p["model"],
+                )
             if len(pts) > 1:
                 front = pareto_front(pts, x, "top1")
-                target.step(front[x], front["top1"], where="post", color="black", alpha=0.4, linewidth=1, label="Pareto frontier")
+                target.step(
+                    front[x],
+                    front["top1"],
+                    where="post",
+                    color="black",
+                    alpha=0.4,
+                    linewidth=1,
+                    label="Pareto frontier",
+                )
             target.set_xscale("log")
             target.set_xlabel(xlabel)
             target.grid(alpha=0.3, which="both")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{dataset}: top-1 vs {xlabel}")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside the data, never on it
+        ax.legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
+        )  # beside the data, never on it
         written += save(fig, out_dir / f"{dataset}_top1_vs_{x}")
     axes[0].set_ylabel("top-1 accuracy (%)")
     handles, labels = axes[-1].get_legend_handles_labels()  # the latency panel also has the precomputed points
     fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig_all.suptitle(f"{dataset}: accuracy against cost (colour = family; hollow: Puppet with precomputed kernels; "
-                     "error bars over seeds)")
+    fig_all.suptitle(
+        f"{dataset}: accuracy against cost (colour = family; hollow: Puppet with precomputed kernels; "
+        "error bars over seeds)"
+    )
     written += save(fig_all, out_dir / f"{dataset}_top1_vs_cost")
     return written
 
@@ -128,8 +155,17 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
     ok = metrics[metrics["status"] == "ok"]
     panels = []
     for _, r in ok.iterrows():
-        path = run_dir(runs_root.parent, str(r["profile"]), str(r["dataset"]), str(r["model"]), int(r["seed"]),
-                       str(r.get("config_hash", ""))) / "test_stats.pt"
+        path = (
+            run_dir(
+                runs_root.parent,
+                str(r["profile"]),
+                str(r["dataset"]),
+                str(r["model"]),
+                int(r["seed"]),
+                str(r.get("config_hash", "")),
+            )
+            / "test_stats.pt"
+        )
         if path.is_file():
             problem = archive_problem(path)
             if problem:  # a damaged per-sample record costs one panel, not the figures
@@ -173,16 +209,30 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
     for fixed, puppet, depths in FIG4_FAMILIES:
         for depth in depths:
             for name in (fixed, puppet):
-                stored = stored_param_count(create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth))
-                rows.append({"family": fixed, "model": name, "depth": depth,
-                             "stored_params": stored, "param_size_mb": param_size_mb(stored)})
+                stored = stored_param_count(
+                    create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth)
+                )
+                rows.append(
+                    {
+                        "family": fixed,
+                        "model": name,
+                        "depth": depth,
+                        "stored_params": stored,
+                        "param_size_mb": param_size_mb(stored),
+                    }
+                )
     frame = pd.DataFrame(rows)
     atomic_write_csv(frame, out_dir / "size_vs_depth.csv")
     fig, ax = plt.subplots(figsize=(6, 4))
     for (name, g), marker in zip(frame.groupby("model", sort=False), MARKERS):
-        ax.plot(g["depth"], g["param_size_mb"], marker=marker, label=name,
-                color=FAMILY_COLOURS["puppet" if name.startswith("puppet") else "fixed"],
-                linestyle="--" if "resnet" in name else "-")
+        ax.plot(
+            g["depth"],
+            g["param_size_mb"],
+            marker=marker,
+            label=name,
+            color=FAMILY_COLOURS["puppet" if name.startswith("puppet") else "fixed"],
+            linestyle="--" if "resnet" in name else "-",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("depth (weight layers)")
     ax.set_ylabel(f"stored size (MB, {max_channels} channels max)")

@@ -1,8 +1,8 @@
 """The numbers printed in the Puppet-CNN paper (arXiv 2411.12876 v1), as reference data.
 
 These appear only in ``paper_*`` columns beside our measured numbers; nothing here
-is ever written into one of our own columns. Source: ``shared/spec/puppet_cnn.md``
-section 4 (all numbers as printed in v1). Units: accuracy in percent, sizes in
+is ever written into one of our own columns. Source: the paper's Tables 1-6
+(all numbers as printed in v1). Units: accuracy in percent, sizes in
 MB = float32 bytes / 1e6, speed in seconds per image, Mult-Adds in G.
 
 Each table is a list of rows; a row names the registered model that stands for

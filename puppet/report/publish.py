@@ -26,8 +26,17 @@ import pandas as pd
 from puppet.core.io import atomic_write_csv, atomic_write_text
 from puppet.report.collate import COLUMNS, KEY
 
-LIVE = ["metrics.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "table6.csv",
-        "sizes.csv", "tables.md"]
+LIVE = [
+    "metrics.csv",
+    "table1.csv",
+    "table2.csv",
+    "table3.csv",
+    "table4.csv",
+    "table5.csv",
+    "table6.csv",
+    "sizes.csv",
+    "tables.md",
+]
 SITTINGS = "sittings.csv"
 SITTING_COLUMNS = ["sitting", "published_utc", "command", "wall_clock", "runs_merged", "runs", "git_commit"]
 
@@ -36,8 +45,15 @@ class PublishError(ValueError):
     """A publish that would mix results of different run specs; one line naming the run and the fix."""
 
 
-def publish(results: str | Path, name: str, command: str, timing: str = "", *,
-            merge: bool = False, allow_config_change: bool = False) -> Path:
+def publish(
+    results: str | Path,
+    name: str,
+    command: str,
+    timing: str = "",
+    *,
+    merge: bool = False,
+    allow_config_change: bool = False,
+) -> Path:
     """Copy ``results/`` into ``results/published/<name>/`` (replacing it), or with ``merge``
     add this sitting's rows to that snapshot (see ``merge_metrics``) and rebuild its tables
     and figures. Returns the snapshot's folder."""
@@ -47,7 +63,9 @@ def publish(results: str | Path, name: str, command: str, timing: str = "", *,
         return _publish_merged(results, out, name, command, timing, allow_config_change)
     missing = [f for f in LIVE if not (results / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"nothing to publish: {', '.join(missing)} missing under {results}; run `snakemake --cores all all` first")
+        raise FileNotFoundError(
+            f"nothing to publish: {', '.join(missing)} missing under {results}; run `snakemake --cores all all` first"
+        )
     if out.exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
@@ -70,17 +88,24 @@ def merge_metrics(snapshot: pd.DataFrame, sitting: pd.DataFrame, allow_config_ch
     (the run's spec changed) is refused unless ``allow_config_change``."""
     duplicated = sitting[sitting.duplicated(KEY, keep=False)]
     if len(duplicated):
-        raise PublishError(f"cannot merge: {_run_name(duplicated.iloc[0])} appears {len(duplicated)} times in the new metrics.csv; collate it again")
+        raise PublishError(
+            f"cannot merge: {_run_name(duplicated.iloc[0])} appears {len(duplicated)} times in the new metrics.csv; "
+            "collate it again"
+        )
     new_keys = {_key(r): r for _, r in sitting.iterrows()}
-    changed = [(r, new_keys[_key(r)]) for _, r in snapshot.iterrows()
-               if _key(r) in new_keys and _hash(r) != _hash(new_keys[_key(r)])]
+    changed = [
+        (r, new_keys[_key(r)])
+        for _, r in snapshot.iterrows()
+        if _key(r) in new_keys and _hash(r) != _hash(new_keys[_key(r)])
+    ]
     if changed and not allow_config_change:
         old, new = changed[0]
         more = f" (and {len(changed) - 1} more run(s))" if len(changed) > 1 else ""
         raise PublishError(
             f"cannot merge: {_run_name(old)}{more} has config_hash {_hash(old) or '(none)'} in the snapshot but "
             f"{_hash(new) or '(none)'} in the new metrics.csv (its run spec changed); publish under a new --name, "
-            f"or pass --allow-config-change to replace the snapshot's row")
+            f"or pass --allow-config-change to replace the snapshot's row"
+        )
     kept = snapshot[[_key(r) not in new_keys for _, r in snapshot.iterrows()]]
     merged = pd.concat([frame for frame in (kept, sitting) if len(frame)], ignore_index=True)
     extra = sorted(c for c in merged.columns if c not in COLUMNS)  # e.g. mean_depth, as collate orders them
@@ -92,9 +117,15 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
     from puppet.report.tables import write_tables
 
     if not (results / "metrics.csv").is_file():
-        raise FileNotFoundError(f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first")
+        raise FileNotFoundError(
+            f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first"
+        )
     sitting = pd.read_csv(results / "metrics.csv", dtype={"config_hash": str})
-    snapshot = pd.read_csv(out / "metrics.csv", dtype={"config_hash": str}) if (out / "metrics.csv").is_file() else sitting.iloc[0:0]
+    snapshot = (
+        pd.read_csv(out / "metrics.csv", dtype={"config_hash": str})
+        if (out / "metrics.csv").is_file()
+        else sitting.iloc[0:0]
+    )
     merged = merge_metrics(snapshot, sitting, allow_config_change)  # refuses before anything is written
     sittings = _add_sitting(_read_sittings(out), sitting, command, timing)
 
@@ -148,19 +179,29 @@ def _read_sittings(out: Path) -> pd.DataFrame:
     command = re.search(r"^- command: `(.*)`$", readme, re.M)
     wall = re.search(r"^- wall-clock: (.*)$", readme, re.M)
     old = pd.read_csv(out / "metrics.csv", dtype={"config_hash": str})
-    return pd.DataFrame([{
-        "sitting": "1", "published_utc": "", "command": command.group(1) if command else "(not recorded)",
-        "wall_clock": wall.group(1) if wall else "", "runs_merged": str(len(old)),
-        "runs": "; ".join(_run_name(r) for _, r in old.iterrows()),
-        "git_commit": ", ".join(sorted(old["git_commit"].dropna().astype(str).unique())),
-    }], columns=SITTING_COLUMNS)
+    return pd.DataFrame(
+        [
+            {
+                "sitting": "1",
+                "published_utc": "",
+                "command": command.group(1) if command else "(not recorded)",
+                "wall_clock": wall.group(1) if wall else "",
+                "runs_merged": str(len(old)),
+                "runs": "; ".join(_run_name(r) for _, r in old.iterrows()),
+                "git_commit": ", ".join(sorted(old["git_commit"].dropna().astype(str).unique())),
+            }
+        ],
+        columns=SITTING_COLUMNS,
+    )
 
 
 def _add_sitting(sittings: pd.DataFrame, rows: pd.DataFrame, command: str, timing: str) -> pd.DataFrame:
     entry = {
         "sitting": str(len(sittings) + 1),
         "published_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command, "wall_clock": timing, "runs_merged": str(len(rows)),
+        "command": command,
+        "wall_clock": timing,
+        "runs_merged": str(len(rows)),
         "runs": "; ".join(_run_name(r) for _, r in rows.iterrows()),
         "git_commit": ", ".join(sorted(rows["git_commit"].dropna().astype(str).unique())),
     }
@@ -173,8 +214,9 @@ def _readme(name: str, m: pd.DataFrame, sittings: pd.DataFrame) -> str:
         f"# Published results: {name}",
         "",
         "A snapshot of the collated outputs of one workflow run (copied by `python -m puppet publish`).\n"
-        "Regenerate with the command below; the live outputs land in `results/`." if one else
-        f"A snapshot of the collated outputs of {len(sittings)} workflow sittings, merged by "
+        "Regenerate with the command below; the live outputs land in `results/`."
+        if one
+        else f"A snapshot of the collated outputs of {len(sittings)} workflow sittings, merged by "
         "`python -m puppet publish --merge`: a later sitting's row replaces an earlier one of the same run "
         "(same config_hash), and the tables and figures were rebuilt from the merged `metrics.csv`.\n"
         "Regenerate by running the sittings' commands below in order (a paused run resumes where it stopped); "
@@ -199,7 +241,13 @@ def _readme(name: str, m: pd.DataFrame, sittings: pd.DataFrame) -> str:
         lines += ["", f"## Sittings (in order; also `{SITTINGS}`)", ""]
         for _, s in sittings.iterrows():
             runs = s["runs"] if int(s["runs_merged"]) <= 10 else f"{s['runs_merged']} runs"
-            when = ", ".join(x for x in (s["published_utc"] and f"published {s['published_utc']}",
-                                         s["wall_clock"] and f"wall-clock {s['wall_clock']}") if x)
+            when = ", ".join(
+                x
+                for x in (
+                    s["published_utc"] and f"published {s['published_utc']}",
+                    s["wall_clock"] and f"wall-clock {s['wall_clock']}",
+                )
+                if x
+            )
             lines.append(f"{s['sitting']}. `{s['command']}`{f' ({when})' if when else ''}: {runs}")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """Table 5 of the paper (model size vs maximum output channel), computed from our model code.
 
-The paper's columns are torchinfo's summary lines (shared/spec/puppet_cnn.md §6):
+The paper's columns are torchinfo's summary lines:
 "Params size (MB)" sums the parameters of leaf modules only, "Total params" also counts
 parameters registered directly on a non-leaf module. For Puppet-CNN that reads:
 
@@ -34,20 +34,24 @@ def table5(num_classes: int = 10) -> pd.DataFrame:
         total = param_count + model.template.numel()  # + the template on the model itself
         size = param_size_mb(param_count)
         stored = model.stored_param_count()
-        rows.append({
-            "label": f"C_max = {c_max}",
-            "model": MODEL,
-            "c_max": c_max,
-            "total_params_m": round(total / 1e6, 2),
-            "paper_total_params_m": paper_total_m,
-            "total_params_m_diff": round(round(total / 1e6, 2) - paper_total_m, 2),
-            "param_size_mb": round(size, 2),
-            "paper_param_size_mb": paper_size_mb,
-            "param_size_mb_diff": round(round(size, 2) - paper_size_mb, 2),
-            "total_params": total,
-            "param_count": param_count,
-            "note": (f"puppeteer C^2+15C = {param_count:,}; template 9C^2 = {model.template.numel():,}; "
-                     f"our stored model with puppet BNs + head ({num_classes} classes): {stored:,} "
-                     f"({param_size_mb(stored):.2f} MB), not in the paper's count"),
-        })
+        rows.append(
+            {
+                "label": f"C_max = {c_max}",
+                "model": MODEL,
+                "c_max": c_max,
+                "total_params_m": round(total / 1e6, 2),
+                "paper_total_params_m": paper_total_m,
+                "total_params_m_diff": round(round(total / 1e6, 2) - paper_total_m, 2),
+                "param_size_mb": round(size, 2),
+                "paper_param_size_mb": paper_size_mb,
+                "param_size_mb_diff": round(round(size, 2) - paper_size_mb, 2),
+                "total_params": total,
+                "param_count": param_count,
+                "note": (
+                    f"puppeteer C^2+15C = {param_count:,}; template 9C^2 = {model.template.numel():,}; "
+                    f"our stored model with puppet BNs + head ({num_classes} classes): {stored:,} "
+                    f"({param_size_mb(stored):.2f} MB), not in the paper's count"
+                ),
+            }
+        )
     return pd.DataFrame(rows)

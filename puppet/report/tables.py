@@ -19,10 +19,14 @@ from puppet.core.registry import create_model
 from puppet.report.paper import RUN_TABLES, PaperTable
 
 UNITS = {
-    "top1": "Top-1 (%)", "top5": "Top-5 (%)", "param_size_mb": "Params Size (MB)",
-    "latency_s_per_img": "Speed (s/img)", "macs_g": "Mult-Adds (G)",
+    "top1": "Top-1 (%)",
+    "top5": "Top-5 (%)",
+    "param_size_mb": "Params Size (MB)",
+    "latency_s_per_img": "Speed (s/img)",
+    "macs_g": "Mult-Adds (G)",
     "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
-    "total_params_m": "Total Params (M)", "kernels_mb": "Precomputed kernels (MB)",
+    "total_params_m": "Total Params (M)",
+    "kernels_mb": "Precomputed kernels (MB)",
 }
 
 
@@ -50,8 +54,15 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
     for prow in table.rows:
         runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
         ok = runs[runs["status"] == "ok"]
-        row = {"table": table.name, "dataset": prow.dataset, "group": prow.group, "label": prow.label,
-               "model": prow.model, "variant": prow.variant or "on_the_fly", "n_seeds": len(ok)}
+        row = {
+            "table": table.name,
+            "dataset": prow.dataset,
+            "group": prow.group,
+            "label": prow.label,
+            "model": prow.model,
+            "variant": prow.variant or "on_the_fly",
+            "n_seeds": len(ok),
+        }
         if runs.empty:
             row["note"] = "not run"
         elif ok.empty:
@@ -126,14 +137,27 @@ def provenance(metrics: pd.DataFrame) -> str:
             f"- profile `{profile}`, {dataset} from `{g['data_source'].iloc[0]}`: "
             f"{int(g['train_size'].iloc[0])} train / {int(g['test_size'].iloc[0])} test images, "
             f"{int(g['epochs'].iloc[0])} epochs, seeds {sorted(g['seed'].unique().tolist())}; "
-            f"timed on {g['device'].iloc[0]} with {int(g['threads'].iloc[0])} threads, torch {g['torch_version'].iloc[0]}"
+            f"timed on {g['device'].iloc[0]} with {int(g['threads'].iloc[0])} threads, torch "
+            f"{g['torch_version'].iloc[0]}"
         )
     return "\n".join(parts)
 
 
 def runs_markdown(metrics: pd.DataFrame) -> str:
-    cols = ["dataset", "model", "seed", "status", "top1", "top5", "stored_params", "param_size_mb", "macs",
-            "latency_s_per_img", "throughput_img_per_s", "train_time_s"]
+    cols = [
+        "dataset",
+        "model",
+        "seed",
+        "status",
+        "top1",
+        "top5",
+        "stored_params",
+        "param_size_mb",
+        "macs",
+        "latency_s_per_img",
+        "throughput_img_per_s",
+        "train_time_s",
+    ]
     cols += [c for c in metrics.columns if c.startswith("mean_")]
     lines = ["## All runs (results/metrics.csv)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in metrics.iterrows():
@@ -174,14 +198,19 @@ def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
             model = create_model(name, num_classes=num_classes, max_channels=max_channels)
         stored = stored_param_count(model)
         info = model_info(name)
-        rows.append({
-            "label": info.paper_name, "model": name, "family": info.family,
-            "stored_params": stored, "total_params": total_param_count(model),
-            "param_size_mb": param_size_mb(stored),
-            "paper_param_size_mb": paper.get(name, math.nan),
-            "param_size_mb_diff": param_size_mb(stored) - paper.get(name, math.nan),
-            "note": "paper counts the puppeteer only (Table 5)" if info.family == "puppet" else "",
-        })
+        rows.append(
+            {
+                "label": info.paper_name,
+                "model": name,
+                "family": info.family,
+                "stored_params": stored,
+                "total_params": total_param_count(model),
+                "param_size_mb": param_size_mb(stored),
+                "paper_param_size_mb": paper.get(name, math.nan),
+                "param_size_mb_diff": param_size_mb(stored) - paper.get(name, math.nan),
+                "note": "paper counts the puppeteer only (Table 5)" if info.family == "puppet" else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -190,10 +219,18 @@ def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
     from puppet.report.table5 import table5
 
     return [
-        ("table5", "Table 5: Puppet-CNN size vs maximum output channel (from the model code)", table5(),
-         ("total_params_m", "param_size_mb")),
-        ("sizes", "Model sizes at the paper's width (max_channels 512, 10 classes), from the model code",
-         model_sizes(), ("param_size_mb",)),
+        (
+            "table5",
+            "Table 5: Puppet-CNN size vs maximum output channel (from the model code)",
+            table5(),
+            ("total_params_m", "param_size_mb"),
+        ),
+        (
+            "sizes",
+            "Model sizes at the paper's width (max_channels 512, 10 classes), from the model code",
+            model_sizes(),
+            ("param_size_mb",),
+        ),
     ]
 
 
@@ -209,10 +246,10 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
         "`paper` is the number printed in the Puppet-CNN paper (v1); Δ = ours − paper. "
         "Accuracy is on the test split named below, which may be a subset: compare with care. "
         "Sizes, MACs and speed in Tables 1-4 and 6 are those of the models as run, at the profile's "
-        "`max_channels` (the paper: 512); Table 5 and \"Model sizes\" give the paper-scale sizes from the model code. "
+        '`max_channels` (the paper: 512); Table 5 and "Model sizes" give the paper-scale sizes from the model code. '
         "Puppet rows of Tables 1-4 appear twice: *on the fly* (kernels generated for every batch, as the paper "
         "describes) and *kernels precomputed* (every complexity level's kernels generated once after training; "
-        "\"Precomputed kernels (MB)\" is the memory they take, beside the stored size). The paper does not say "
+        '"Precomputed kernels (MB)" is the memory they take, beside the stored size). The paper does not say '
         "which its speed is, so its numbers stand beside both. Latency is the median over timing rounds; "
         "`metrics.csv` has its 95% interval (`latency_ci_low/high_s_per_img`) and a `latency_noisy` flag.",
         "",
