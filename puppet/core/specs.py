@@ -30,13 +30,9 @@ def _from_mapping(cls: type, values: Mapping[str, Any], where: str):
     unknown = sorted(set(values) - set(names))
     missing = [n for n in names if n not in values]
     if unknown or missing:
-        raise SpecError(
-            f"run spec {where}: "
-            + "; ".join(
-                ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
-            )
-            + f"; build specs with puppet.core.config.run_spec (expected keys: {', '.join(names)})"
-        )
+        problems = [f"unknown keys {unknown} (allowed: {', '.join(names)})"] if unknown else []
+        problems += [f"missing keys {missing}"] if missing else []
+        raise SpecError(f"run spec {where}: {'; '.join(problems)}; build specs with puppet.core.config.run_spec")
     return cls(**{n: values[n] for n in names})
 
 
