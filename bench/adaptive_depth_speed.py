@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from puppet import create_model, timing
+from puppet import create_model
+from puppet.core import timing
 from puppet.core.data import Batches, load_dataset
 from puppet.core.measure import count_macs
 

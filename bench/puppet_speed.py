@@ -33,7 +33,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from puppet import create_model, timing
+from puppet import create_model
+from puppet.core import timing
 from puppet.core.data import Batches, load_dataset, make_splits
 from puppet.core.io import atomic_write_csv
 from puppet.models.complexity import image_complexity

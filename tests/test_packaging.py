@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -106,3 +107,15 @@ def test_docs_and_code_cite_nothing_outside_the_repository():
         text = path.read_text()
         for pattern in ("../shared", "shared/spec", "shared/data"):
             assert pattern not in text, f"{path.relative_to(REPO)} cites {pattern}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "bench").glob("*.py")))
+def test_every_benchmark_script_starts(script):
+    """``--help`` imports the script and builds its parser: a moved module breaks it here, not on a GPU."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
