@@ -105,10 +105,10 @@ def _validate(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"warning: {warning}")
     for dataset, model, seed in runs:
-        path = run_dir(
-            args.results, config["profile"], dataset, model, seed, run_spec(config, dataset, model, seed).hash
-        )
-        print(f"  {dataset:14s} {model:24s} seed {seed}  {inspect_run(path).describe():24s} {path}")
+        spec = run_spec(config, dataset, model, seed)
+        path = run_dir(args.results, config["profile"], dataset, model, seed, spec.hash)
+        recipe = f"{spec.recipe}, {spec.epochs} ep"
+        print(f"  {dataset:14s} {model:24s} seed {seed}  {recipe:24s} {inspect_run(path).describe():24s} {path}")
     return 0
 
 

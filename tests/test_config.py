@@ -193,3 +193,89 @@ def test_cli_refuses_a_malformed_spec_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: run spec (top level): unknown keys ['colour']") and "\n" not in err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- per-model recipes
+
+RECIPE = {
+    "epochs": 4,
+    "data": {"augment": "crop_flip", "train_size": 300},
+    "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 32, "schedule": "multistep", "milestones": [2, 3]},
+}
+
+
+def _with_recipe(**extra):
+    models = list_models()[:2]
+    return _base(models=models, recipes={"official": RECIPE}, model_recipes={models[0]: "official"}, **extra), models
+
+
+def test_a_recipe_applies_to_its_models_only():
+    raw, (with_recipe, plain) = _with_recipe(data_overrides={"synthetic": {"train_size": 200}})
+    cfg = validate_config(raw)
+    a, b = run_spec(cfg, "synthetic", with_recipe, 0), run_spec(cfg, "synthetic", plain, 0)
+    assert (a.recipe, a.epochs, a.train.optimizer, a.train.lr, a.train.milestones) == (
+        "official",
+        4,
+        "sgd",
+        0.1,
+        (2, 3),
+    )
+    assert a.data.augment == "crop_flip" and a.data.train_size == 200  # the dataset's override still wins
+    assert a.train.weight_decay == cfg["train"]["weight_decay"]  # what the recipe does not name: the profile's
+    assert (b.recipe, b.epochs, b.train, b.data.augment) == (
+        "default",
+        cfg["epochs"],
+        run_spec(validate_config(_base(models=raw["models"])), "synthetic", plain, 0).train,
+        "none",
+    )
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"model_recipes": {"alexnet": "offical"}}, "no recipe 'offical'"),
+        ({"recipes": {"official": {**RECIPE, "train": {"schedule": "multistep"}}}}, "needs milestones"),
+        ({"recipes": {"official": {**RECIPE, "epochs": 3}}}, "milestone 3 is never reached in 3 epochs"),
+        ({"recipes": {"official": {**RECIPE, "train": {"milestones": [1]}}}}, "multistep only"),
+        ({"recipes": {"official": {**RECIPE, "train": {"time_limit_min": 5}}}}, "time_limit_min"),
+        ({"recipes": {"official": {**RECIPE, "train": {"lr": -1}}}}, "lr"),
+        ({"recipes": {"default": RECIPE}}, "default"),
+    ],
+)
+def test_bad_recipes_are_refused_in_one_line(change, match):
+    raw, _ = _with_recipe()
+    with pytest.raises(ConfigError, match=match) as err:
+        validate_config({**raw, **change})
+    assert "\n" not in str(err.value)
+
+
+def test_keys_added_later_keep_old_run_hashes():
+    """``train.milestones`` and ``recipe`` arrived after runs existed: at their neutral values the
+    hash is the one the spec had without them (no finished run is renamed, so none reruns), and a
+    stored spec without them (an older model.pt) still reads."""
+    import hashlib
+
+    spec = run_spec(validate_config(_base()), "synthetic", "alexnet", 0)
+    old = spec.to_dict()
+    del old["recipe"], old["train"]["milestones"]
+    old_hash = hashlib.sha256(json.dumps({k: v for k, v in old.items() if k != "measure"}, sort_keys=True).encode())
+    assert spec.hash == old_hash.hexdigest()[:12]
+    assert RunSpec.from_dict(old) == spec
+    assert spec.replace(recipe="renamed").hash == spec.hash  # a name, not a setting
+    assert spec.replace(train={"schedule": "multistep", "milestones": (3,)}).hash != spec.hash
+
+
+def test_multistep_schedule_steps_at_the_milestones():
+    import torch
+
+    from puppet.core.train import make_schedule
+
+    spec = run_spec(validate_config(_with_recipe()[0]), "synthetic", list_models()[0], 0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.train.lr)
+    sched = make_schedule(opt, spec.train, spec.epochs)
+    lrs = []
+    for _ in range(spec.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])

@@ -25,10 +25,24 @@ class ConfigError(ValueError):
     """A malformed configuration; the message is one line naming the key and the fix."""
 
 
+def _without_defaults(block: dict, drop: tuple[str, ...] = ()) -> dict:
+    """An object schema's copy whose properties have no defaults (an overlay names only what it changes)."""
+    block = copy.deepcopy(block)
+    block.pop("default", None)
+    block["properties"] = {k: v for k, v in block["properties"].items() if k not in drop}
+    for sub in block["properties"].values():
+        sub.pop("default", None)
+    return block
+
+
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
     schema = json.loads(Path(path).read_text())
     schema["$defs"]["model_name"]["enum"] = list_models()
     schema["$defs"]["dataset_name"]["enum"] = list(DATASETS)
+    props = schema["properties"]
+    recipe = props["recipes"]["additionalProperties"]["properties"]
+    recipe["data"] = _without_defaults(props["data"])
+    recipe["train"] = _without_defaults(props["train"], drop=RUN_CONTROL_KEYS)
     return schema
 
 
@@ -110,7 +124,36 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     if errors:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_describe(best))
+    _check_recipes(config)
     return config
+
+
+def _check_recipes(config: dict) -> None:
+    """What the schema cannot say: recipe names resolve, and every model's effective schedule
+    (the profile's ``train`` overlaid by its recipe) has milestones exactly when it needs them."""
+    recipes = config["recipes"]
+    for model, name in config["model_recipes"].items():
+        if name not in recipes:
+            known = ", ".join(recipes) or "none defined"
+            raise ConfigError(f"config model_recipes.{model}: no recipe {name!r} in 'recipes' (recipes: {known})")
+    for where, train, epochs in [("train", config["train"], config["epochs"])] + [
+        (f"recipes.{name}.train", {**config["train"], **r.get("train", {})}, r.get("epochs", config["epochs"]))
+        for name, r in recipes.items()
+    ]:
+        milestones = train.get("milestones")
+        if train["schedule"] == "multistep" and not milestones:
+            raise ConfigError(
+                f"config {where}: schedule multistep needs milestones (epochs of the x0.1 steps), e.g. [150, 225]"
+            )
+        if train["schedule"] != "multistep" and milestones:
+            raise ConfigError(
+                f"config {where}: milestones are used by schedule multistep only (schedule is {train['schedule']})"
+            )
+        if milestones and max(milestones) >= epochs:
+            raise ConfigError(
+                f"config {where}: milestone {max(milestones)} is never reached in {epochs} epochs; "
+                f"use milestones below the epochs"
+            )
 
 
 def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
@@ -147,22 +190,33 @@ def run_grid(config: dict) -> list[tuple[str, str, int]]:
 
 def run_spec(config: dict, dataset: str, model: str, seed: int) -> RunSpec:
     """Everything that determines one run's results, and nothing else (so editing
-    one model's kwargs reruns only that model, and a new time limit reruns nothing)."""
+    one model's kwargs reruns only that model, and a new time limit reruns nothing).
+
+    A model with a recipe (``model_recipes``) takes the recipe's epochs, data and train keys over
+    the profile's; the dataset's ``data_overrides`` still win (they describe the data at hand)."""
+    recipe_name = config["model_recipes"].get(model, "default")
+    recipe = config["recipes"].get(recipe_name, {})
+    train = {**config["train"], **recipe.get("train", {})}
+    milestones = train.get("milestones")
     return RunSpec(
         profile=config["profile"],
         dataset=dataset,
         model=model,
         seed=int(seed),
-        epochs=config["epochs"],
+        epochs=recipe.get("epochs", config["epochs"]),
         max_channels=config["max_channels"],
         device=config["device"],
         data_root=config["data_root"],
         download=config["download"],
         data_source=config["data_sources"].get(dataset),
-        data=DataSpec(**{**config["data"], **config.get("data_overrides", {}).get(dataset, {})}),
-        train=TrainSpec(**{k: v for k, v in config["train"].items() if k not in RUN_CONTROL_KEYS}),
+        data=DataSpec(**{**config["data"], **recipe.get("data", {}), **config["data_overrides"].get(dataset, {})}),
+        train=TrainSpec(
+            **{k: v for k, v in train.items() if k not in RUN_CONTROL_KEYS and k != "milestones"},
+            milestones=None if milestones is None else tuple(int(m) for m in milestones),
+        ),
         measure=MeasureSpec(**config["measure"]),
         model_kwargs=dict(config["model_kwargs"].get(model, {})),
+        recipe=recipe_name,
     )
 
 

@@ -20,6 +20,16 @@ from typing import Any, Mapping
 # so a run paused under one limit resumes from its checkpoint under another.
 RUN_CONTROL_KEYS = ("time_limit_min",)
 
+# Keys added after runs were made, with the value every earlier run had: a spec with that value
+# hashes as if the key did not exist (so adding a key never renames, hence reruns, a finished
+# run), and a stored spec without the key (an older model.pt) reads it as that value.
+# (block, key) -> neutral value; block None is the top level.
+NEUTRAL_KEYS: dict[tuple[str | None, str], Any] = {
+    ("train", "milestones"): None,
+}
+# Top-level keys that name, not determine, a run: out of the hash (the recipe's content is in it).
+LABEL_KEYS: dict[str, Any] = {"recipe": "default"}
+
 
 class SpecError(ValueError):
     """A run spec with missing or unknown keys; the message is one line."""
@@ -44,7 +54,7 @@ class DataSpec:
     val_size: int  # held out of training, for calibration
     test_size: int | None
     split_seed: int
-    augment: str  # "none" | "flip_crop"
+    augment: str  # "none" | "crop_flip"
     image_size: int | None  # None: the dataset's own
 
 
@@ -56,12 +66,13 @@ class TrainSpec:
     lr: float
     weight_decay: float
     momentum: float
-    schedule: str  # "cosine" | "step" | "constant"
+    schedule: str  # "cosine" | "step" | "multistep" | "constant"
     step_every: int  # epochs between x0.1 steps of the "step" schedule
     batch_size: int
     eval_batch_size: int
     amp: bool  # mixed precision on CUDA (bf16 where supported, else fp16 with a scaler)
     max_grad_norm: float | None
+    milestones: tuple[int, ...] | None = None  # epochs of the x0.1 steps of the "multistep" schedule
 
 
 @dataclass(frozen=True)
@@ -96,19 +107,30 @@ class RunSpec:
     train: TrainSpec
     measure: MeasureSpec
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    recipe: str = "default"  # the config's ``recipes`` entry this model trains with; "default": none
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:
         """The inverse of ``to_dict``; unknown or missing keys raise ``SpecError``. A hand-written
         spec may carry run-control keys in ``train`` (they are dropped)."""
-        values = dict(values)
+        values = {**LABEL_KEYS, **values}
+        for (where, key), neutral in NEUTRAL_KEYS.items():
+            target = values if where is None else values.get(where)
+            if isinstance(target, Mapping) and key not in target:
+                values[where] = {**target, key: neutral}
         nested = {"data": DataSpec, "train": TrainSpec, "measure": MeasureSpec}
         for key, sub in nested.items():
             if isinstance(values.get(key), Mapping):
                 block = {k: v for k, v in values[key].items() if not (key == "train" and k in RUN_CONTROL_KEYS)}
                 values[key] = _from_mapping(sub, block, key)
         spec = _from_mapping(cls, values, "(top level)")
-        return dataclasses.replace(spec, seed=int(spec.seed), model_kwargs=dict(spec.model_kwargs))
+        milestones = spec.train.milestones
+        return dataclasses.replace(
+            spec,
+            seed=int(spec.seed),
+            model_kwargs=dict(spec.model_kwargs),
+            train=dataclasses.replace(spec.train, milestones=None if milestones is None else tuple(milestones)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,7 +147,11 @@ class RunSpec:
     def hash(self) -> str:
         """Short, stable hash of what determines the run's result (the ``config_hash`` column
         and the run folder's name). Measurement settings are not part of a run's identity."""
-        keep = {k: v for k, v in self.to_dict().items() if k != "measure"}
+        keep = {k: v for k, v in self.to_dict().items() if k != "measure" and k not in LABEL_KEYS}
+        for (where, key), neutral in NEUTRAL_KEYS.items():
+            block = keep if where is None else keep[where]
+            if block.get(key) == neutral:
+                del block[key]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

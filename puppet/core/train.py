@@ -127,6 +127,8 @@ def make_schedule(opt: torch.optim.Optimizer, train: TrainSpec, epochs: int) -> 
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     if train.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=train.step_every, gamma=0.1)
+    if train.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(train.milestones), gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -398,12 +400,28 @@ def train_run(
         "stats": test.stats_summary,
         "calibration": calibration,
         "train_device": _device_name(device),
+        **recipe_columns(spec),
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),
         "test_size": len(splits.y_test),
         "data_source": splits.source,
         "git_commit": git_commit(),
         "config_hash": spec.hash,
+    }
+
+
+def recipe_columns(spec: RunSpec) -> dict[str, Any]:
+    """How the run was trained, for its metrics row: models of one table may train differently."""
+    t = spec.train
+    schedule = f"multistep{list(t.milestones)}" if t.schedule == "multistep" else t.schedule
+    return {
+        "recipe": spec.recipe,
+        "optimizer": f"{t.optimizer} (nesterov)" if t.optimizer == "sgd" else t.optimizer,
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "batch_size": t.batch_size,
+        "schedule": schedule,
+        "augment": spec.data.augment,
     }
 
 
