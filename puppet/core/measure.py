@@ -7,7 +7,9 @@
   weights), on a deep copy (the aten backend leaves hooks behind), asserted
   non-empty, averaged over real test images at batch 1 (adaptive models' cost
   depends on the input). Convention: conv and matmul MACs, conv bias included;
-  BN, ReLU, pooling and element-wise ops are zero.
+  BN, ReLU, pooling and element-wise ops are zero. A model whose own elementwise arithmetic is
+  a real share of its cost (the PDE Global layer's update) counts it itself
+  (``last_stats["elementwise_ops"]``): the ``elementwise_ops`` column, empty for the others.
 * latency: batch 1, one real test image per timed forward, after warm-up, device
   synchronised around each; ``rounds`` rounds over ``latency_images`` images, the median over
   rounds with its 95 % interval and a noise flag (``puppet.core.timing``); p90 over every call.
@@ -104,10 +106,11 @@ def count_macs_flopcounter(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def _generation_macs(model: nn.Module) -> float:
-    if not isinstance(model, ReportsStats):
-        return 0.0
-    value = model.last_stats.get("generation_macs", 0.0)
+def _stat_mean(model: nn.Module, name: str, default: float | None = 0.0) -> float | None:
+    """The batch mean of ``last_stats[name]`` after a forward; ``default`` where the model has none."""
+    if not isinstance(model, ReportsStats) or name not in model.last_stats:
+        return default
+    value = model.last_stats[name]
     return float(value.float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
 
@@ -195,15 +198,16 @@ def measure_macs(model: nn.Module, batches: Batches, n_images: int) -> dict[str,
     """MACs at batch 1, averaged over the first ``n_images`` test images; with the
     kernel-generation share the model reports in ``last_stats['generation_macs']``."""
     x_all = batches.normalise(batches.x[:n_images])
-    macs, gen = [], []
+    macs, gen, elementwise = [], [], []
     for i in range(len(x_all)):
         xi = x_all[i : i + 1]
         macs.append(count_macs(model, xi))
         model.eval()(xi)
-        gen.append(_generation_macs(model))
+        gen.append(_stat_mean(model, "generation_macs"))
+        elementwise.append(_stat_mean(model, "elementwise_ops", default=None))
     mean = statistics.fmean(macs)
     mean_gen = statistics.fmean(gen)
-    return {
+    record = {
         "macs": mean,
         "macs_min": min(macs),
         "macs_max": max(macs),
@@ -211,6 +215,9 @@ def measure_macs(model: nn.Module, batches: Batches, n_images: int) -> dict[str,
         "macs_without_generation": mean - mean_gen,
         "macs_images": len(macs),
     }
+    if None not in elementwise:  # only models that count their elementwise arithmetic: no 0 for "not counted"
+        record["elementwise_ops"] = statistics.fmean(elementwise)
+    return record
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:

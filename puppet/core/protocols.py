@@ -50,6 +50,8 @@ STATS: dict[str, str] = {
     "one depends on the batch",
     "complexity": "the image's complexity in bits before normalisation (Puppet-CNN)",
     "complexity_normalised": "complexity mapped to [0, 1] (Puppet-CNN)",
+    "elementwise_ops": "scalar adds, subtracts, multiplies and reciprocals of the model's own elementwise "
+    "arithmetic (the PDE Global layer's update), which conv/matmul MAC counters do not see",
 }
 
 

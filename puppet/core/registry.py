@@ -3,7 +3,9 @@
 A builder has the signature
 ``(num_classes, in_channels, image_size, max_channels=512, **kwargs) -> nn.Module``;
 ``max_channels`` caps every conv's output channels (the paper: 512) and scales
-widths by ``max_channels / 512`` so CPU profiles stay cheap.
+widths by ``max_channels / 512`` so CPU profiles stay cheap; a model registered with
+``fixed_width=True`` (a CIFAR-width model of another paper, e.g. ResNet-Global) is built at its
+paper's widths whatever ``max_channels`` says.
 Model modules live in ``puppet.models`` and in the ``baselines`` package; they are
 imported lazily the first time the registry is read, so ``puppet`` never has to
 name a baseline module explicitly.
@@ -48,6 +50,10 @@ class ModelInfo:
     # so that the batch x takes more than one path (the registry-wide tests compare batched and
     # batch-1 evaluation on a batch that really splits).
     spread_paths: Callable[[nn.Module, torch.Tensor], None] | None = None
+    # True: built at its paper's widths at every profile (max_channels is accepted and ignored);
+    # for CIFAR-width models whose widths are already below any profile's cost. The tests check
+    # that its parameter count does not depend on max_channels.
+    fixed_width: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -69,6 +75,7 @@ def register_model(
     param_formula: Callable[..., int] | None = None,
     no_grad_ok: tuple[str, ...] = (),
     spread_paths: Callable[[nn.Module, torch.Tensor], None] | None = None,
+    fixed_width: bool = False,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register ``builder`` under ``name``; its docstring is the default description."""
 
@@ -88,6 +95,7 @@ def register_model(
             param_formula=param_formula,
             no_grad_ok=tuple(no_grad_ok),
             spread_paths=spread_paths,
+            fixed_width=fixed_width,
         )
         return builder
 
