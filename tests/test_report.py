@@ -265,3 +265,74 @@ def test_puppet_rows_appear_on_the_fly_and_precomputed(tmp_path):
     assert fly["macs_g"] == 1e6 * len("puppet_cnn") / 1e9 and pre["macs_g"] == 2e6 / 1e9
     assert (fly["top1"], pre["top1"]) == (30.0, 29.0) and math.isnan(fly["kernels_mb"]) and pre["kernels_mb"] == 3.5
     assert fly["paper_latency_s_per_img"] == pre["paper_latency_s_per_img"] == 0.0039  # the paper's beside both
+
+
+def _pde_metrics(train_size=4000, epochs=8):
+    rows = []
+    for dataset, classes in (("cifar10", 10), ("cifar100", 100)):
+        for model, params, macs, top1, ops in (
+            ("resnet_global", 161_402 + (classes - 10) * 65, 14_779_018, 60.0, 888_832.0),
+            ("resnet32", 466_906 + (classes - 10) * 65, 69_124_746, 65.0, float("nan")),
+        ):
+            for seed, jitter in ((0, -1.0), (1, 1.0)):
+                rows.append(
+                    {
+                        "profile": "quick",
+                        "dataset": dataset,
+                        "model": model,
+                        "seed": seed,
+                        "status": "ok",
+                        "error": "",
+                        "top1": top1 + jitter,
+                        "stored_params": params,
+                        "macs": macs,
+                        "elementwise_ops": ops,
+                        "throughput_img_per_s": 2000.0,
+                        "throughput_batch": 128,
+                        "epochs": epochs,
+                        "train_size": train_size,
+                        "recipe": "pde_global_short",
+                        "device": "cpu (x86_64)",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_pde_table_puts_the_poster_beside_ours_and_says_what_is_not_built():
+    from puppet.report.pde import pde_table, render
+
+    t = pde_table(_pde_metrics()).set_index(["section", "label"])
+    rg = t.loc[("CIFAR-10 comparison", "ResNet-Global")]
+    assert rg["top1"] == 60.0 and math.isclose(rg["top1_std"], 2**0.5) and rg["paper_top1"] == 91.93
+    assert math.isnan(rg["top1_diff"]) and not rg["comparable"]  # 8 epochs on a subset: no accuracy Δ
+    assert math.isclose(rg["params_k"], 161.402) and math.isclose(rg["params_k_diff"], 161.402 - 162)
+    assert math.isclose(rg["macs_m"], 14.779018) and math.isclose(rg["elementwise_mops"], 0.888832)
+    assert rg["time_10k_s"] == 5.0 and rg["paper_time_10k_s"] == 1.9 and math.isnan(rg["time_10k_s_diff"])
+    assert rg["depth"] == 7 and t.loc[("CIFAR-10 comparison", "ResNet-32"), "depth"] == 15
+    mdeq = t.loc[("CIFAR-10 comparison", "MDEQ")]
+    assert mdeq["note"] == "paper only: not built here" and math.isnan(mdeq["top1"]) and mdeq["paper_top1"] == 92.28
+    footprint = t.loc[("Low model footprint", "ResNet-Global")]
+    assert math.isclose(footprint["params_k"], 167.252)  # the poster quotes 100-class counts here
+    assert footprint["top1_c10"] == 60.0 and footprint["top1_c100"] == 60.0 and footprint["paper_top1_c100"] == 68.1
+    assert len(t.xs("Low model footprint")) == 8
+    md = render(pde_table(_pde_metrics()))
+    assert "paper only: not built here" in md and "CIFAR-10 comparison" in md and "Low model footprint" in md
+
+
+def test_pde_table_gives_an_accuracy_difference_only_at_the_posters_protocol():
+    from puppet.report.pde import pde_table
+
+    t = pde_table(_pde_metrics(train_size=50_000, epochs=300)).set_index(["section", "label"])
+    rg = t.loc[("CIFAR-10 comparison", "ResNet-Global")]
+    assert rg["comparable"] and math.isclose(rg["top1_diff"], 60.0 - 91.93)
+    assert math.isclose(t.loc[("Low model footprint", "ResNet-32"), "top1_c100_diff"], 65.0 - 68.6)
+
+
+def test_pde_table_says_which_runs_are_missing():
+    from puppet.report.pde import pde_table
+
+    only_c10 = _pde_metrics()
+    only_c10 = only_c10[only_c10.dataset == "cifar10"]
+    t = pde_table(only_c10).set_index(["section", "label"])
+    assert t.loc[("Low model footprint", "ResNet-Global"), "note"] == "CIFAR-100 not run"
+    assert t.loc[("CIFAR-10 comparison", "ResNet-Global"), "note"] == ""

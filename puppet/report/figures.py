@@ -37,6 +37,7 @@ FAMILY_COLOURS = {
     "puppet": "tab:red",
     "adaptive_params": "tab:green",
     "adaptive_depth": "tab:purple",
+    "pde": "tab:orange",
 }
 MARKERS = "osD^v<>pP*Xhd"
 

@@ -35,6 +35,7 @@ LIVE = [
     "table5.csv",
     "table6.csv",
     "sizes.csv",
+    "table_pde.csv",
     "tables.md",
 ]
 SITTINGS = "sittings.csv"

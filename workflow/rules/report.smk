@@ -23,6 +23,7 @@ rule paper_tables:
         "results/table5.csv",
         "results/table6.csv",
         "results/sizes.csv",
+        "results/table_pde.csv",
     shell:
         "python -m puppet tables --metrics {input} --out-dir results"
 
