@@ -3,7 +3,9 @@
 python -m puppet train   --spec JSON --out-dir DIR [--time-limit-min M]   # -> DIR/train.json, model.pt
                                                     # (exit 75: paused by the limit, rerun to resume)
 python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
+python -m puppet mor     --spec JSON --settings JSON --run-dir DIR   # -> DIR/mor.csv (Neural ODE runs)
 python -m puppet collate --runs A/train.json ... --out results/metrics.csv
+python -m puppet mor-report --runs A/mor.csv ... --out results/mor.csv --figures results/figures
 python -m puppet tables  --metrics results/metrics.csv --out-dir results
 python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
 python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
@@ -45,6 +47,20 @@ def _measure(args: argparse.Namespace) -> int:
     from puppet.core.measure import measure_main
 
     measure_main(_spec(args.spec), args.run_dir)  # a failed measurement is a status=error row
+    return 0
+
+
+def _mor(args: argparse.Namespace) -> int:
+    from puppet.compress.study import MorSettings, mor_main
+
+    mor_main(_spec(args.spec), args.run_dir, MorSettings.from_dict(json.loads(args.settings)))  # failures: rows
+    return 0
+
+
+def _mor_report(args: argparse.Namespace) -> int:
+    from puppet.report.mor import write_mor
+
+    write_mor(args.runs, args.out, args.figures)
     return 0
 
 
@@ -145,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("measure", _measure, "measure a trained run")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
+    p = command("mor", _mor, "reduce a trained Neural ODE run at every level (POD-DEIM, pruning, SVD)")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--settings", required=True, help="the config's mor block as JSON")
+    p.add_argument("--run-dir", required=True, type=Path)
+    p = command("mor-report", _mor_report, "collect runs' mor.csv into results/mor.csv and its figures")
+    p.add_argument("--runs", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--figures", required=True, type=Path)
     p = command("collate", _collate, "collect runs into results/metrics.csv")
     p.add_argument(
         "--runs", nargs="+", required=True, type=Path, help="train.json files (measure.json is read beside each)"

@@ -279,3 +279,35 @@ def test_multistep_schedule_steps_at_the_milestones():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def test_model_datasets_give_a_model_its_own_datasets():
+    cfg = validate_config(
+        _base(
+            models=["alexnet", "node_conv"],
+            datasets=["synthetic"],
+            model_datasets={"node_conv": ["fashion_mnist"]},
+            extra_grid=[{"datasets": ["cifar100"], "models": ["alexnet", "node_conv"]}],
+        )
+    )
+    runs = run_grid(cfg)
+    assert [(d, m) for d, m, _ in runs] == [
+        ("synthetic", "alexnet"),
+        ("fashion_mnist", "node_conv"),
+        ("cifar100", "alexnet"),
+        ("cifar100", "node_conv"),
+    ]
+    with pytest.raises(ConfigError, match="model_datasets"):
+        validate_config(_base(model_datasets={"alexnet": ["imagenet"]}))
+
+
+def test_mor_settings_are_validated_and_not_part_of_a_run():
+    with pytest.raises(
+        ConfigError, match=r"mor.levels.node_conv: .*'pca' was unexpected.*allowed keys: pod_deim, prune, svd"
+    ):
+        validate_config(_base(mor={"levels": {"node_conv": {"pca": [4]}}}))
+    with pytest.raises(ConfigError, match="mor.levels.node_conv.svd.0"):
+        validate_config(_base(mor={"levels": {"node_conv": {"svd": [0]}}}))
+    a = validate_config(_base(models=["node_conv"]))
+    b = validate_config(_base(models=["node_conv"], mor={"rounds": 3}))
+    assert run_spec(a, "synthetic", "node_conv", 0).hash == run_spec(b, "synthetic", "node_conv", 0).hash

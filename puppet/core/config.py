@@ -177,10 +177,16 @@ def run_grid(config: dict) -> list[tuple[str, str, int]]:
 
     ``models`` is the list of models the grid runs: an ``extra_grid`` block adds datasets for
     those of its models that are also in ``models``, so ``--config models=[resnet]`` runs
-    resnet alone (on every dataset the profile gives it), never another block's models."""
+    resnet alone (on every dataset the profile gives it), never another block's models.
+    ``model_datasets`` gives a model its own datasets instead of ``datasets``."""
     pairs: list[tuple[str, str]] = []
-    blocks = [{"datasets": config["datasets"], "models": config["models"]}] + list(config.get("extra_grid", []))
-    for block in blocks:
+    per_model = config.get("model_datasets", {})
+    main_datasets = list(dict.fromkeys([*config["datasets"], *(d for ds in per_model.values() for d in ds)]))
+    main = [
+        {"datasets": [d], "models": [m for m in config["models"] if d in per_model.get(m, config["datasets"])]}
+        for d in main_datasets
+    ]
+    for block in main + list(config.get("extra_grid", [])):
         for dataset in block["datasets"]:
             for model in block["models"]:
                 if model in config["models"] and (dataset, model) not in pairs:

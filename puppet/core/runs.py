@@ -55,12 +55,15 @@ class RunState:
     path: Path
     train: str = "missing"  # missing | paused | ok | error | corrupt
     measure: str = "missing"  # missing | ok | error | skipped | corrupt
+    mor: str = "none"  # none (no MOR study for this run) | ok | error | skipped
     error: str = ""  # the one-line message of a failed train or measure
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
 
     @property
     def failed(self) -> bool:
-        return self.train in ("error", "corrupt") or (self.train == "ok" and self.measure in ("error", "corrupt"))
+        return self.train in ("error", "corrupt") or (
+            self.train == "ok" and (self.measure in ("error", "corrupt") or self.mor == "error")
+        )
 
     def pending(self, stage: str) -> int:
         """Damaged files of this stage not yet set aside: counted as attempts until they are."""
@@ -129,6 +132,11 @@ def inspect_run(path: str | Path) -> RunState:
             state.measure = measure["status"]
             if measure["status"] == "error" and state.train == "ok":
                 state.error = f"measure: {measure.get('error') or 'unknown error'}"
+    mor_csv = path / "mor.csv"
+    if mor_csv.exists():  # the MOR study of a Neural ODE run (puppet.compress.study): its first row says
+        state.mor, message = _mor_status(mor_csv)
+        if state.mor == "error" and state.train == "ok" and not state.error:
+            state.error = f"mor: {message}"
     if state.train == "ok" and state.measure != "ok":
         # model.pt matters only while the run still has to be measured: a finished run whose
         # model.pt was deleted to save space is left alone (its numbers are all recorded)
@@ -140,6 +148,19 @@ def inspect_run(path: str | Path) -> RunState:
     elif state.train == "ok" and state.measure == "corrupt":
         state.error = "damaged measure.json"
     return state
+
+
+def _mor_status(path: Path) -> tuple[str, str]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            first = next(csv.DictReader(f), None)
+    except (OSError, csv.Error) as exc:
+        return "error", f"unreadable {path.name} ({one_line(exc, 120)})"
+    if first is None:
+        return "error", f"empty {path.name}"
+    return first.get("status", "error"), first.get("error", "")
 
 
 def _unused(path: Path) -> Path:

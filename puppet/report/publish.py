@@ -38,6 +38,8 @@ LIVE = [
     "table_pde.csv",
     "tables.md",
 ]
+# Copied when present: the MOR study's table exists only when the grid has Neural ODE runs.
+OPTIONAL = ["mor.csv"]
 SITTINGS = "sittings.csv"
 SITTING_COLUMNS = ["sitting", "published_utc", "command", "wall_clock", "runs_merged", "runs", "git_commit"]
 
@@ -70,7 +72,7 @@ def publish(
     if out.exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
-    for f in LIVE:
+    for f in LIVE + [f for f in OPTIONAL if (results / f).is_file()]:
         shutil.copy2(results / f, out / f)
     for fig in sorted((results / "figures").glob("*")):
         if fig.suffix in (".png", ".pdf", ".csv"):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from puppet.core.config import ConfigError, preflight, run_grid, run_spec, validate_config
 from puppet.core.data import DataError
+from puppet.core.registry import model_info
 from puppet.core.runs import attempts, failure_lines, inspect_run, set_aside
 
 try:
@@ -22,6 +23,12 @@ RUNS = run_grid(config)
 SPECS = {(d, m, s): run_spec(config, d, m, s) for d, m, s in RUNS}
 RUN_PATHS = [
     RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash) for (d, m, s), spec in SPECS.items()
+]
+# Runs of a Neural ODE (family "node"): the MOR study reduces each (rules/mor.smk).
+MOR_RUN_PATHS = [
+    RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash)
+    for (d, m, s), spec in SPECS.items()
+    if model_info(m).family == "node"
 ]
 
 

@@ -1,0 +1,3 @@
+"""Post-training compression of Neural ODEs: POD-DEIM model-order reduction against neuron
+(channel) pruning and SVD weight truncation (the MOR study; ``puppet.compress.reduce`` builds the
+compressed modules, ``puppet.compress.study`` evaluates and times them)."""

@@ -1,0 +1,33 @@
+# The MOR study: for every Neural ODE run (family "node"), reduce the trained ODE layer at every
+# level (POD-DEIM, pruning, SVD), evaluate and time it against the full model, then collect.
+
+
+rule mor:
+    # Times the reduced models against the full one: one at a time (speed_lock), like measure.
+    input:
+        f"{RUN_DIR}/train.json",
+    output:
+        f"{RUN_DIR}/mor.csv",
+    params:
+        spec=spec_json,
+        settings=json.dumps(config["mor"], sort_keys=True),
+        run_dir=RUN_DIR,
+    log:
+        f"{RUN_DIR}/mor.log",
+    threads: config["mor"]["threads"]
+    resources:
+        gpu=1,
+        speed_lock=1,
+    shell:
+        "python -m puppet mor --spec {params.spec:q} --settings {params.settings:q} --run-dir {params.run_dir}"
+        + STDERR_TO_LOG
+
+
+rule mor_report:
+    input:
+        [f"{path}/mor.csv" for path in MOR_RUN_PATHS],
+    output:
+        "results/mor.csv",
+        touch("results/figures/.mor_done"),
+    shell:
+        "python -m puppet mor-report --runs {input} --out {output[0]} --figures results/figures"
