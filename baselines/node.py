@@ -10,9 +10,10 @@ so that DEIM can evaluate f at m selected entries only (``puppet.compress``). Bo
 that form; the paper's exact architectures, data and solver are unknown (our reconstruction, named
 as such in the docs):
 
-* ``node_conv``: stem (3x3 conv C_in -> C, ReLU; two 4x4 stride-2 convs, ReLU: 28 -> 14 -> 7) ->
-  ODE block on the C x 7 x 7 state with A = a 3x3 conv C -> C (same padding, bias b) -> flatten ->
-  linear head. No normalisation inside the right-hand side (it would break the form above).
+* ``node_conv``: stem (3x3 conv C_in -> C, ReLU; two 4x4 stride-2 convs, ReLU: H -> H/4, 28 -> 7
+  for Fashion-MNIST) -> ODE block on the C x H/4 x W/4 state with A = a 3x3 conv C -> C (same
+  padding, bias b) -> flatten -> linear head. No normalisation inside the right-hand side (it
+  would break the form above).
 * ``node_rnn``: an image's rows as a sequence u_1 .. u_L (L = image height, C_in x width features
   each), held piecewise constant: on [i - 1, i] the state follows dx/dt = tanh(A x + b) + Z u_i,
   from x(0) = 0, and a linear head reads x(L). Row-sequential Fashion-MNIST is our stand-in for the
@@ -58,9 +59,10 @@ class RHS(nn.Module):
 
 
 def _solve(fn: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, steps: int) -> torch.Tensor:
-    """x(1) of dx/dt = fn(x) from x0: torchdiffeq, fixed-step rk4, ``steps`` steps over [0, 1]."""
-    t = torch.tensor([0.0, 1.0], device=x0.device)
-    return odeint(lambda _t, x: fn(x), x0, t, method="rk4", options={"step_size": 1.0 / steps})[-1]
+    """x(1) of dx/dt = fn(x) from x0: torchdiffeq, fixed-step rk4, ``steps`` equal steps over [0, 1]
+    (the grid given explicitly: a step size leaves the step count to float rounding)."""
+    t = torch.linspace(0.0, 1.0, steps + 1, device=x0.device)
+    return odeint(lambda _t, x: fn(x), x0, t, method="rk4")[-1]
 
 
 class ODEBlock(nn.Module):
@@ -173,7 +175,7 @@ def node_conv(
     channels: int = 16,
     steps: int = 4,
 ) -> nn.Module:
-    """Convolutional Neural ODE: stem to a C x 7 x 7 state, dx/dt = tanh(conv3x3(x) + b), RK4 on [0, 1], linear head."""
+    """Convolutional Neural ODE: stem to a C x H/4 x W/4 state, dx/dt = tanh(conv3x3(x) + b), RK4, linear head."""
     _check("node_conv", channels, "channels")
     _check("node_conv", steps, "steps")
     if _state_side(image_size) < 1:

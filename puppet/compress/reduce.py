@@ -356,12 +356,13 @@ def ode_macs_formula(model: nn.Module, reduction: Reduction | None, shape: tuple
     evals = 4 * model.ode.steps  # rk4 (3/8 rule): 4 right-hand-side evaluations per step, unit interval
     method = "full" if reduction is None else reduction.method
     level = 0 if reduction is None else reduction.level
+    m = 0 if reduction is None else reduction.nonlinearities  # POD-DEIM: interpolation points
     if isinstance(model, ConvNODE):
         c, h, w = shape
         hw, n = h * w, c * h * w
         per_eval = {
             "full": hw * c * c * 9 + n,
-            "pod_deim": level * level + level + level * level,  # A~_m x~ + b_m (m k + m), N (k m); k = m
+            "pod_deim": m * level + m + level * m,  # A~_m x~ + b_m (m k + m), then N (k m)
             "prune": hw * level * level * 9 + hw * level,
             "svd": hw * level * c * 9 + hw * c * level + hw * c,
         }[method]
@@ -371,7 +372,7 @@ def ode_macs_formula(model: nn.Module, reduction: Reduction | None, shape: tuple
     length, d_in = image_shape[1], image_shape[0] * image_shape[2]  # rows are the steps
     per_eval = {
         "full": n * n + n,
-        "pod_deim": 2 * level * level + level,
+        "pod_deim": 2 * m * level + m,
         "prune": level * level + level,
         "svd": 2 * n * level + n,
     }[method]

@@ -11,7 +11,8 @@ For a run folder whose ``model.pt`` holds a trained ``node_conv`` or ``node_rnn`
    rounds of the per-round ratio, with its 95 % interval) for the ODE layer alone and the whole
    network, at ``batch`` test images per call;
 3. one row per (method, level), plus the full model's row, in ``<run>/mor.csv``; a failure is a
-   ``status=error`` row and a line on the console, never a silent gap.
+   ``status=error`` row (of that level, or of the whole study) and a line on the console, never a
+   silent gap, and it marks the run failed at the end of the invocation.
 """
 
 from __future__ import annotations
@@ -145,12 +146,18 @@ def run_study(spec: RunSpec, run_dir: Path, settings: MorSettings) -> pd.DataFra
     x1 = x_timed[:1]
     ode_x1 = _ode_input(full, x1)
     full_row = _row(full, None, full, shape, image_shape, test, x1, ode_x1)
-    rows = [{**full_row, "speedup_total": 1.0, "speedup_ode": 1.0}]
+    rows = [{**full_row, "status": "ok", "error": "", "speedup_total": 1.0, "speedup_ode": 1.0}]
     for method in METHODS:
         for level in levels.get(method, []):
-            reduction = reduce(full, method, int(level), snaps, shape)
-            row = _row(reduction.model, reduction, full, shape, image_shape, test, x1, ode_x1)
-            row.update(_speedups(full, reduction.model, xs, settings, device))
+            try:
+                reduction = reduce(full, method, int(level), snaps, shape)
+                row = _row(reduction.model, reduction, full, shape, image_shape, test, x1, ode_x1)
+                row.update(_speedups(full, reduction.model, xs, settings, device), status="ok", error="")
+            except Exception as exc:  # one level's failure is its row; the other levels stand
+                row = {"method": method, "level": int(level), "status": "error", "error": one_line(exc)}
+                print(f"mor failed: {spec.label} {method} {level}: {row['error']}", flush=True)
+                rows.append(row)
+                continue
             rows.append(row)
             print(
                 f"{spec.label} {method} {level}: top-1 {row['top1']:.2f} (full {full_row['top1']:.2f}), "
@@ -158,6 +165,9 @@ def run_study(spec: RunSpec, run_dir: Path, settings: MorSettings) -> pd.DataFra
                 file=sys.stderr,
                 flush=True,
             )
+    timed = [r["time_full_s_per_img"] for r in rows if "time_full_s_per_img" in r]
+    if timed:  # the full model was timed beside every reduction: its median over those comparisons
+        rows[0]["time_full_s_per_img"] = rows[0]["time_s_per_img"] = float(pd.Series(timed).median())
     frame = pd.DataFrame(rows)
     frame["top1_full"] = full_row["top1"]
     frame["macs_reduction_ode"] = full_row["macs_ode"] / frame["macs_ode"]
@@ -168,8 +178,6 @@ def run_study(spec: RunSpec, run_dir: Path, settings: MorSettings) -> pd.DataFra
         "dataset": spec.dataset,
         "model": spec.model,
         "seed": spec.seed,
-        "status": "ok",
-        "error": "",
         "snapshots": snaps.count,
         "timing_batch": len(xs[0]),
         "rounds": settings.rounds,

@@ -133,7 +133,7 @@ def inspect_run(path: str | Path) -> RunState:
             if measure["status"] == "error" and state.train == "ok":
                 state.error = f"measure: {measure.get('error') or 'unknown error'}"
     mor_csv = path / "mor.csv"
-    if mor_csv.exists():  # the MOR study of a Neural ODE run (puppet.compress.study): its first row says
+    if mor_csv.exists():  # the MOR study of a Neural ODE run (puppet.compress.study): any error row fails it
         state.mor, message = _mor_status(mor_csv)
         if state.mor == "error" and state.train == "ok" and not state.error:
             state.error = f"mor: {message}"
@@ -155,12 +155,16 @@ def _mor_status(path: Path) -> tuple[str, str]:
 
     try:
         with open(path, newline="") as f:
-            first = next(csv.DictReader(f), None)
+            rows = list(csv.DictReader(f))
     except (OSError, csv.Error) as exc:
         return "error", f"unreadable {path.name} ({one_line(exc, 120)})"
-    if first is None:
+    if not rows:
         return "error", f"empty {path.name}"
-    return first.get("status", "error"), first.get("error", "")
+    failed = [r for r in rows if r.get("status") == "error"]
+    if failed:
+        where = f"{failed[0].get('method', '')} {failed[0].get('level', '')}".strip()
+        return "error", (f"{where}: " if where else "") + (failed[0].get("error") or "no message recorded")
+    return rows[0].get("status", "error"), ""
 
 
 def _unused(path: Path) -> Path:

@@ -38,6 +38,7 @@ FAMILY_COLOURS = {
     "adaptive_params": "tab:green",
     "adaptive_depth": "tab:purple",
     "pde": "tab:orange",
+    "node": "tab:brown",
 }
 MARKERS = "osD^v<>pP*Xhd"
 

@@ -85,7 +85,8 @@ def write_mor(paths: list[Path], out: Path, figures_dir: Path) -> pd.DataFrame:
     atomic_write_csv(frame, Path(out))
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    ok = frame[frame["status"] == "ok"] if "status" in frame else frame.iloc[0:0]
+    needed = {"status", "profile", "dataset", "model", "seed", "method"}
+    ok = frame[frame["status"] == "ok"] if needed <= set(frame.columns) else frame.iloc[0:0]
     for (_, dataset, model, seed), rows in ok.groupby(["profile", "dataset", "model", "seed"]):
         plot_task(rows, figures_dir / f"mor_{dataset}_{model}_seed{int(seed)}")
     return frame
