@@ -170,3 +170,26 @@ def test_a_failed_study_is_an_error_row(tmp_path):
 
     state = inspect_run(tmp_path)
     assert state.failed and state.error.startswith("mor:")
+
+
+def test_report_stacks_the_runs_and_draws_one_figure_per_task(tmp_path):
+    from puppet.report.mor import write_mor
+
+    rows = []
+    for method, levels in (("full", [12]), ("pod_deim", [4, 8]), ("prune", [6]), ("svd", [3])):
+        for level in levels:
+            rows.append(
+                dict(
+                    profile="quick", dataset="fashion_mnist", model="node_rnn", seed=0, status="ok", error="",
+                    method=method, level=level, top1=50.0 + level, macs_reduction_ode=12 / level,
+                    speedup_total=12 / level, speedup_total_ci_low=11 / level, speedup_total_ci_high=13 / level,
+                    device="cpu (x86_64)", threads=2, timing_batch=256,
+                )
+            )  # fmt: skip
+    good = tmp_path / "a.csv"
+    pd.DataFrame(rows).to_csv(good, index=False)
+    broken = tmp_path / "b.csv"
+    broken.write_text("")
+    frame = write_mor([good, broken], tmp_path / "mor.csv", tmp_path / "figures")
+    assert len(frame) == len(rows) + 1 and frame["status"].iloc[-1] == "error" and "b.csv" in frame["error"].iloc[-1]
+    assert (tmp_path / "figures" / "mor_fashion_mnist_node_rnn_seed0.png").stat().st_size > 10_000

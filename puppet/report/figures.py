@@ -57,8 +57,16 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     ok = metrics[metrics["status"] == "ok"]
     cols = [c for c in ["top1", *COST_AXES, "precomputed_latency_s_per_img", "precomputed_top1"] if c in ok]
     g = ok.groupby(["dataset", "model"])[cols]
-    out = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
-    return out
+    out = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n_seeds"))
+    if "recipe" in ok:  # models trained with their own recipe say so in the legend
+        out = out.join(ok.groupby(["dataset", "model"])["recipe"].first())
+    return out.reset_index()
+
+
+def _label(p: pd.Series) -> str:
+    recipe = p.get("recipe")
+    own = isinstance(recipe, str) and recipe not in ("", "default")
+    return f"{p['model']} (recipe {recipe})" if own else p["model"]
 
 
 def save(fig, path_stem: Path) -> list[Path]:
@@ -117,7 +125,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
                     capsize=3,
                     markersize=7,
                     markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour,
-                    label=p["model"],
+                    label=_label(p),
                 )
             if len(pts) > 1:
                 front = pareto_front(pts, x, "top1")
@@ -144,7 +152,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
     fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig_all.suptitle(
         f"{dataset}: accuracy against cost (colour = family; hollow: Puppet with precomputed kernels; "
-        "error bars over seeds)"
+        "error bars over seeds; a model with its own recipe says so)"
     )
     written += save(fig_all, out_dir / f"{dataset}_top1_vs_cost")
     return written

@@ -44,12 +44,11 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     full = rows[rows["method"] == "full"]
     fig, (ax_speed, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for method, (label, colour, style) in STYLE.items():
-        g = rows[rows["method"] == method].sort_values("speedup_total")
+        g = rows[rows["method"] == method].sort_values("level")  # a curve over the levels, not the x order
         if g.empty:
             continue
         err = [g["speedup_total"] - g["speedup_total_ci_low"], g["speedup_total_ci_high"] - g["speedup_total"]]
         ax_speed.errorbar(g["speedup_total"], g["top1"], xerr=err, fmt=style, color=colour, capsize=2, label=label)
-        g = g.sort_values("macs_reduction_ode")
         ax_macs.plot(g["macs_reduction_ode"], g["top1"], style, color=colour, label=label)
         for _, r in g.iterrows():  # the level beside each point
             ax_macs.annotate(

@@ -106,10 +106,15 @@ def _ours(metrics: pd.DataFrame, model: str, dataset: str) -> tuple[dict[str, fl
 
 def _provenance(ok: pd.DataFrame) -> dict[str, object]:
     if ok.empty:
-        return {"n_seeds": 0}
+        return {"n_seeds": 0, "provenance": ""}
     first = ok.iloc[0]
     return {
         "n_seeds": len(ok),
+        "provenance": (
+            f"`{first['model']}` on {first['dataset']}: profile `{first['profile']}`, recipe "
+            f"`{first.get('recipe', '?')}`, {_count(first.get('epochs'))} epochs, {_count(first.get('train_size'))} "
+            f"training images, timed on {first.get('device', '?')} at batch {_count(first.get('throughput_batch'))}"
+        ),
         "profile": str(first["profile"]),
         "recipe": str(first.get("recipe", "")),
         "epochs": first.get("epochs"),
@@ -162,6 +167,7 @@ def pde_table(metrics: pd.DataFrame) -> pd.DataFrame:
             "note": "; ".join(notes),
             **{k: v for k, v in prov100.items() if k != "comparable"},
             "n_seeds": min(prov10["n_seeds"], prov100["n_seeds"]),
+            "provenance": " | ".join(p for p in (prov10["provenance"], prov100["provenance"]) if p),
             "comparable_top1_c10": prov10.get("comparable", False),
             "comparable_top1_c100": prov100.get("comparable", False),
         }
@@ -181,17 +187,8 @@ def _count(value: object) -> str:
 
 
 def caption(frame: pd.DataFrame) -> str:
-    ran = frame[frame["n_seeds"] > 0]
-    where = "; ".join(
-        sorted(
-            {
-                f"profile `{r['profile']}`, recipe `{r['recipe']}` ({_count(r['epochs'])} epochs, "
-                f"{_count(r['train_size'])} training images), timed on {r['device']} at batch "
-                f"{_count(r['throughput_batch'])}"
-                for _, r in ran.iterrows()
-            }
-        )
-    )
+    runs = {p for text in frame["provenance"].dropna() for p in str(text).split(" | ") if p}
+    where = "; ".join(sorted(runs))
     return (
         f"Source of `paper`: {SOURCE}. Ours: {where or 'no finished runs'}. "
         "#Params: stored parameters (the CIFAR-10 section at 10 classes, the footprint section at 100, as the "

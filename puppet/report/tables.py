@@ -98,7 +98,7 @@ def _fmt(v: float, metric: str) -> str:
         return f"{v:.2f}"
     if metric.endswith("_g") or metric.endswith("_mb") or metric.endswith("_m"):
         return f"{v:.3g}" if abs(v) < 10 else f"{v:.2f}"
-    return f"{v:.4g}"
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"  # 10,000, not 1e+04
 
 
 def render_markdown(
@@ -115,7 +115,7 @@ def render_markdown(
     for _, r in frame.iterrows():
         label = r["label"] if not r.get("group") else f"{r['group']}: {r['label']}"
         if r.get("note"):
-            notes.append(f"{r['label']} ({r['model']}): {r['note']}")
+            notes.append(f"{r['label']} ({r['model']}): {r['note']}" if r["model"] else f"{r['label']}: {r['note']}")
             label += f" [{len(notes)}]"
         cells = [label]
         for m in metrics:
