@@ -2,6 +2,9 @@
 
 python -m puppet train   --spec JSON --out-dir DIR [--time-limit-min M]   # -> DIR/train.json, model.pt
                                                     # (exit 75: paused by the limit, rerun to resume)
+python -m puppet train   --model resnet --dataset cifar10 [--configfile F --set train.lr=0.01 --measure]
+                                                    # one run by hand, in the folder the workflow would use
+python -m puppet evaluate --run-dir DIR                 # top-1/top-5 of a trained model.pt on its test split
 python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
 python -m puppet mor     --spec JSON --settings JSON --run-dir DIR   # -> DIR/mor.csv (Neural ODE runs)
 python -m puppet collate --runs A/train.json ... --out results/metrics.csv
@@ -10,7 +13,9 @@ python -m puppet tables  --metrics results/metrics.csv --out-dir results
 python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
 python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
 python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
-python -m puppet validate --configfile config/config.yaml   # check a config and its data, print each run's state
+python -m puppet validate --configfile config/config.yaml [--config KEY=VALUE ...]   # check a config and its
+                                                    # data, print each run's state
+The installed command ``puppet-bench`` is the same as ``python -m puppet``.
 python -m puppet models                                     # list registered models
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,6 +33,8 @@ import torch
 # Exit status of a command refused for bad input (config, data, model name, spec): the message
 # is one line on stderr, printed before any work starts.
 EXIT_BAD_INPUT = 2
+# 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def _spec(text: str):
@@ -35,12 +43,77 @@ def _spec(text: str):
     return RunSpec.from_dict(json.loads(text))
 
 
+def _config(configfiles: list[str] | None, sets: list[str] | None, **top: object) -> dict:
+    from puppet.core.config import DEFAULT_PROFILE, load_config
+
+    return load_config(*(configfiles or [DEFAULT_PROFILE]), overrides=top, sets=sets)
+
+
 def _train(args: argparse.Namespace) -> int:
     from puppet.core.train import PAUSED_EXIT_CODE, train_main
 
-    # a failed run is a status=error row, not a crash; a paused one is neither
-    record = train_main(_spec(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
-    return PAUSED_EXIT_CODE if record["status"] == "paused" else 0
+    if args.spec:
+        if args.model or args.dataset:
+            raise SystemExit("error: give either --spec or --model/--dataset, not both")
+        if args.out_dir is None:
+            raise SystemExit("error: --spec needs --out-dir")
+        # a failed run is a status=error row, not a crash; a paused one is neither
+        record = train_main(_spec(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
+        return PAUSED_EXIT_CODE if record["status"] == "paused" else 0
+    if not (args.model and args.dataset):
+        raise SystemExit("error: name the run with --model and --dataset (or pass a --spec)")
+    from puppet.core.config import run_spec
+    from puppet.core.runs import run_dir
+
+    config = _config(args.configfile, args.set, models=[args.model], datasets=[args.dataset], extra_grid=[])
+    spec = run_spec(config, args.dataset, args.model, args.seed)
+    out_dir = args.out_dir or run_dir(args.results, spec.profile, spec.dataset, spec.model, spec.seed, spec.hash)
+    limit = args.time_limit_min if args.time_limit_min is not None else config["train"]["time_limit_min"]
+    print(f"{spec.label} (profile {spec.profile}, recipe {spec.recipe}, {spec.epochs} epochs) -> {out_dir}", flush=True)
+    record = train_main(spec, out_dir, time_limit_min=limit)
+    if record["status"] == "paused":
+        return PAUSED_EXIT_CODE
+    if record["status"] != "ok":
+        return 1  # train_main printed the one-line error and wrote the error record
+    print(
+        f"{spec.label}: top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}% on {record['test_size']} test images"
+    )
+    if args.measure:
+        from puppet.core.measure import measure_main
+
+        measured = measure_main(spec, Path(out_dir))
+        if measured["status"] != "ok":
+            return 1
+        print(
+            f"{spec.label}: {measured['stored_params']:,} stored params, {measured['macs'] / 1e6:.2f} M MACs, "
+            f"{measured['latency_s_per_img'] * 1e3:.2f} ms/img at batch 1"
+        )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from puppet.core.data import Batches
+    from puppet.core.evaluate import evaluate
+    from puppet.core.specs import RunSpec
+    from puppet.core.train import build_model, load_splits, pick_device
+
+    path = Path(args.run_dir) / "model.pt"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist; train the run first (its train job writes model.pt)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    spec = RunSpec.from_dict(saved["spec"])
+    device = pick_device(args.device or spec.device)
+    splits = load_splits(spec)
+    model = build_model(spec, splits).to(device)
+    model.load_state_dict(saved["model"])
+    result = evaluate(
+        model, Batches(splits.x_test, splits.y_test, spec.train.eval_batch_size, splits.mean, splits.std, device=device)
+    )
+    print(
+        f"{spec.label}: top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}%, loss {result.loss:.4f} "
+        f"on {result.num_samples} test images ({splits.source})"
+    )
+    return 0
 
 
 def _measure(args: argparse.Namespace) -> int:
@@ -109,7 +182,7 @@ def _validate(args: argparse.Namespace) -> int:
     from puppet.core.config import load_config, preflight, run_grid, run_spec
     from puppet.core.runs import inspect_run, run_dir
 
-    config = load_config(*args.configfile)
+    config = load_config(*args.configfile, sets=args.config)
     runs = run_grid(config)
     warnings = preflight(config)  # raises DataError on the first bad data source
     print(f"config OK: profile {config['profile']}, {len(runs)} runs; data sources checked")
@@ -148,9 +221,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
-    p = command("train", _train, "train one run")
-    p.add_argument("--spec", required=True, help="run spec as JSON (puppet.core.specs.RunSpec.to_dict)")
-    p.add_argument("--out-dir", required=True, type=Path)
+    p = command("train", _train, "train one run: by name (--model, --dataset), or from a --spec (the workflow)")
+    p.add_argument("--model", help="a registered model (python -m puppet models)")
+    p.add_argument("--dataset", help="cifar10, cifar100, fashion_mnist, mini_imagenet or synthetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--configfile", nargs="+", help="profile(s) to read (default: config/config.yaml, the quick profile)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change one config key, e.g. --set train.lr=0.01 --set epochs=2",
+    )
+    p.add_argument("--measure", action="store_true", help="after training, measure the run as the workflow does")
+    p.add_argument("--results", default=Path("results"), type=Path, help="where run folders go (default: results)")
+    p.add_argument("--spec", help="run spec as JSON (puppet.core.specs.RunSpec.to_dict); the workflow's way")
+    p.add_argument("--out-dir", type=Path, help="the run's folder (default with --model: the workflow's own)")
     p.add_argument(
         "--time-limit-min",
         type=float,
@@ -158,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pause at an epoch boundary before this many minutes (checkpoint kept, no train.json, "
         "exit code 75); rerun to resume. Snakemake passes train.time_limit_min",
     )
+    p = command("evaluate", _evaluate, "top-1/top-5 of a trained run's model.pt on its test split")
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: the run's own device setting")
     p = command("measure", _measure, "measure a trained run")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
@@ -201,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--configfile", nargs="+", required=True)
     p.add_argument(
+        "--config", nargs="+", default=[], metavar="KEY=VALUE", help="change config keys, as snakemake --config"
+    )
+    p.add_argument(
         "--results", default=Path("results"), type=Path, help="where the runs' folders are (default: results)"
     )
     command("models", _models, "list registered models")
@@ -216,10 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     from puppet.core.specs import SpecError
 
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not as a warning at exit
+        return status
     except (ConfigError, DataError, UnknownModelError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `python -m puppet models | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
-from puppet.core.registry import list_models
+from puppet.core.registry import did_you_mean, list_models
 from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.json"
@@ -105,10 +105,13 @@ def _describe(error) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator == "enum":
         choices = ", ".join(map(str, error.validator_value))
-        return f"config {where}: {error.instance!r} is not valid; choose one of: {choices}"
+        hint = did_you_mean(error.instance, list(error.validator_value))
+        return f"config {where}: {error.instance!r} is not valid{hint}; choose one of: {choices}"
     if error.validator == "additionalProperties":
-        allowed = ", ".join(error.schema.get("properties", {}))
-        return f"config {where}: {error.message}; allowed keys: {allowed}"
+        known = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
+        hint = did_you_mean(extra[0], known) if extra else ""
+        return f"config {where}: {error.message}{hint}; allowed keys: {', '.join(known)}"
     return f"config {where}: {error.message}"
 
 
@@ -156,8 +159,41 @@ def _check_recipes(config: dict) -> None:
             )
 
 
-def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
-    """Merge YAML files left to right (top-level keys replace), then overrides, then validate."""
+DEFAULT_PROFILE = SCHEMA_PATH.parents[2] / "config" / "config.yaml"
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["train.lr=0.01", "epochs=2"]`` -> ``{"train": {"lr": 0.01}, "epochs": 2}``: dotted keys name
+    nested blocks, values are YAML (as Snakemake's ``--config``)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{item!r}: write KEY=VALUE, e.g. train.lr=0.01 or epochs=2")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{item!r}: {part} is set to a value and used as a block")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[leaf] = value
+    return out
+
+
+def deep_merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key, nested mappings merged, not replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(*paths: str | Path, overrides: dict | None = None, sets: list[str] | None = None) -> dict:
+    """Merge YAML files left to right (top-level keys replace), then ``overrides`` (top-level keys
+    replace), then ``sets`` (``KEY.SUB=VALUE``, merged into nested blocks), then validate."""
     merged: dict = {}
     for path in paths:
         try:
@@ -168,7 +204,7 @@ def load_config(*paths: str | Path, overrides: dict | None = None) -> dict:
             raise ConfigError(f"config '{path}' must be a mapping of keys to values")
         merged.update(data)
     merged.update(overrides or {})
-    return validate_config(merged)
+    return validate_config(deep_merge(merged, parse_sets(sets or [])))
 
 
 def run_grid(config: dict) -> list[tuple[str, str, int]]:

@@ -412,7 +412,11 @@ def load_dataset(
 ) -> ArrayData:
     """Load a named data set, from ``source`` (an .npz path) if given, else its default source."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        from puppet.core.registry import did_you_mean
+
+        raise DataError(
+            f"unknown dataset {name!r}{did_you_mean(name, list(DATASETS))}; choose one of {', '.join(DATASETS)}"
+        )
     info = DATASETS[name]
     if source:
         return load_npz(

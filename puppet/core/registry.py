@@ -117,6 +117,14 @@ def _discover() -> None:
                 importlib.import_module(f"{package_name}.{module.name}")
 
 
+def did_you_mean(name: object, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def list_models(family: str | None = None) -> list[str]:
     """Sorted names of registered models, optionally of one family."""
     _discover()
@@ -126,7 +134,8 @@ def list_models(family: str | None = None) -> list[str]:
 def model_info(name: str) -> ModelInfo:
     _discover()
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        hint = did_you_mean(name, list_models())
+        raise UnknownModelError(f"unknown model {name!r}{hint}; registered models: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 

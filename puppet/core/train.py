@@ -415,6 +415,7 @@ def recipe_columns(spec: RunSpec) -> dict[str, Any]:
     t = spec.train
     schedule = f"multistep{list(t.milestones)}" if t.schedule == "multistep" else t.schedule
     return {
+        "max_channels": spec.max_channels,  # the width cap the run's sizes were taken at
         "recipe": spec.recipe,
         "optimizer": f"{t.optimizer} (nesterov)" if t.optimizer == "sgd" else t.optimizer,
         "lr": t.lr,

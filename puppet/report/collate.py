@@ -51,6 +51,7 @@ COLUMNS = KEY + [
     "precomputed_speedup_ci_high",
     "train_time_s",
     "epochs",
+    "max_channels",
     "recipe",
     "optimizer",
     "lr",

@@ -1,0 +1,74 @@
+"""The command line a person types: single runs by name, evaluate, validate --config, typos, pipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from puppet.cli import main
+from puppet.core.config import ConfigError, deep_merge, load_config, parse_sets, run_spec
+from puppet.core.runs import run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "config" / "smoke.yaml")
+
+
+def test_sets_are_dotted_yaml_and_merge_into_blocks():
+    sets = parse_sets(["train.lr=0.01", "epochs=2", "data.augment=crop_flip", "seeds=[0, 1]"])
+    assert sets == {"train": {"lr": 0.01}, "epochs": 2, "data": {"augment": "crop_flip"}, "seeds": [0, 1]}
+    merged = deep_merge({"train": {"lr": 1.0, "batch_size": 64}, "epochs": 1}, sets)
+    assert merged["train"] == {"lr": 0.01, "batch_size": 64} and merged["epochs"] == 2
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_sets(["train.lr"])
+    cfg = load_config(SMOKE, sets=["train.lr=0.01"])
+    assert cfg["train"]["lr"] == 0.01 and cfg["train"]["batch_size"] == 64  # smoke.yaml's, kept
+
+
+@pytest.mark.parametrize(
+    "argv,suggestion",
+    [
+        (["train", "--model", "resent", "--dataset", "synthetic"], "did you mean 'resnet'?"),
+        (["train", "--model", "resnet", "--dataset", "cifar-10"], "did you mean 'cifar10'?"),
+        (["train", "--model", "resnet", "--dataset", "synthetic", "--set", "trian.lr=1"], "did you mean 'train'?"),
+        (["validate", "--configfile", SMOKE, "--config", "train.optimizer=adamm"], "did you mean 'adam'?"),
+    ],
+)
+def test_a_typo_gets_one_line_with_the_right_name(argv, suggestion, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert suggestion in err and "\n" not in err
+
+
+def test_train_by_name_then_evaluate(tmp_path, capsys):
+    """One run without JSON, in the folder the workflow would use; evaluate reads its model.pt back."""
+    argv = ["train", "--model", "alexnet", "--dataset", "synthetic", "--configfile", SMOKE, "--set", "epochs=1"]
+    assert main([*argv, "--set", "train.lr=0.002", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    spec = run_spec(load_config(SMOKE, sets=["epochs=1", "train.lr=0.002"]), "synthetic", "alexnet", 0)
+    folder = run_dir(tmp_path, "smoke", "synthetic", "alexnet", 0, spec.hash)
+    record = json.loads((folder / "train.json").read_text())
+    assert record["status"] == "ok" and record["lr"] == 0.002 and record["epochs"] == 1
+    assert f"top-1 {record['top1']:.2f}%" in out
+    assert main(["evaluate", "--run-dir", str(folder)]) == 0
+    assert f"top-1 {record['top1']:.2f}%" in capsys.readouterr().out  # the same model, the same images
+
+
+def test_train_needs_a_name_or_a_spec():
+    with pytest.raises(SystemExit, match="--model and --dataset"):
+        main(["train", "--model", "alexnet"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["evaluate", "--run-dir", "/nonexistent"])
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`python -m puppet models | head -0`: exit status 141 (as a shell reports SIGPIPE), no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "puppet", "models"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # the reader is gone before the writer starts
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err
