@@ -74,12 +74,22 @@ def test_dry_run_says_it_uses_the_workflow_profile(tmp_path):
 
 def test_slurm_profile_replaces_the_default_one():
     """Used as the workflow profile, the slurm profile drops the default's global gpu=1 (one GPU job at
-    a time) and gives each train/measure job a GPU of its own. --executor dryrun stands in for the
-    slurm plugin, which is an optional extra; every other entry comes from the profile file."""
+    a time); the rules give each train/measure job a GPU of its own unless the config runs on the CPU
+    (next test). --executor dryrun stands in for the slurm plugin, an optional extra; every other entry
+    comes from the profile file."""
     got = parsed_cli("tables", "--workflow-profile", "workflow/profiles/slurm", "--executor", "dryrun")
     assert got["resources"] == {"speed_lock": 1} and got["jobs"] == 16
     assert got["keep_going"] and got["rerun_incomplete"] and got["rerun_triggers"] == ["input", "mtime", "params"]
-    assert got["set_resources"]["train"] == {"gpu": 1} and got["set_resources"]["measure"] == {"gpu": 1}
+    assert "gpu" not in str(got["set_resources"])  # the rules decide, from the config's device
+
+
+@pytest.mark.parametrize("configfile,gpus", [("config/smoke.yaml", 0), ("config/config.yaml", 1)])
+def test_jobs_ask_for_a_gpu_unless_the_device_is_cpu(configfile, gpus, tmp_path):
+    """On SLURM a gpu resource becomes --gpus=1, which a CPU partition refuses ("Invalid generic
+    resource"): the smoke profile (device: cpu) asks for none, the quick one (device: auto) for one."""
+    out = snakemake("tables", "-n", "--configfile", configfile, "--directory", str(tmp_path)).stdout
+    train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
+    assert train_jobs and all(f"gpu={gpus}" in block for block in train_jobs)
 
 
 def test_slurm_profile_plans_with_the_plugin(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import platform
 import statistics
 import sys
@@ -292,6 +293,7 @@ def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 ) from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
             record.update(status="ok", error="", **measure_model(model, test, spec.measure, device))
+            record["measure_slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
         except Exception as exc:  # recorded in the row, never a silent None
             record.update(status="error", error=one_line(exc))
             print(f"measure failed: {record['error']}", file=sys.stderr)

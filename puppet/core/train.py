@@ -400,6 +400,7 @@ def train_run(
         "stats": test.stats_summary,
         "calibration": calibration,
         "train_device": _device_name(device),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
         **recipe_columns(spec),
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),

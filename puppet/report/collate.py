@@ -69,6 +69,7 @@ COLUMNS = KEY + [
     "torch_version",
     "cuda_version",
     "train_device",
+    "slurm_job_id",
     "git_commit",
     "config_hash",
 ]

@@ -40,6 +40,11 @@ wildcard_constraints:
     chash=r"[0-9a-f]{12}",
 
 
+# A train, measure or MOR job asks for one GPU unless the profile runs on the CPU: on SLURM the
+# resource becomes --gpus=1, which a CPU-only partition refuses ("Invalid generic resource").
+GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+
+
 # train.time_limit_min reaches the train job as a flag, not through params: it says how long
 # one sitting may train, not what the run computes, so changing it between sittings must not
 # rerun finished runs (rerun-triggers: params) nor change their config_hash.

@@ -16,7 +16,7 @@ rule mor:
         f"{RUN_DIR}/mor.log",
     threads: config["mor"]["threads"]
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         speed_lock=1,
     shell:
         "python -m puppet mor --spec {params.spec:q} --settings {params.settings:q} --run-dir {params.run_dir}"

@@ -12,7 +12,7 @@ rule train:
         f"{RUN_DIR}/train.log",
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
     # train.log holds this attempt, train.log.history every attempt (STDERR_TO_LOG). Exit code
     # 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
     # train.json, so the next invocation resumes it.
@@ -35,7 +35,7 @@ rule measure:
         f"{RUN_DIR}/measure.log",
     threads: config["measure"]["threads"]
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
         speed_lock=1,
     shell:
         "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir}" + STDERR_TO_LOG
