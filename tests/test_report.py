@@ -31,6 +31,7 @@ def _run(root, model, seed, top1, status="ok", measured=True):
         "data_source": "npz:x.npz",
         "git_commit": "abc",
         "config_hash": "h",
+        "max_channels": 512,
         "stats": {"mean_depth": 7.0} if model == "puppet_cnn" else {},
         "history": [{"loss": 1.0}],
     }
@@ -336,3 +337,20 @@ def test_pde_table_says_which_runs_are_missing():
     t = pde_table(only_c10).set_index(["section", "label"])
     assert t.loc[("Low model footprint", "ResNet-Global"), "note"] == "CIFAR-100 not run"
     assert t.loc[("CIFAR-10 comparison", "ResNet-Global"), "note"] == ""
+
+
+def test_no_difference_across_widths_and_below_chance_is_flagged(metrics, tmp_path):
+    df = pd.read_csv(metrics)
+    df["max_channels"] = 32  # the quick profile's width, against the paper's 512
+    df.loc[df.model == "alexnet", "top1"] = 5.0  # below CIFAR-10's 10% chance
+    df.to_csv(tmp_path / "m.csv", index=False)
+    write_tables(tmp_path / "m.csv", tmp_path / "out")
+    alex = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["alexnet"]
+    assert math.isnan(alex["top1_diff"]) and math.isnan(alex["param_size_mb_diff"]) and alex["paper_top1"] == 65.86
+    assert "width 32, paper 512: no Δ" in alex["note"] and "below chance (10%)" in alex["note"]
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert md.index("## Table 4") < md.index("## Table 5") < md.index("## Table 6")  # the paper's order
+    assert "Speed (ms/img)" in md and "|---|---:|" in md  # milliseconds, numbers right-aligned
+    tex = (tmp_path / "out" / "tables.tex").read_text()
+    assert tex.count(r"\begin{table}") >= 6 and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"Top-1 (\%) ours" in tex and "65.86" in tex

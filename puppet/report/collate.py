@@ -84,12 +84,26 @@ def _record(path: Path) -> dict:
     return record
 
 
+def _spec_width(model_pt: Path) -> float | None:
+    """``max_channels`` from the run spec saved in ``model.pt`` (runs made before train.json had it)."""
+    if not model_pt.is_file():
+        return None
+    import torch
+
+    try:
+        return torch.load(model_pt, map_location="cpu", weights_only=False)["spec"]["max_channels"]
+    except Exception:  # a damaged model.pt: the width stays unknown, the row stands
+        return None
+
+
 def run_row(train_json: Path) -> dict:
     """One metrics row from a run folder's ``train.json`` and ``measure.json``."""
     train = _record(Path(train_json))
     measure_path = Path(train_json).with_name("measure.json")
     measure = _record(measure_path) if measure_path.exists() else {"status": "missing", "error": "not measured"}
     row = {k: v for k, v in train.items() if not isinstance(v, (dict, list))}
+    if "max_channels" not in row and train.get("status") == "ok":  # a run recorded before the column existed
+        row["max_channels"] = _spec_width(Path(train_json).with_name("model.pt"))
     for k, v in (train.get("stats") or {}).items():  # adaptive models: mean_depth, mean_exit, ...
         row[k] = v
     row.update({k: v for k, v in measure.items() if k not in ("status", "error") and not isinstance(v, (dict, list))})

@@ -37,6 +37,7 @@ LIVE = [
     "sizes.csv",
     "table_pde.csv",
     "tables.md",
+    "tables.tex",
 ]
 # Copied when present: the MOR study's table exists only when the grid has Neural ODE runs.
 OPTIONAL = ["mor.csv"]

@@ -24,7 +24,7 @@ UNITS = {
     "top1": "Top-1 (%)",
     "top5": "Top-5 (%)",
     "param_size_mb": "Params Size (MB)",
-    "latency_s_per_img": "Speed (s/img)",
+    "latency_s_per_img": "Speed (ms/img)",
     "macs_g": "Mult-Adds (G)",
     "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
     "total_params_m": "Total Params (M)",
@@ -51,7 +51,25 @@ def _column(metric: str, variant: str) -> str:
     return metric
 
 
+PAPER_WIDTH = 512  # the Puppet-CNN paper's max_channels: its sizes, MACs, speed and accuracy are at this width
+
+
+def _at_paper_width(ok: pd.DataFrame) -> bool:
+    """Every run of the row was made at the paper's width (an older metrics.csv without the column: no)."""
+    return "max_channels" in ok and not ok.empty and bool((ok["max_channels"] == PAPER_WIDTH).all())
+
+
+def _chance(dataset: str) -> float:
+    from puppet.core.data import DATASETS
+
+    info = DATASETS.get(dataset)
+    return 100.0 / info.num_classes if info else math.nan
+
+
 def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per paper row. Δ (``*_diff``) only where our runs are at the paper's width
+    (``max_channels`` 512): a width-32 run beside a 512-channel number is no comparison; the
+    paper-scale sizes from the model code are in ``sizes.csv``."""
     rows = []
     for prow in table.rows:
         runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
@@ -80,7 +98,14 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             paper = prow.values.get(m, math.nan)
             row[f"paper_{m}"] = paper
-            row[f"{m}_diff"] = mean - paper
+            row[f"{m}_diff"] = mean - paper if _at_paper_width(ok) else math.nan
+        if not ok.empty and not _at_paper_width(ok):
+            widths = sorted(ok["max_channels"].dropna().astype(int).unique()) if "max_channels" in ok else []
+            width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
+            row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
+        chance = _chance(prow.dataset)
+        if "top1" in table.metrics and row.get("top1", math.nan) < chance:
+            row["note"] = "; ".join(filter(None, [row["note"], f"top-1 below chance ({chance:.0f}%)"]))
         if not ok.empty:
             row["profile"] = ",".join(sorted(ok["profile"].astype(str).unique()))
             row["data_source"] = ",".join(sorted(ok["data_source"].astype(str).unique()))
@@ -93,7 +118,7 @@ def _fmt(v: float, metric: str) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if metric.startswith("latency"):
-        return f"{v:.5f}"
+        return f"{v * 1e3:.2f}"  # seconds in the CSV, milliseconds to read
     if metric.startswith(("top1", "top5")):
         return f"{v:.2f}"
     if metric.endswith("_g") or metric.endswith("_mb") or metric.endswith("_m"):
@@ -110,13 +135,15 @@ def render_markdown(
     lines = [f"## {title}", ""]
     if caption:
         lines += [caption, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    notes = []
+    lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]  # numbers right-aligned
+    notes: list[str] = []  # one footnote per distinct note, marked on every row that has it
     for _, r in frame.iterrows():
         label = r["label"] if not r.get("group") else f"{r['group']}: {r['label']}"
-        if r.get("note"):
-            notes.append(f"{r['label']} ({r['model']}): {r['note']}" if r["model"] else f"{r['label']}: {r['note']}")
-            label += f" [{len(notes)}]"
+        for part in str(r.get("note") or "").split("; "):
+            if part:
+                if part not in notes:
+                    notes.append(part)
+                label += f" [{notes.index(part) + 1}]"
         cells = [label]
         for m in metrics:
             ours = _fmt(r[m], m)
@@ -238,6 +265,40 @@ def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
     ]
 
 
+def latex_table(title: str, frame: pd.DataFrame, metrics: tuple[str, ...]) -> str:
+    """One table as LaTeX (booktabs rules), rendered by pandas' Styler: ours, the paper's, Δ."""
+    columns: dict[str, list] = {
+        "Row": [r["label"] if not r.get("group") else f"{r['group']}: {r['label']}" for _, r in frame.iterrows()]
+    }
+    for m in metrics:
+        unit = UNITS.get(m, m)
+        columns[f"{unit} ours"] = [_fmt(r[m], m) for _, r in frame.iterrows()]
+        columns[f"{unit} paper"] = [_fmt(r[f"paper_{m}"], m) for _, r in frame.iterrows()]
+        columns[f"{unit} Δ"] = [_fmt(r[f"{m}_diff"], m) for _, r in frame.iterrows()]
+    table = pd.DataFrame(columns)
+    styler = table.style.hide(axis="index")
+    return (
+        styler.to_latex(
+            caption=title.replace("_", r"\_"),
+            hrules=True,  # \toprule, \midrule, \bottomrule: needs \usepackage{booktabs}
+            column_format="l" + "r" * (len(table.columns) - 1),
+            position_float="centering",
+        )
+        .replace("%", r"\%")
+        .replace("Δ", r"$\Delta$")
+        .replace("–", "--")
+        .replace("±", r"$\pm$")
+    )
+
+
+def latex_tables(sections: list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]) -> str:
+    header = (
+        "% Generated by `python -m puppet tables` from results/metrics.csv; do not edit by hand.\n"
+        "% Needs \\usepackage{booktabs}. Same numbers as tables.md (Delta blank where our width is not the paper's).\n"
+    )
+    return header + "\n".join(latex_table(title, frame, cols) for _, title, frame, cols in sections)
+
+
 def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.DataFrame]:
     out_dir = Path(out_dir)
     metrics = load_metrics(metrics_path)
@@ -248,7 +309,8 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
         "Generated by `snakemake tables` from `results/metrics.csv`; do not edit by hand. "
         "`ours` is the mean over seeds (± sample std where more than one seed ran); "
         "`paper` is the number printed in the Puppet-CNN paper (v1), or in the paper a table names; "
-        "Δ = ours − paper. "
+        "Δ = ours − paper, given only where our runs are at the paper's width (`max_channels` 512): a "
+        "width-32 run beside a 512-channel number is no comparison (the footnote says so). Speed in ms per image. "
         "Accuracy is on the test split named below, which may be a subset: compare with care. "
         "Sizes, MACs and speed in Tables 1-4 and 6 are those of the models as run, at the profile's "
         '`max_channels` (the paper: 512); Table 5 and "Model sizes" give the paper-scale sizes from the model code. '
@@ -261,20 +323,27 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
         provenance(metrics),
         "",
     ]
+    sections: list[tuple[str, str, pd.DataFrame, tuple[str, ...]]] = []  # (name, title, frame, metrics)
     for table in RUN_TABLES:
         frame = build_table(table, metrics)
         frames[table.name] = frame
         atomic_write_csv(frame, out_dir / f"{table.name}.csv")
         for dataset, sub in frame.groupby("dataset", sort=False):
             title = table.title if frame["dataset"].nunique() == 1 else f"{table.title} — {dataset}"
-            md.append(render_markdown(title, sub, table.metrics))
+            sections.append((table.name, title, sub, table.metrics))
     for name, title, frame, cols in extra_tables():
         frames[name] = frame
         atomic_write_csv(frame, out_dir / f"{name}.csv")
-        md.append(render_markdown(title, frame.assign(note=""), cols))
+        sections.append((name, title, frame.assign(note=""), cols))
+    # the paper's order: Table 5 between Tables 4 and 6, the model sizes after the paper's tables
+    order = ["table1", "table2", "table3", "table4", "table5", "table6", "sizes"]
+    sections.sort(key=lambda sec: order.index(sec[0]) if sec[0] in order else len(order))
+    for _, title, frame, cols in sections:
+        md.append(render_markdown(title, frame, cols))
     frames["table_pde"] = pde_table(metrics)
     atomic_write_csv(frames["table_pde"], out_dir / "table_pde.csv")
     md.append(render_pde(frames["table_pde"]))
+    atomic_write_text(latex_tables(sections), out_dir / "tables.tex")
     md.append(runs_markdown(metrics))
     atomic_write_text("\n".join(md), out_dir / "tables.md")
     return frames

@@ -24,6 +24,7 @@ rule paper_tables:
         "results/table6.csv",
         "results/sizes.csv",
         "results/table_pde.csv",
+        "results/tables.tex",
     shell:
         "python -m puppet tables --metrics {input} --out-dir results"
 
