@@ -354,3 +354,24 @@ def test_no_difference_across_widths_and_below_chance_is_flagged(metrics, tmp_pa
     tex = (tmp_path / "out" / "tables.tex").read_text()
     assert tex.count(r"\begin{table}") >= 6 and r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Top-1 (\%) ours" in tex and "65.86" in tex
+
+
+def test_every_model_keeps_one_style_and_figures_say_what_they_show():
+    from puppet.core.registry import list_models
+    from puppet.report.figures import PRECOMPUTED, describe_runs, model_style
+
+    styles = {m: model_style(m) for m in list_models()}
+    assert len(set(styles.values())) == len(styles)  # no two models look alike
+    assert model_style("puppet_cnn" + PRECOMPUTED) == styles["puppet_cnn"]  # same model, hollow marker
+    metrics = pd.DataFrame(
+        {
+            "status": "ok",
+            "dataset": "cifar10",
+            "model": ["alexnet", "alexnet", "resnet"],
+            "seed": [0, 1, 0],
+            "profile": "quick",
+            "max_channels": 32,
+            "epochs": [6, 6, 8],
+        }
+    )
+    assert describe_runs(metrics, "cifar10") == "profile quick, max_channels 32, 6/8 epochs, 2 seeds"

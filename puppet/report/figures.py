@@ -101,20 +101,58 @@ def _family(model: str) -> str:
         return "other"
 
 
-def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
+def model_style(model: str) -> tuple[str, str]:
+    """(colour, marker) of a model, the same in every figure and on every dataset: the colour is its
+    family's, the marker its rank among the family's registered models (unique within a family)."""
+    from puppet.core.registry import list_models
+
+    name = model.removesuffix(PRECOMPUTED)
+    family = _family(name)
+    members = list_models(family) if family != "other" else [name]
+    return FAMILY_COLOURS.get(family, "grey"), MARKERS[members.index(name) % len(MARKERS)]
+
+
+def describe_runs(metrics: pd.DataFrame, dataset: str) -> str:
+    """What a figure shows, for its title: profile(s), width(s), epochs and seeds of the ok runs."""
+    ok = metrics[(metrics["status"] == "ok") & (metrics["dataset"] == dataset)]
+    if ok.empty:
+        return ""
+
+    def values(col: str) -> str:
+        if col not in ok:
+            return "?"
+        vals = sorted({int(v) if isinstance(v, float) and v.is_integer() else v for v in ok[col].dropna()}, key=str)
+        return "/".join(map(str, vals)) or "?"
+
+    seeds = ok.groupby("model")["seed"].nunique().max()
+    return (
+        f"profile {values('profile')}, max_channels {values('max_channels')}, {values('epochs')} epochs, "
+        f"{seeds} seed{'s' if seeds > 1 else ''}"
+    )
+
+
+def _engineering(ax, unit: str) -> None:
+    """Readable log-axis ticks: 20 k, 500 µs; minor ticks unlabelled (they collided on short ranges)."""
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=" "))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: str = "") -> list[Path]:
     data = summary[summary["dataset"] == dataset]
     written = []
+    seeds = int(data["n_seeds"].max()) if len(data) else 1
     fig_all, axes = plt.subplots(1, len(COST_AXES), figsize=(5 * len(COST_AXES), 4), sharey=True)
     for ax_all, (x, xlabel) in zip(axes, COST_AXES.items()):
         fig, ax = plt.subplots(figsize=(5.5, 4))
         pts = _with_precomputed(data) if x == "latency_s_per_img" else data
         pts = pts.dropna(subset=[x, "top1"])
         pts = pts[pts[x] > 0]
-        models = list(dict.fromkeys(m.removesuffix(PRECOMPUTED) for m in data["model"]))  # one marker per model
         for target in (ax, ax_all):
             for _, p in pts.iterrows():
-                colour = FAMILY_COLOURS.get(_family(p["model"]), "grey")
-                marker = MARKERS[models.index(p["model"].removesuffix(PRECOMPUTED)) % len(MARKERS)]
+                colour, marker = model_style(p["model"])
                 target.errorbar(
                     p[x],
                     p["top1"],
@@ -139,10 +177,11 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
                     label="Pareto frontier",
                 )
             target.set_xscale("log")
+            _engineering(target, "s" if x == "latency_s_per_img" else "")
             target.set_xlabel(xlabel)
             target.grid(alpha=0.3, which="both")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{dataset}: top-1 vs {xlabel}")
+        ax.set_title(f"{dataset}: top-1 vs {xlabel}" + (f"\n{about}" if about else ""), fontsize=10)
         ax.legend(
             fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
         )  # beside the data, never on it
@@ -150,9 +189,11 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path) -> list
     axes[0].set_ylabel("top-1 accuracy (%)")
     handles, labels = axes[-1].get_legend_handles_labels()  # the latency panel also has the precomputed points
     fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    bars = "; error bars: std over seeds" if seeds > 1 else ""
     fig_all.suptitle(
-        f"{dataset}: accuracy against cost (colour = family; hollow: Puppet with precomputed kernels; "
-        "error bars over seeds; a model with its own recipe says so)"
+        f"{dataset}: accuracy against cost ({about}; colour = family; hollow: Puppet with precomputed kernels"
+        f"{bars}; a model with its own recipe says so)",
+        fontsize=10,
     )
     written += save(fig_all, out_dir / f"{dataset}_top1_vs_cost")
     return written
@@ -259,7 +300,7 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     summary = summarise(metrics)
     written = []
     for dataset in sorted(summary["dataset"].unique()):
-        written += accuracy_vs_cost(summary, dataset, out_dir)
+        written += accuracy_vs_cost(summary, dataset, out_dir, describe_runs(metrics, dataset))
     written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
     written += size_vs_depth(out_dir)
     return written
