@@ -7,8 +7,10 @@ finds workflow/Snakefile and, beside it, profiles/default); --directory keeps ou
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -206,6 +208,21 @@ def test_smoke_profile_end_to_end(tmp_path):
         str(REPO / "config" / "smoke.yaml"),
     )
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The report: one self-contained HTML file with every declared table and figure embedded.
+    snakemake("all", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(REPO / "config" / "smoke.yaml"),
+              "--report", str(tmp_path / "report.html"))  # fmt: skip
+    html = (tmp_path / "report.html").read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\n", html).group(1))
+    names = {r["filename"]: r for r in results.values()}
+    figures = [f"synthetic_top1_vs_{a}.png" for a in ("cost", "stored_params", "macs", "latency_s_per_img")]
+    tables = [f"table{n}.csv" for n in range(1, 7)] + ["metrics.csv", "sizes.csv", "table_pde.csv"]
+    assert set(figures + ["size_vs_depth.png"] + tables) <= set(names)
+    for name in figures:
+        uri = names[name]["data_uri"]
+        assert uri.startswith("data:image/png;") and ";base64," in uri and len(uri) > 10_000
+    table2 = base64.b64decode(names["table2.csv"]["data_uri"].split("base64,", 1)[1]).decode()
+    assert "AlexNet" in table2 and "paper_top1" in table2  # the table text, ours beside the paper's
+    assert "max_channels 512" in names["table1.csv"]["caption"]
 
 
 @pytest.mark.slow

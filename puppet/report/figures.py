@@ -79,6 +79,15 @@ def save(fig, path_stem: Path) -> list[Path]:
     return paths
 
 
+def placeholder(path_stem: Path, text: str) -> list[Path]:
+    """A figure that says why there is nothing to plot: the workflow declares every figure, so a
+    dataset whose runs all failed still gets its file (and the report says so instead of breaking)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
+    return save(fig, path_stem)
+
+
 PRECOMPUTED = " (precomputed)"
 
 
@@ -225,9 +234,12 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
             stats = torch.load(path, weights_only=False)
             if "complexity" in stats and "depth" in stats and len(stats["depth"].unique()) > 1:  # depth-adaptive only
                 panels.append((r, stats["complexity"].numpy(), stats["depth"].numpy()))
-    if not panels:
-        return []
     written = []
+    puppet_datasets = {str(r["dataset"]) for _, r in metrics.iterrows() if _family(str(r["model"])) == "puppet"}
+    for dataset in sorted(puppet_datasets - {str(r["dataset"]) for r, _, _ in panels}):
+        written += placeholder(
+            out_dir / f"{dataset}_depth_vs_complexity", f"{dataset}: no finished depth-adaptive Puppet run to plot"
+        )
     for dataset in sorted({str(r["dataset"]) for r, _, _ in panels}):
         mine = [p for p in panels if str(p[0]["dataset"]) == dataset]
         fig, axes = plt.subplots(1, len(mine), figsize=(5.5 * len(mine), 4.2), squeeze=False)
@@ -239,7 +251,10 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
             ax.plot([b.mid for b in mean.index], mean.values, color="black", marker="o", label="mean depth per H bin")
             ax.set_xlabel("input complexity H (bits)")
             ax.set_ylabel("generated conv layers run")
-            ax.set_title(f"{r['model']} (seed {int(r['seed'])})\n{dataset}, {len(h)} test images", fontsize=10)
+            ax.set_title(
+                f"{r['model']} (seed {int(r['seed'])})\n{dataset}, {len(h)} test images, profile {r['profile']}",
+                fontsize=10,
+            )
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.suptitle("Realised depth vs input complexity (Fig. 3)", y=1.02)
@@ -299,8 +314,12 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     metrics = pd.read_csv(metrics_path, dtype={"config_hash": str})  # "012345678901" is a hash, not a number
     summary = summarise(metrics)
     written = []
-    for dataset in sorted(summary["dataset"].unique()):
-        written += accuracy_vs_cost(summary, dataset, out_dir, describe_runs(metrics, dataset))
+    for dataset in sorted(metrics["dataset"].dropna().astype(str).unique()):
+        if dataset in set(summary["dataset"]):
+            written += accuracy_vs_cost(summary, dataset, out_dir, describe_runs(metrics, dataset))
+        else:  # every run of the dataset failed: the failures are in metrics.csv and the console
+            for axis in ("cost", *COST_AXES):
+                written += placeholder(out_dir / f"{dataset}_top1_vs_{axis}", f"{dataset}: no finished run to plot")
     written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
     written += size_vs_depth(out_dir)
     return written

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from puppet.core.io import atomic_write_csv  # noqa: E402
-from puppet.report.figures import save  # noqa: E402
+from puppet.report.figures import placeholder, save  # noqa: E402
 
 STYLE = {
     "pod_deim": ("POD-DEIM (k = m)", "tab:red", "o-"),
@@ -86,6 +86,15 @@ def write_mor(paths: list[Path], out: Path, figures_dir: Path) -> pd.DataFrame:
     figures_dir.mkdir(parents=True, exist_ok=True)
     needed = {"status", "profile", "dataset", "model", "seed", "method"}
     ok = frame[frame["status"] == "ok"] if needed <= set(frame.columns) else frame.iloc[0:0]
+    drawn = set()
     for (_, dataset, model, seed), rows in ok.groupby(["profile", "dataset", "model", "seed"]):
-        plot_task(rows, figures_dir / f"mor_{dataset}_{model}_seed{int(seed)}")
+        stem = figures_dir / f"mor_{dataset}_{model}_seed{int(seed)}"
+        plot_task(rows, stem)
+        drawn.add(stem.name)
+    for path in map(Path, paths):  # a run folder's study that failed: its declared figure says so
+        if len(path.parts) >= 5 and path.parts[-3].startswith("seed"):
+            dataset, model, seed = path.parts[-5:-2]
+            stem = figures_dir / f"mor_{dataset}_{model}_{seed}"
+            if stem.name not in drawn:
+                placeholder(stem, f"{model} on {dataset} ({seed}): no finished MOR study to plot (see {path})")
     return frame

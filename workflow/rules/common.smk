@@ -24,7 +24,18 @@ SPECS = {(d, m, s): run_spec(config, d, m, s) for d, m, s in RUNS}
 RUN_PATHS = [
     RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash) for (d, m, s), spec in SPECS.items()
 ]
+# The figures each grid gives (rules/report.smk): accuracy-vs-cost per dataset, Fig. 3 per dataset
+# with a Puppet run; MOR curves per Neural ODE run (rules/mor.smk).
+GRID_DATASETS = sorted({d for d, _, _ in RUNS})
+PUPPET_DATASETS = sorted({d for d, m, _ in RUNS if model_info(m).family == "puppet"})
+COST_AXES = ["cost", "stored_params", "macs", "latency_s_per_img"]
 # Runs of a Neural ODE (family "node"): the MOR study reduces each (rules/mor.smk).
+def mor_figure(run_path):
+    """results/figures/mor_<dataset>_<model>_seed<N>.png of a run folder (puppet/report/mor.py names it)."""
+    dataset, model, seed = Path(run_path).parts[3:6]
+    return f"results/figures/mor_{dataset}_{model}_{seed}.png"
+
+
 MOR_RUN_PATHS = [
     RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash)
     for (d, m, s), spec in SPECS.items()

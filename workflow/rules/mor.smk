@@ -27,7 +27,14 @@ rule mor_report:
     input:
         [f"{path}/mor.csv" for path in MOR_RUN_PATHS],
     output:
-        "results/mor.csv",
-        touch("results/figures/.mor_done"),
+        report("results/mor.csv", category="Tables", subcategory="MOR study", caption="../report/mor.rst"),
+        report(
+            [mor_figure(p) for p in MOR_RUN_PATHS],
+            category="Figures",
+            subcategory="MOR study",
+            caption="../report/mor.rst",
+        ),
+    log:
+        "results/logs/mor_report.log",
     shell:
-        "python -m puppet mor-report --runs {input} --out {output[0]} --figures results/figures"
+        "python -m puppet mor-report --runs {input} --out {output[0]} --figures results/figures 2> {log}"
