@@ -75,10 +75,7 @@ def _train(args: argparse.Namespace) -> int:
         return PAUSED_EXIT_CODE
     if record["status"] != "ok":
         return 1  # train_main printed the one-line error and wrote the error record
-    print(
-        f"{spec.label}: top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}% on {record['test_size']} test images"
-    )
-    if args.measure:
+    if args.measure:  # (train_main printed the run's headline)
         from puppet.core.measure import measure_main
 
         measured = measure_main(spec, Path(out_dir))

@@ -47,7 +47,11 @@ def test_train_by_name_then_evaluate(tmp_path, capsys):
     """One run without JSON, in the folder the workflow would use; evaluate reads its model.pt back."""
     argv = ["train", "--model", "alexnet", "--dataset", "synthetic", "--configfile", SMOKE, "--set", "epochs=1"]
     assert main([*argv, "--set", "train.lr=0.002", "--results", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    # progress a person can follow: per-epoch line with the run's ETA, evaluation announced and reported
+    assert "epoch 1/1:" in err and "run ETA" in err and "evaluating on 128 test images" in err
+    assert "done: synthetic/alexnet/seed0: top-1" in out  # the headline on the console
     spec = run_spec(load_config(SMOKE, sets=["epochs=1", "train.lr=0.002"]), "synthetic", "alexnet", 0)
     folder = run_dir(tmp_path, "smoke", "synthetic", "alexnet", 0, spec.hash)
     record = json.loads((folder / "train.json").read_text())

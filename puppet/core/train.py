@@ -141,31 +141,53 @@ def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[to
 
 
 class Progress:
-    """A one-line progress bar on a terminal; one line per epoch elsewhere (CI, Snakemake logs)."""
+    """What a person watching a run sees (stderr: the run's log under Snakemake, ``tail -f`` it).
+
+    On a terminal (and not under CI) each epoch is a tqdm bar with its ETA, loss, accuracy and
+    images/s; elsewhere nothing per step. After every epoch one line: its loss, accuracy, speed and
+    the run's ETA (the mean epoch so far times the epochs left); calibration and test evaluation
+    say when they start and what they found."""
 
     def __init__(self, total_epochs: int, label: str):
         self.live = sys.stderr.isatty() and not os.environ.get("CI")
         self.total, self.label = total_epochs, label
+        self.epoch_seconds: list[float] = []
+        self._bar = None
 
-    def step(self, epoch: int, i: int, n: int, loss: float, acc: float, img_s: float) -> None:
+    def start_epoch(self, epoch: int, n: int) -> None:
         if self.live:
-            bar = "#" * int(20 * (i + 1) / n)
-            print(
-                f"\r{self.label} ep {epoch + 1}/{self.total} [{bar:<20}] loss {loss:.3f} acc {acc:.3f} "
-                f"{img_s:,.0f} img/s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=n, desc=f"{self.label} ep {epoch + 1}/{self.total}", leave=False, file=sys.stderr)
+
+    def step(self, loss: float, acc: float, img_s: float) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f} {img_s:,.0f} img/s", refresh=False)
+            self._bar.update(1)
 
     def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
-        prefix = "\r" if self.live else ""  # overwrite the live bar with the epoch's summary
-        print(
-            f"{prefix}{self.label} epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} "
-            f"{img_s:,.0f} img/s {seconds:.1f}s",
-            file=sys.stderr,
-            flush=True,
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.epoch_seconds.append(seconds)
+        left = (self.total - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        self.say(
+            f"epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s "
+            f"{seconds:.1f}s; run ETA {_duration(left)}"
         )
+
+    def say(self, text: str) -> None:
+        print(f"{self.label} {text}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 def train_one_epoch(
@@ -184,6 +206,7 @@ def train_one_epoch(
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     n = len(batches)
+    progress.start_epoch(epoch, n)
     for i, (x, y) in enumerate(batches.epoch(epoch)):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logits = compute_loss(model, x, y)
@@ -202,7 +225,7 @@ def train_one_epoch(
         total_loss += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        progress.step(epoch, i, n, total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
+        progress.step(total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch + 1,
@@ -369,8 +392,11 @@ def train_run(
 
     calibration = {}
     if isinstance(model, Calibrates):
+        progress.say(f"calibrating on {len(splits.y_val)} validation images")
         calibration = model.calibrate(Batches(splits.x_val, splits.y_val, **eval_kw)) or {}
+    progress.say(f"evaluating on {len(splits.y_test)} test images")
     test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
+    progress.say(f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%")
     _save(
         out_dir / "model.pt",
         {
@@ -483,6 +509,12 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
             print(record["message"], flush=True)
             print(record["message"], file=sys.stderr, flush=True)
             return record
+        # the run's headline on the console, between Snakemake's job lines
+        print(
+            f"done: {spec.label}: top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}% "
+            f"({record['test_size']} test images), trained {_duration(record['train_time_s'])}",
+            flush=True,
+        )
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded, not swallowed: the row says what failed
