@@ -253,3 +253,15 @@ def test_paused_run_resumes_through_snakemake(tmp_path):
     snakemake(*args)  # the first epoch of a sitting always runs, so this one finishes
     log = (tmp_path / target).with_name("train.log").read_text()
     assert json.loads((tmp_path / target).read_text())["status"] == "ok" and "resuming" in log
+
+
+def test_every_job_rule_has_a_log_and_the_documented_environment():
+    """snakemake-workflows practice: a rule that runs a command logs it and names its environment,
+    here the repository's environment.yml itself (so the two never drift apart)."""
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=rule )", path.read_text())[1:]:
+            name = block.split(":", 1)[0]
+            if "    shell:" in block:
+                assert "    log:" in block and "    conda:\n        ENV_FILE" in block, f"{path.name}: {name}"
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    assert 'ENV_FILE = str(Path(workflow.basedir).parent / "environment.yml")' in common

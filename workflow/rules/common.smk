@@ -51,6 +51,11 @@ wildcard_constraints:
     chash=r"[0-9a-f]{12}",
 
 
+# Every job's software environment (`snakemake --use-conda` builds it): the repository's own
+# environment.yml, so the workflow's environment and the documented one never drift apart.
+ENV_FILE = str(Path(workflow.basedir).parent / "environment.yml")
+
+
 # A train, measure or MOR job asks for one GPU unless the profile runs on the CPU: on SLURM the
 # resource becomes --gpus=1, which a CPU-only partition refuses ("Invalid generic resource").
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1

@@ -18,6 +18,8 @@ rule mor:
     resources:
         gpu=GPUS_PER_JOB,
         speed_lock=1,
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet mor --spec {params.spec:q} --settings {params.settings:q} --run-dir {params.run_dir}"
         + STDERR_TO_LOG
@@ -36,5 +38,7 @@ rule mor_report:
         ),
     log:
         "results/logs/mor_report.log",
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet mor-report --runs {input} --out {output[0]} --figures results/figures 2> {log}"

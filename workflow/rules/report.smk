@@ -9,6 +9,8 @@ rule collate:
         report("results/metrics.csv", category="Tables", subcategory="All runs", caption="../report/metrics.rst"),
     log:
         "results/logs/collate.log",
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet collate --runs {input.train} --out {output} 2> {log}"
 
@@ -29,6 +31,8 @@ rule paper_tables:
         "results/tables.tex",
     log:
         "results/logs/tables.log",
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet tables --metrics {input} --out-dir results 2> {log}"
 
@@ -59,5 +63,7 @@ rule plot_figures:
         ),
     log:
         "results/logs/figures.log",
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet figures --metrics {input.metrics} --out-dir results/figures 2> {log}"

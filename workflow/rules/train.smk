@@ -16,6 +16,8 @@ rule train:
     # train.log holds this attempt, train.log.history every attempt (STDERR_TO_LOG). Exit code
     # 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
     # train.json, so the next invocation resumes it.
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + STDERR_TO_LOG
 
@@ -37,5 +39,7 @@ rule measure:
     resources:
         gpu=GPUS_PER_JOB,
         speed_lock=1,
+    conda:
+        ENV_FILE
     shell:
         "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir}" + STDERR_TO_LOG
