@@ -23,6 +23,8 @@ SITE_FLAGS = [
     "cpus_per_task=1",
     "runtime=30",
     "--slurm-no-account",
+    "--slurm-status-command",
+    "squeue",
     "--slurm-init-seconds-before-status-checks",
     "5",
 ]
@@ -37,6 +39,7 @@ def test_smoke_profile_runs_through_sbatch(tmp_path):
     work = tmp_path / "work"
     for part in ("workflow", "config"):  # a private working directory: its own results/ and .snakemake/
         shutil.copytree(REPO / part, work / part)
+    shutil.copy(REPO / "environment.yml", work / "environment.yml")  # every job rule's conda: environment
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     with slurm_cluster.local_cluster(tmp_path / "cluster"):
         proc = subprocess.run(
