@@ -170,6 +170,9 @@ def test_a_failed_study_is_an_error_row(tmp_path):
 
     state = inspect_run(tmp_path)
     assert state.failed and state.error.startswith("mor:")
+    from puppet.core.runs import attempts
+
+    assert attempts(tmp_path, "mor") == 1 and attempts(tmp_path, "train") == 0  # the mor rule reruns, not train
 
 
 def test_report_stacks_the_runs_and_draws_one_figure_per_task(tmp_path):

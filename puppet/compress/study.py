@@ -41,7 +41,7 @@ from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
 from puppet.core.io import atomic_write_csv, git_commit, one_line
 from puppet.core.measure import count_macs, environment
-from puppet.core.runs import inspect_run
+from puppet.core.runs import inspect_run, record_failure
 from puppet.core.specs import RunSpec
 from puppet.core.train import build_model, configure_backend, load_splits, pick_device
 
@@ -209,5 +209,8 @@ def mor_main(spec: RunSpec, run_dir: Path, settings: MorSettings) -> pd.DataFram
             message = one_line(exc)
             print(f"mor failed: {spec.label}: {message}", flush=True)
             frame = pd.DataFrame([{**key, "status": "error", "error": message}])
+    failed = frame[frame["status"] == "error"]
+    if len(failed):  # counted by the mor rule's params: the next invocation redoes the study
+        record_failure(run_dir, "mor", str(failed["error"].iloc[0]), levels_failed=len(failed))
     atomic_write_csv(frame[KEY + [c for c in frame.columns if c not in KEY]], run_dir / "mor.csv")
     return frame

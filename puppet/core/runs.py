@@ -214,7 +214,7 @@ def record_failure(path: str | Path, stage: str, message: str, **extra) -> None:
 
 
 def attempts(path: str | Path, stage: str | None = None) -> int:
-    """Failed attempts and set-aside files of a run (of one stage: 'train' or 'measure').
+    """Failed attempts and set-aside files of a run (of one stage: 'train', 'measure' or 'mor').
 
     The train and measure rules take this number as a parameter: it grows with each failure,
     so Snakemake's params trigger reruns a failed job at the next invocation, and it stays put

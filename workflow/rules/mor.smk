@@ -12,6 +12,7 @@ rule mor:
         spec=spec_json,
         settings=json.dumps(config["mor"], sort_keys=True),
         run_dir=RUN_DIR,
+        failed_attempts=failed_attempts("mor"),  # a failed study is redone at the next invocation
     log:
         f"{RUN_DIR}/mor.log",
     threads: config["mor"]["threads"]
