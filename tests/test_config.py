@@ -250,14 +250,15 @@ def test_bad_recipes_are_refused_in_one_line(change, match):
 
 
 def test_keys_added_later_keep_old_run_hashes():
-    """``train.milestones`` and ``recipe`` arrived after runs existed: at their neutral values the
-    hash is the one the spec had without them (no finished run is renamed, so none reruns), and a
-    stored spec without them (an older model.pt) still reads."""
+    """``train.milestones``, ``train.phases`` and ``recipe`` arrived after runs existed: at their
+    neutral values the hash is the one the spec had without them (no finished run is renamed, so
+    none reruns), and a stored spec without them (an older model.pt) still reads."""
     import hashlib
 
     spec = run_spec(validate_config(_base()), "synthetic", "alexnet", 0)
     old = spec.to_dict()
     del old["recipe"], old["train"]["milestones"]
+    assert "phases" not in old["train"]  # left out at its neutral value (see test_phases.py)
     old_hash = hashlib.sha256(json.dumps({k: v for k, v in old.items() if k != "measure"}, sort_keys=True).encode())
     assert spec.hash == old_hash.hexdigest()[:12]
     assert RunSpec.from_dict(old) == spec

@@ -16,7 +16,7 @@ import yaml
 
 from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
 from puppet.core.registry import did_you_mean, list_models
-from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec
+from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec, as_phases
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.json"
 
@@ -132,8 +132,9 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
 
 
 def _check_recipes(config: dict) -> None:
-    """What the schema cannot say: recipe names resolve, and every model's effective schedule
-    (the profile's ``train`` overlaid by its recipe) has milestones exactly when it needs them."""
+    """What the schema cannot say: recipe names resolve, every model's effective schedule
+    (the profile's ``train`` overlaid by its recipe) has milestones exactly when it needs them,
+    and its ``phases`` (if any) have distinct names and ends that increase to 1.0."""
     recipes = config["recipes"]
     for model, name in config["model_recipes"].items():
         if name not in recipes:
@@ -157,6 +158,36 @@ def _check_recipes(config: dict) -> None:
                 f"config {where}: milestone {max(milestones)} is never reached in {epochs} epochs; "
                 f"use milestones below the epochs"
             )
+        _check_phases(f"{where}.phases", train.get("phases"))
+
+
+def _check_phases(where: str, phases: list[dict] | None) -> None:
+    """``train.phases`` beyond the schema (which checks each phase's keys and ranges)."""
+    seen: set[str] = set()
+    last_end = 0.0
+    for i, phase in enumerate(phases or []):
+        name, end, is_last = phase["name"], phase.get("end"), i == len(phases) - 1
+        if name in seen:
+            raise ConfigError(f"config {where}: phase name {name!r} is used twice; give each phase its own name")
+        seen.add(name)
+        if "lr" in phase and "lr_mult" in phase:
+            raise ConfigError(f"config {where}: phase {name!r} gives both lr and lr_mult; keep one")
+        if end is None and not is_last:
+            raise ConfigError(
+                f"config {where}: phase {name!r} has no end; every phase but the last needs one "
+                f"(the fraction of the run's steps at which it ends, e.g. end: 0.5)"
+            )
+        end = 1.0 if end is None else end
+        if end <= last_end:
+            raise ConfigError(
+                f"config {where}: phase {name!r} ends at {end:g}, not after the phase before it ({last_end:g}); "
+                f"ends must increase"
+            )
+        if is_last and end != 1.0:
+            raise ConfigError(
+                f"config {where}: the last phase {name!r} ends at {end:g}; the last phase ends at 1.0 (omit its end)"
+            )
+        last_end = end
 
 
 DEFAULT_PROFILE = SCHEMA_PATH.parents[2] / "config" / "config.yaml"
@@ -253,8 +284,9 @@ def run_spec(config: dict, dataset: str, model: str, seed: int) -> RunSpec:
         data_source=config["data_sources"].get(dataset),
         data=DataSpec(**{**config["data"], **recipe.get("data", {}), **config["data_overrides"].get(dataset, {})}),
         train=TrainSpec(
-            **{k: v for k, v in train.items() if k not in RUN_CONTROL_KEYS and k != "milestones"},
+            **{k: v for k, v in train.items() if k not in RUN_CONTROL_KEYS and k not in ("milestones", "phases")},
             milestones=None if milestones is None else tuple(int(m) for m in milestones),
+            phases=as_phases(train.get("phases")),
         ),
         measure=MeasureSpec(**config["measure"]),
         model_kwargs=dict(config["model_kwargs"].get(model, {})),

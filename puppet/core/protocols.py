@@ -12,6 +12,8 @@ one measure job, ``puppet.core.train`` and ``puppet.core.measure``)::
 
     build model                                   train job
     prepare(training images)       Prepares       once, before the first step (and before resuming)
+    set_phase(name)                TrainsInPhases before the first step of each phase (train.phases),
+                                                  and at the start of every sitting (resume)
     compute_loss(x, y) per step    HasObjective   every training step, train split
     calibrate(validation batches)  Calibrates     once, after the last epoch, validation split
     evaluate(test)                 ReportsStats   last_stats read after every eval forward
@@ -79,6 +81,32 @@ class HasObjective(Protocol):
     """
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class TrainsInPhases(Protocol):
+    """A model trained in named stages, e.g. SkipNet's supervised pre-training ("sp") then
+    hybrid reinforcement learning ("hrl").
+
+    ``phase_names`` are the phases the model understands, as built (its model_kwargs may
+    choose); an empty tuple means it needs none. The run's recipe splits training into phases
+    with ``train.phases`` (each ending at a fraction of the run's optimizer steps, with its own
+    learning-rate rule, applied by the trainer); the train job refuses, before training, a
+    model of this kind with non-empty ``phase_names`` and no ``train.phases``, a phase name not
+    in ``phase_names``, and ``train.phases`` for a model that is not of this kind.
+
+    ``set_phase(name)`` is called by the train job only: in training mode, before the forward
+    of the first optimizer step of each phase, and at the start of every sitting (a fresh run
+    or a resume from a checkpoint) with the phase of its next step, or the last phase when no
+    step is left, so a resumed run trains as an uninterrupted one would. The model stays in
+    the last phase for calibration, the test evaluation and ``model.pt``. It may change how the
+    model trains (its loss, its gates' sampling), not which parameters the optimiser holds,
+    and inference must not depend on it: the measure job rebuilds the model and never calls it.
+    """
+
+    phase_names: tuple[str, ...]
+
+    def set_phase(self, name: str) -> None: ...
 
 
 @runtime_checkable

@@ -26,7 +26,13 @@ RUN_CONTROL_KEYS = ("time_limit_min",)
 # (block, key) -> neutral value; block None is the top level.
 NEUTRAL_KEYS: dict[tuple[str | None, str], Any] = {
     ("train", "milestones"): None,
+    ("train", "phases"): None,
 }
+# Neutral keys that ``to_dict`` also leaves out at their neutral value: keys added after finished runs
+# had their spec's JSON recorded as the train rule's params, so Snakemake's params rerun trigger
+# sees the same JSON as before and reruns nothing. (milestones and recipe predate this rule: runs
+# made since carry them in their params, so they stay in.)
+OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (("train", "phases"),)
 # Top-level keys that name, not determine, a run: out of the hash (the recipe's content is in it).
 LABEL_KEYS: dict[str, Any] = {"recipe": "default"}
 
@@ -59,6 +65,52 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One named stage of training (``train.phases``), in canonical form: ``end`` is explicit
+    (the last phase's is 1.0) and exactly one of ``lr`` / ``lr_mult`` is set."""
+
+    name: str
+    end: float  # fraction of the run's optimizer steps (epochs x batches per epoch) where it ends
+    lr: float | None  # a constant learning rate during the phase
+    lr_mult: float | None  # the schedule's learning rate times this during the phase
+
+    @property
+    def rule(self) -> str:
+        """The phase's learning-rate rule, e.g. ``lr=0.0001`` or ``x1``."""
+        return f"lr={self.lr:g}" if self.lr is not None else f"x{self.lr_mult:g}"
+
+
+def as_phases(value: Any) -> tuple[Phase, ...] | None:
+    """``train.phases`` in canonical form from a config list, a stored spec's list of dicts or
+    ``Phase`` objects; ``None`` (or an empty list) is no phases. The config checks the phases'
+    order and ends (``puppet.core.config``); this only fills defaults and refuses unknown keys."""
+    if not value:
+        return None
+    names = [f.name for f in dataclasses.fields(Phase)]
+    phases = []
+    for i, item in enumerate(value):
+        item = dataclasses.asdict(item) if isinstance(item, Phase) else item
+        if not isinstance(item, Mapping) or "name" not in item or set(item) - set(names):
+            raise SpecError(
+                f"run spec train.phases[{i}]: {item!r} is not a phase (keys: name, end, lr, lr_mult); "
+                f"build specs with puppet.core.config.run_spec"
+            )
+        lr, mult = item.get("lr"), item.get("lr_mult")
+        if lr is not None and mult is not None:
+            raise SpecError(f"run spec train.phases[{i}]: phase {item['name']!r} gives both lr and lr_mult; keep one")
+        end = item.get("end")
+        phases.append(
+            Phase(
+                name=str(item["name"]),
+                end=1.0 if end is None else float(end),
+                lr=None if lr is None else float(lr),
+                lr_mult=None if lr is not None else 1.0 if mult is None else float(mult),
+            )
+        )
+    return tuple(phases)
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """The config's ``train`` block without run-control keys (``RUN_CONTROL_KEYS``)."""
 
@@ -73,6 +125,7 @@ class TrainSpec:
     amp: bool  # mixed precision on CUDA (bf16 where supported, else fp16 with a scaler)
     max_grad_norm: float | None
     milestones: tuple[int, ...] | None = None  # epochs of the x0.1 steps of the "multistep" schedule
+    phases: tuple[Phase, ...] | None = None  # named stages with their own learning-rate rule; None: one stage
 
 
 @dataclass(frozen=True)
@@ -129,18 +182,30 @@ class RunSpec:
             spec,
             seed=int(spec.seed),
             model_kwargs=dict(spec.model_kwargs),
-            train=dataclasses.replace(spec.train, milestones=None if milestones is None else tuple(milestones)),
+            train=dataclasses.replace(
+                spec.train,
+                milestones=None if milestones is None else tuple(milestones),
+                phases=as_phases(spec.train.phases),
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for where, key in OMITTED_AT_NEUTRAL:
+            block = values if where is None else values[where]
+            if block[key] == NEUTRAL_KEYS[(where, key)]:
+                del block[key]
+        return values
 
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with top-level fields changed; ``data``/``train``/``measure`` take a dict of
         the keys to change (``spec.replace(train={"lr": 0.1})``)."""
         for key in ("data", "train", "measure"):
             if isinstance(changes.get(key), Mapping):
-                changes[key] = dataclasses.replace(getattr(self, key), **changes[key])
+                block = dict(changes[key])
+                if key == "train" and "phases" in block:
+                    block["phases"] = as_phases(block["phases"])
+                changes[key] = dataclasses.replace(getattr(self, key), **block)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -150,7 +215,7 @@ class RunSpec:
         keep = {k: v for k, v in self.to_dict().items() if k != "measure" and k not in LABEL_KEYS}
         for (where, key), neutral in NEUTRAL_KEYS.items():
             block = keep if where is None else keep[where]
-            if block.get(key) == neutral:
+            if key in block and block[key] == neutral:
                 del block[key]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 

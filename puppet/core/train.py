@@ -9,10 +9,14 @@ With a time limit (``train.time_limit_min``, passed as ``time_limit_min``) a job
 overrun it pauses at an epoch boundary instead: checkpoint saved, no ``train.json``, exit
 code ``PAUSED_EXIT_CODE``; the same command resumes it. That is how a 100-epoch protocol
 fits GPUs lent for minutes at a time.
+
+With ``train.phases`` the run's optimizer steps are split into named phases, each with its own
+learning-rate rule, and a ``TrainsInPhases`` model is told its phase (``PhasePlan``).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import sys
@@ -28,10 +32,10 @@ import torch.nn.functional as F
 from puppet.core.data import Batches, Splits, load_dataset, make_splits
 from puppet.core.evaluate import evaluate
 from puppet.core.io import atomic_save, atomic_write_json, git_commit, one_line
-from puppet.core.protocols import Calibrates, HasObjective, Prepares
+from puppet.core.protocols import Calibrates, HasObjective, Prepares, TrainsInPhases
 from puppet.core.registry import create_model
 from puppet.core.runs import archive_problem, disk_hint, record_failure, remove_orphan_temporaries, set_aside
-from puppet.core.specs import RunSpec, TrainSpec
+from puppet.core.specs import Phase, RunSpec, TrainSpec
 
 # Fault injection for the test suite (tests/test_faults.py), off unless the variable is set:
 # "kill-after-epoch:N[:RUN]" SIGKILLs the job right after epoch N's checkpoint is saved;
@@ -132,6 +136,104 @@ def make_schedule(opt: torch.optim.Optimizer, train: TrainSpec, epochs: int) -> 
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def phase_bounds(phases: tuple[Phase, ...], total_steps: int) -> list[tuple[int, int]]:
+    """Each phase's optimizer steps ``[first, stop)`` in a run of ``total_steps``: phase i covers
+    ``[round(end_(i-1) * total), round(end_i * total))``, the first starting at 0."""
+    stops = [round(p.end * total_steps) for p in phases]
+    return list(zip([0] + stops[:-1], stops))
+
+
+def describe_phases(phases: tuple[Phase, ...] | None, total_steps: int | None = None) -> str:
+    """``"sp[0,318) x1; hrl[318,375) lr=0.0001"`` (steps), or with fractions of the run when
+    ``total_steps`` is unknown; ``""`` without phases."""
+    if not phases:
+        return ""
+    if total_steps is None:
+        ranges = [f"[{a:g},{p.end:g})" for a, p in zip([0.0] + [p.end for p in phases[:-1]], phases)]
+    else:
+        ranges = [f"[{a},{b})" for a, b in phase_bounds(phases, total_steps)]
+    return "; ".join(f"{p.name}{r} {p.rule}" for p, r in zip(phases, ranges))
+
+
+@dataclass
+class PhasePlan:
+    """``train.phases`` laid out on one run's optimizer steps, and the model it tells of them
+    (``TrainsInPhases``). One plan per sitting: the model is told its phase at the sitting's
+    first step, then at each phase's first step."""
+
+    phases: tuple[Phase, ...]
+    bounds: list[tuple[int, int]]  # each phase's steps [first, stop)
+    model: nn.Module
+    say: Callable[[str], None] | None = None
+    current: int | None = None  # the phase the model was last told of in this sitting
+
+    @classmethod
+    def build(cls, spec: RunSpec, model: nn.Module, steps_per_epoch: int) -> PhasePlan | None:
+        """The run's plan, or None without phases; a one-line ValueError, before training,
+        when the model and ``train.phases`` do not fit each other or the run is too short."""
+        phases = spec.train.phases
+        names = tuple(model.phase_names) if isinstance(model, TrainsInPhases) else None
+        if phases and names is None:
+            raise ValueError(f"{spec.model} does not train in phases; remove train.phases from its recipe")
+        if not phases:
+            if names:
+                ends = [f"{{name: {n}, end: {(i + 1) / len(names):.2g}}}" for i, n in enumerate(names[:-1])]
+                example = ", ".join(ends + [f"{{name: {names[-1]}}}"])
+                raise ValueError(
+                    f"{spec.model} trains in phases ({', '.join(names)}): give train.phases in its recipe, "
+                    f"e.g. train: {{phases: [{example}]}}"
+                )
+            return None
+        if not names:
+            raise ValueError(
+                f"{spec.model} trains in no phases as built (model_kwargs {dict(spec.model_kwargs)}); "
+                f"remove train.phases from its recipe"
+            )
+        unknown = [p.name for p in phases if p.name not in names]
+        if unknown:
+            raise ValueError(
+                f"{spec.model} has no phase {unknown[0]!r} (its phases: {', '.join(names)}); "
+                f"use those names in train.phases of its recipe"
+            )
+        total = spec.epochs * steps_per_epoch
+        bounds = phase_bounds(phases, total)
+        for phase, (first, stop) in zip(phases, bounds):
+            if stop <= first:
+                raise ValueError(
+                    f"train.phases: phase {phase.name!r} gets no optimizer step of the run's {total} "
+                    f"({spec.epochs} epochs x {steps_per_epoch} batches); move its end or train longer"
+                )
+        return cls(phases, bounds, model)
+
+    def enter(self, step: int) -> None:
+        """Before global optimizer step ``step`` (past the last: the last phase): tell the model
+        its phase if it is not the one it was last told of in this sitting."""
+        i = bisect.bisect_right([stop for _, stop in self.bounds], min(step, self.bounds[-1][1] - 1))
+        if i != self.current:
+            self.current = i
+            phase = self.phases[i]
+            self.model.set_phase(phase.name)
+            if self.say is not None:
+                first, stop = self.bounds[i]
+                self.say(f"phase {phase.name}: steps [{first},{stop}) at {phase.rule}, from step {step}")
+
+    def lr(self, scheduled: float) -> float:
+        """The learning rate of the current phase's step, given the schedule's."""
+        phase = self.phases[self.current]
+        return phase.lr if phase.lr is not None else scheduled * phase.lr_mult
+
+    def names_in(self, first: int, stop: int) -> list[str]:
+        """The phases of steps ``[first, stop)`` (one epoch's)."""
+        return [p.name for p, (a, b) in zip(self.phases, self.bounds) if a < stop and first < b]
+
+    def record(self) -> list[dict]:
+        """Per phase: its name, first and last global step, and its learning-rate rule (train.json)."""
+        return [
+            {"name": p.name, "first_step": a, "last_step": b - 1, "lr": p.lr, "lr_mult": p.lr_mult}
+            for p, (a, b) in zip(self.phases, self.bounds)
+        ]
+
+
 def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A model's own objective where it has one (joint exit loss, gate loss), else cross-entropy."""
     if isinstance(model, HasObjective):
@@ -198,7 +300,12 @@ def train_one_epoch(
     device: torch.device,
     train: TrainSpec,
     progress: Progress,
+    phases: PhasePlan | None = None,
 ) -> dict:
+    """One epoch of optimizer steps. With ``phases``, the model is told its phase before each
+    step's forward, and each step runs at its phase's learning rate: the param groups' ``lr``
+    (the epoch schedule's) is replaced for ``opt.step()`` and put back right after, so the
+    schedule, the optimizer's state and the checkpoints are those of a run without phases."""
     model.train()
     use_amp = train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -208,6 +315,8 @@ def train_one_epoch(
     n = len(batches)
     progress.start_epoch(epoch, n)
     for i, (x, y) in enumerate(batches.epoch(epoch)):
+        if phases is not None:
+            phases.enter(epoch * n + i)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             loss, logits = compute_loss(model, x, y)
         loss_value = loss.item()
@@ -220,7 +329,14 @@ def train_one_epoch(
         if train.max_grad_norm:
             scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        if phases is not None:
+            scheduled = [group["lr"] for group in opt.param_groups]
+            for group in opt.param_groups:
+                group["lr"] = phases.lr(group["lr"])
         scaler.step(opt)
+        if phases is not None:
+            for group, lr in zip(opt.param_groups, scheduled):
+                group["lr"] = lr
         scaler.update()
         total_loss += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
@@ -355,6 +471,7 @@ def train_run(
         augment=spec.data.augment,
         device=device,
     )
+    phases = PhasePlan.build(spec, model, len(train_batches))  # refused before any work
     eval_kw = dict(batch_size=spec.train.eval_batch_size, mean=splits.mean, std=splits.std, device=device)
     if isinstance(model, Prepares):
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
@@ -364,6 +481,10 @@ def train_run(
 
     commit = git_commit()
     progress = Progress(spec.epochs, f"{spec.model}/{spec.dataset}/seed{spec.seed}")
+    steps_per_epoch = len(train_batches)
+    if phases is not None:  # the phase this sitting starts in (the last one when no step is left)
+        phases.say = progress.say
+        phases.enter(run.start_epoch * steps_per_epoch)
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
     for epoch in range(run.start_epoch, spec.epochs):
         if time_limit_min is not None and last_epoch_s is not None:
@@ -379,7 +500,9 @@ def train_run(
                     ),
                 }
         epoch_start = clock()
-        record = train_one_epoch(model, train_batches, epoch, opt, device, spec.train, progress)
+        record = train_one_epoch(model, train_batches, epoch, opt, device, spec.train, progress, phases)
+        if phases is not None:
+            record["phases"] = phases.names_in(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
         run.sched.step()
         run.train_time_s += record["seconds"]
         run.history.append(record)
@@ -427,7 +550,8 @@ def train_run(
         "calibration": calibration,
         "train_device": _device_name(device),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
-        **recipe_columns(spec),
+        **recipe_columns(spec, steps_per_epoch),
+        "phase_steps": phases.record() if phases is not None else [],
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),
         "test_size": len(splits.y_test),
@@ -437,8 +561,9 @@ def train_run(
     }
 
 
-def recipe_columns(spec: RunSpec) -> dict[str, Any]:
-    """How the run was trained, for its metrics row: models of one table may train differently."""
+def recipe_columns(spec: RunSpec, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """How the run was trained, for its metrics row: models of one table may train differently.
+    ``phases`` gives each phase's optimizer steps (fractions of the run without ``steps_per_epoch``)."""
     t = spec.train
     schedule = f"multistep{list(t.milestones)}" if t.schedule == "multistep" else t.schedule
     return {
@@ -450,6 +575,7 @@ def recipe_columns(spec: RunSpec) -> dict[str, Any]:
         "batch_size": t.batch_size,
         "schedule": schedule,
         "augment": spec.data.augment,
+        "phases": describe_phases(t.phases, None if steps_per_epoch is None else spec.epochs * steps_per_epoch),
     }
 
 
