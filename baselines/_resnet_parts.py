@@ -15,53 +15,78 @@ sample's path, plus ``exit`` / ``blocks`` / ``loops``) and chooses its
 thresholds in ``calibrate(batches)`` on the validation split; thresholds live in
 buffers, so they are saved with the checkpoint.
 
+Initialisation: every model built on these parts calls ``puppet.layers.torchvision_init`` (torchvision's
+ResNet rule), so "ResNet vs BranchyNet / SkipNet / DRNN" compares methods, not initialisations.
+
+Calibration: one rule for all three (``pick_threshold``): among the candidate thresholds, the one with
+the fewest mean MACs per validation image whose top-1 is within ``calib_tolerance`` pp of the best
+candidate's. MACs come from ptflops (``puppet.core.measure.count_macs``, the counter the tables use,
+biases included): each model prices its paths from a few forced forward passes (``path_costs``),
+and a sample's MACs are the price of the path it took.
+
 Sizes: the default configuration of each model is the one, in a small stated
 grid, whose stored size at max_channels=512 and 10 classes is closest to the
 paper's Table 1 "Params Size" (the docs' adaptive-depth page lists the grid and the
-sizes).
+sizes); the "as published" configurations (SkipNet-38/74/110, B-ResNet-110) are registered beside them.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, conv1x1, conv3x3
 
 from puppet.layers import scaled
 
 PAPER_WIDTHS = (64, 128, 256, 512)  # CIFAR ResNet-18 stage widths at paper scale
+CIFAR_WIDTHS = (16, 32, 64)  # the CIFAR ResNet-(6n+2) of He et al. 2016, SkipNet's and B-ResNet-110's backbone
 
 
 # --------------------------------------------------------------------------- shared pieces
 
 
-def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-
-
-class ResidualBlock(nn.Module):
-    """ResNet basic block with its residual branch callable on its own (``residual``), which
-    SkipNet and DRNN need; torchvision's ``BasicBlock`` (used by the fixed ResNet) has no such
-    method. Same layers and parameter names as torchvision's, otherwise; ``shortcut`` is the identity
-    or a 1x1 conv + BN projection."""
+class ResidualBlock(BasicBlock):
+    """torchvision's ``BasicBlock`` (same layers, names and forward) with its residual branch and its
+    shortcut callable on their own (``residual``, ``shortcut``), which SkipNet and DRNN need. The
+    projection shortcut (``downsample``) is torchvision's 1x1 conv + BN, built when shape changes."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv3x3(c_in, c_out, stride)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = conv3x3(c_out, c_out)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
+        downsample = None
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            downsample = nn.Sequential(conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+        super().__init__(c_in, c_out, stride, downsample)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.residual(x) + self.shortcut(x))
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+
+def stage_plan_widths(widths: Sequence[int] | None, blocks: Sequence[int], max_channels: int) -> list[int]:
+    """Stage widths: the paper-scale ResNet-18 widths scaled to ``max_channels`` (``widths=None``), or the
+    given widths as they are (an "as published" CIFAR ResNet, e.g. 16-32-64); one per entry of ``blocks``."""
+    if widths is None:
+        if len(blocks) != len(PAPER_WIDTHS):
+            raise ValueError(f"blocks must give {len(PAPER_WIDTHS)} stage depths >= 1, got {tuple(blocks)}")
+        widths = [scaled(w, max_channels) for w in PAPER_WIDTHS]
+    widths = [int(w) for w in widths]
+    if len(widths) != len(blocks) or min(blocks) < 1 or min(widths) < 1:
+        raise ValueError(
+            f"blocks must give one stage depth >= 1 per stage width; got blocks {tuple(blocks)}, widths {tuple(widths)}"
+        )
+    return widths
+
+
+def cifar_resnet_blocks(depth: int) -> tuple[int, int, int]:
+    """Blocks per stage of the CIFAR ResNet-``depth`` (depth = 6n + 2, He et al. 2016)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a CIFAR ResNet's depth is 6n + 2 (20, 32, 38, 56, 74, 110, ...), got {depth}")
+    n = (depth - 2) // 6
+    return (n, n, n)
 
 
 def stem(in_channels: int, width: int) -> nn.Sequential:
@@ -81,6 +106,20 @@ def split_threshold(threshold: torch.Tensor, score: torch.Tensor) -> None:
     s = score.sort().values
     k = len(s) // 2
     threshold.fill_(float(s[k - 1] + s[k]) / 2)  # between two samples: half the batch on each side
+
+
+@torch.no_grad()
+def spread_gate(last: nn.Module, logits: Callable[[], torch.Tensor], threshold: torch.Tensor) -> None:
+    """For the tests' ``spread_paths``: scale and shift a gate's last layer (``last``, with weight and a
+    two-entry bias) so that its logit difference on the batch ``logits()`` evaluates has mean 0 and unit
+    spread (He-initialised gates on an untrained trunk saturate p at exactly 0 or 1), then set
+    ``threshold`` between the two middle p(second class) of the batch."""
+    last.bias.zero_()
+    d = logits()
+    last.weight.div_((d[:, 1] - d[:, 0]).std().clamp_min(1e-6))
+    d = logits()
+    last.bias[1] = -(d[:, 1] - d[:, 0]).mean()
+    split_threshold(threshold, F.softmax(logits(), 1)[:, 1])
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -117,7 +156,8 @@ def check_tolerance(tolerance_pp: float) -> None:
 
 
 def pick_threshold(rows: list[dict], tolerance_pp: float) -> dict:
-    """The cheapest row whose accuracy is within ``tolerance_pp`` of the best row's; ties -> more accurate."""
+    """The calibration rule of every adaptive-depth model: the cheapest row (``cost``: mean MACs per
+    validation image) whose accuracy is within ``tolerance_pp`` of the best row's; ties -> more accurate."""
     best = max(r["val_top1"] for r in rows)
     ok = [r for r in rows if r["val_top1"] >= best - tolerance_pp]
     return min(ok, key=lambda r: (r["cost"], -r["val_top1"]))
@@ -126,26 +166,31 @@ def pick_threshold(rows: list[dict], tolerance_pp: float) -> dict:
 def calibrate_global_threshold(
     model: nn.Module, threshold: torch.Tensor, batches: Iterable, tolerance_pp: float
 ) -> dict:
+    """One threshold for every gate (SkipNet, DRNN), among 0.1, 0.2, ..., 0.9, by ``pick_threshold``;
+    a sample's MACs are ``model.sample_macs(last_stats, prices)`` with ``prices = model.path_costs(x1)``."""
     was_training = model.training
     model.eval()
     data = materialise(batches)
+    prices = model.path_costs(data[0][0][:1])
     rows = []
     for t in [round(0.1 * k, 2) for k in range(1, 10)]:
         threshold.fill_(t)
-        correct = seen = depth = 0.0
+        correct = seen = depth = macs = 0.0
         for x, y in data:
             correct += (model(x).argmax(1) == y).sum().item()
             depth += model.last_stats["depth"].float().sum().item()
+            macs += model.sample_macs(model.last_stats, prices).sum().item()
             seen += len(y)
-        rows.append({"threshold": t, "val_top1": 100.0 * correct / seen, "cost": depth / seen})
+        rows.append({"threshold": t, "val_top1": 100.0 * correct / seen, "cost": macs / seen, "depth": depth / seen})
     chosen = pick_threshold(rows, tolerance_pp)
     threshold.fill_(chosen["threshold"])
     model.train(was_training)
     return {
-        "rule": f"fewest executed conv layers with val top1 >= best candidate top1 - {tolerance_pp} pp",
+        "rule": f"fewest mean MACs (ptflops) with val top1 >= best candidate top1 - {tolerance_pp} pp",
         "threshold": chosen["threshold"],
         "val_top1": chosen["val_top1"],
-        "val_mean_depth": chosen["cost"],
+        "val_mean_macs": chosen["cost"],
+        "val_mean_depth": chosen["depth"],
         "candidates": rows,
         "val_images": int(seen),
     }
@@ -174,8 +219,8 @@ def block_params(c_in: int, c_out: int, stride: int) -> int:
     return n
 
 
-def stage_widths(max_channels: int) -> list[int]:
-    return [scaled(w, max_channels) for w in PAPER_WIDTHS]
+def stage_widths(max_channels: int, widths: Sequence[int] | None = None) -> list[int]:
+    return [scaled(w, max_channels) for w in PAPER_WIDTHS] if widths is None else [int(w) for w in widths]
 
 
 def resnet_trunk_params(in_channels: int, widths: list[int], blocks: Sequence[int]) -> tuple[int, list[int]]:

@@ -1,20 +1,24 @@
 """BranchyNet (Teerapittayanon, McDanel, Kung, ICPR 2016): a B-ResNet with entropy early exits.
 
-Side exits (conv3x3 stride 2 + BN + ReLU + GAP + FC) after stages 1 and 2, then the final
-GAP + FC exit. Training uses the joint loss sum_n w_n CE(z_n, y) over every exit with w_n = 1,
-as the official code (``exit_weights`` changes them). At inference a sample leaves at the first
-exit whose softmax entropy (nats) is below that exit's threshold; samples that leave are dropped
-from the batch and the rest continue from the features at the branch point.
+Side exits and a final GAP + FC exit. Training uses the joint loss sum_n w_n CE(z_n, y) over every
+exit with w_n = 1, as the official code (``exit_weights`` changes them). At inference a sample leaves
+at the first exit whose softmax entropy (nats) is below that exit's threshold; samples that leave are
+dropped from the batch and the rest continue from the features at the branch point.
+
+Configurations: ``branchynet`` (size-matched: ResNet-18 widths scaled, stage depths (1, 3, 2, 1) picked
+by the Puppet-CNN paper's Table 1 size, conv branches after stages 1 and 2) and ``branchynet_resnet110``
+(as published: the official B-ResNet-110, CIFAR ResNet-110 at 16-32-64 with exits after blocks 1 and
+20; the second branch is one extra residual block + FC, as official; the first is our conv branch,
+since the official one's LRN and layer sizes are not recorded).
 
 ``calibrate`` chooses the thresholds on the validation split: per early exit the candidates are
-0 (never leave) and the 5th..100th percentiles of that exit's validation entropies; the
-cheapest combination (mean MACs from exact per-exit path costs) whose top-1 is within
-``calib_tolerance`` pp (default 0.5) of the final exit's is kept.
+0 (never leave) and the 5th..100th percentiles of that exit's validation entropies; the combination
+with the fewest mean MACs (ptflops path prices, every branch a sample visits included) whose top-1 is
+within ``calib_tolerance`` pp (default 0.5) of the best combination's is kept: the rule of every
+adaptive-depth model here (``_resnet_parts.pick_threshold``).
 
-Deviations: stage depths (1, 3, 2, 1) picked by the paper's Table 1 size, not the official
-B-AlexNet / B-ResNet-110; one joint training stage instead of the official main-then-joint
-schedule; our branch design (conv, BN, ReLU, GAP, FC) instead of the official LRN + conv + FC
-branches; a percentile threshold grid instead of a fixed list.
+Deviations: one joint training stage instead of the official main-then-joint schedule; a percentile
+threshold grid instead of a fixed list.
 """
 
 from __future__ import annotations
@@ -29,40 +33,69 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines._resnet_parts import (
-    PAPER_WIDTHS,
+    CIFAR_WIDTHS,
     ResidualBlock,
+    block_params,
     block_plan,
     bn_params,
     check_tolerance,
+    cifar_resnet_blocks,
     conv3x3,
     conv_params,
     fc_params,
     materialise,
+    pick_threshold,
     put_rows,
     resnet_trunk_params,
     softmax_entropy,
     split_threshold,
+    stage_plan_widths,
     stage_widths,
     stem,
 )
-from puppet.core.registry import register_model
-from puppet.layers import scaled
+from puppet.core.registry import register_model, register_variant
+from puppet.layers import scaled, torchvision_init
 
-BRANCHY_DEFAULTS = dict(blocks=(1, 3, 2, 1), exit_after=(1, 2), branch_width=128)
+BRANCHY_DEFAULTS = dict(
+    blocks=(1, 3, 2, 1), widths=None, exit_after=(1, 2), exit_after_blocks=None, branch_width=128, branches=None
+)
+BRANCH_KINDS = ("conv", "residual")
 
 
 class ExitBranch(nn.Module):
-    """Side exit of the B-ResNet: conv3x3 stride 2 + BN + ReLU + GAP + FC."""
+    """Side exit of the B-ResNet. ``kind="conv"``: conv3x3 stride 2 + BN + ReLU + GAP + FC (ours);
+    ``kind="residual"``: one extra residual block + GAP + FC (the official B-ResNet-110's later branch)."""
 
-    def __init__(self, c_in: int, width: int, num_classes: int):
+    def __init__(self, c_in: int, width: int, num_classes: int, kind: str = "conv"):
         super().__init__()
-        self.conv = conv3x3(c_in, width, stride=2)
-        self.bn = nn.BatchNorm2d(width)
+        if kind == "conv":
+            self.body: nn.Module = nn.Sequential(
+                conv3x3(c_in, width, stride=2), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+            )
+        else:
+            self.body, width = ResidualBlock(c_in, c_in), c_in
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn(self.conv(x)))  # (B, width, H/2, W/2)
-        return self.fc(h.mean((2, 3)))  # (B, classes)
+        return self.fc(self.body(x).mean((2, 3)))  # (B, classes)
+
+
+def _exit_blocks(blocks: Sequence[int], exit_after: Sequence[int], exit_after_blocks: Sequence[int] | None) -> tuple:
+    """Block counts after which the early exits sit: ``exit_after_blocks`` as given, or after the stages
+    named in ``exit_after``; one-line errors for positions outside the trunk."""
+    total = sum(blocks)
+    if exit_after_blocks is None:
+        stages = tuple(sorted(set(exit_after)))
+        if not stages or stages[0] < 1 or stages[-1] > len(blocks) - 1:
+            raise ValueError(
+                f"exit_after must name stages among 1..{len(blocks) - 1} (the last stage ends in the final exit), "
+                f"got {tuple(exit_after)}"
+            )
+        return tuple(sum(blocks[:s]) for s in stages)
+    after = tuple(sorted(set(int(b) for b in exit_after_blocks)))
+    if not after or after[0] < 1 or after[-1] > total - 1:
+        raise ValueError(f"exit_after_blocks must name blocks among 1..{total - 1}, got {tuple(exit_after_blocks)}")
+    return after
 
 
 class BranchyNet(nn.Module):
@@ -76,44 +109,48 @@ class BranchyNet(nn.Module):
         max_channels: int = 512,
         *,
         blocks: Sequence[int] = (1, 3, 2, 1),
+        widths: Sequence[int] | None = None,
         exit_after: Sequence[int] = (1, 2),
+        exit_after_blocks: Sequence[int] | None = None,
         branch_width: int = 128,
+        branches: Sequence[str] | None = None,
         exit_weights: Sequence[float] | None = None,
         default_threshold: float = 0.05,
         calib_tolerance: float = 0.5,
     ):
         super().__init__()
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must give 4 stage depths >= 1, got {tuple(blocks)}")
-        exit_after = tuple(sorted(set(exit_after)))
-        if not exit_after or exit_after[0] < 1 or exit_after[-1] > 3:
-            raise ValueError(
-                f"exit_after must name stages among 1, 2, 3 (stage 4 ends in the final exit), got {exit_after}"
-            )
+        fixed = widths is not None
+        widths = stage_plan_widths(widths, blocks, max_channels)
+        after = _exit_blocks(blocks, exit_after, exit_after_blocks)
+        kinds = tuple(branches or ["conv"] * len(after))
+        if len(kinds) != len(after) or any(k not in BRANCH_KINDS for k in kinds):
+            raise ValueError(f"branches needs one of {BRANCH_KINDS} per early exit ({len(after)}), got {kinds}")
         check_tolerance(calib_tolerance)
-        n_exits = len(exit_after) + 1
+        n_exits = len(after) + 1
         self.exit_weights = tuple(float(w) for w in (exit_weights or [1.0] * n_exits))  # official code: all 1.0
         if len(self.exit_weights) != n_exits:
             raise ValueError(f"exit_weights needs {n_exits} values (early exits + final), got {len(self.exit_weights)}")
         self.calib_tolerance = float(calib_tolerance)
         self.num_classes = num_classes
-        widths = [scaled(w, max_channels) for w in PAPER_WIDTHS]
-        plan = block_plan(widths, blocks)
+        specs = [spec for stage in block_plan(widths, blocks) for spec in stage]
         self.stem = stem(in_channels, widths[0])
-        # trunk segments end where an exit sits: segment n = stages (exit_after[n-1], exit_after[n]]
-        bounds = (0, *exit_after, 4)
+        # trunk segments end where an exit sits: segment n = blocks (after[n-1], after[n]]
+        bounds = (0, *after, len(specs))
         self.segments = nn.ModuleList(
-            nn.Sequential(*[ResidualBlock(*spec) for s in range(a, b) for spec in plan[s]])
-            for a, b in zip(bounds, bounds[1:])
+            nn.Sequential(*[ResidualBlock(*spec) for spec in specs[a:b]]) for a, b in zip(bounds, bounds[1:])
         )
-        bw = scaled(branch_width, max_channels)
-        self.branches = nn.ModuleList(ExitBranch(widths[s - 1], bw, num_classes) for s in exit_after)
+        bw = int(branch_width) if fixed else scaled(branch_width, max_channels)
+        self.branches = nn.ModuleList(
+            ExitBranch(specs[a - 1][1], bw, num_classes, kind) for a, kind in zip(after, kinds)
+        )
         self.fc = nn.Linear(widths[-1], num_classes)
-        self.register_buffer("thresholds", torch.full((len(exit_after),), float(default_threshold)))
-        # conv layers on the path to each exit: stem + 2 per trunk block (+ the branch conv)
-        trunk = [1 + 2 * sum(blocks[:s]) for s in exit_after]
-        self.exit_depth = tuple(d + 1 for d in trunk) + (1 + 2 * sum(blocks),)
+        self.register_buffer("thresholds", torch.full((len(after),), float(default_threshold)))
+        # conv layers on the path to each exit: stem + 2 per trunk block (+ the branch's convs)
+        self.exit_depth = tuple(1 + 2 * a + (1 if k == "conv" else 2) for a, k in zip(after, kinds)) + (
+            1 + 2 * len(specs),
+        )
         self.last_stats: dict[str, torch.Tensor] = {}
+        torchvision_init(self)
 
     @property
     def num_exits(self) -> int:
@@ -168,8 +205,9 @@ class BranchyNet(nn.Module):
 
     @torch.no_grad()
     def exit_macs(self, x1: torch.Tensor) -> list[int]:
-        """MACs of a sample that leaves at each exit (trunk + every branch it visits), by forcing the exit."""
-        from puppet.core.measure import count_macs_flopcounter
+        """MACs (ptflops, the tables' counter) of a sample that leaves at each exit (trunk + every branch
+        it visits), by forcing the exit."""
+        from puppet.core.measure import count_macs
 
         costs = []
         for n in range(self.num_exits):
@@ -178,7 +216,7 @@ class BranchyNet(nn.Module):
             if n < len(forced):
                 forced[n] = math.inf  # entropy < inf always holds: leave here
             probe.thresholds.copy_(forced)
-            costs.append(count_macs_flopcounter(probe, x1[:1]))
+            costs.append(count_macs(probe, x1[:1]))
         return costs
 
     @torch.no_grad()
@@ -187,8 +225,8 @@ class BranchyNet(nn.Module):
 
         Rule: among per-exit candidate thresholds (0 = never leave, and the 5th..100th percentiles of
         that exit's validation entropies), take the combination with the lowest mean MACs whose
-        validation top-1 is within ``calib_tolerance`` percentage points of the final exit's
-        (the largest MAC saving with at most a 0.5 pp drop); ties go to higher accuracy.
+        validation top-1 is within ``calib_tolerance`` percentage points of the best combination's
+        (``pick_threshold``, the rule of every adaptive-depth model); ties go to higher accuracy.
         """
         was_training = self.training
         self.eval()
@@ -206,30 +244,26 @@ class BranchyNet(nn.Module):
             q = q.to(self.thresholds.dtype).cpu()  # the dtype the forward pass compares in
             # nudged up by one ulp so that "entropy < T" includes the quantile sample itself
             candidates.append(sorted({0.0, *torch.nextafter(q, torch.full_like(q, math.inf)).tolist()}))
-        best = None
+        rows = []
         for combo in itertools.product(*candidates):
             leaves = entropy < torch.tensor(combo, dtype=self.thresholds.dtype, device=entropy.device)  # (N, early)
             leaves = torch.cat([leaves, torch.ones_like(leaves[:, :1])], 1)
-            first = leaves.float().argmax(1)  # first exit that holds
-            top1 = 100.0 * correct.gather(1, first[:, None]).mean().item()
-            mean_cost = cost[first.cpu()].mean().item()
-            if top1 < final_top1 - self.calib_tolerance:
-                continue
-            key = (mean_cost, -top1)
-            if best is None or key < best[0]:
-                best = (key, combo, top1, first)
-        assert best is not None  # thresholds of 0 (never leave) reproduce the final exit
-        _, combo, top1, first = best
+            first = leaves.float().argmax(1).cpu()  # first exit that holds
+            top1 = 100.0 * correct.gather(1, first[:, None].to(correct.device)).mean().item()
+            rows.append({"thresholds": combo, "val_top1": top1, "cost": cost[first].mean().item(), "first": first})
+        chosen = pick_threshold(rows, self.calib_tolerance)  # never leaving (all 0) reproduces the final exit
+        combo, top1, first = chosen["thresholds"], chosen["val_top1"], chosen["first"]
         self.thresholds.copy_(torch.tensor(combo, dtype=self.thresholds.dtype))
         self.train(was_training)
-        counts = torch.bincount(first.cpu(), minlength=self.num_exits).tolist()
+        counts = torch.bincount(first, minlength=self.num_exits).tolist()
         return {
-            "rule": f"lowest mean MACs with val top1 >= final-exit top1 - {self.calib_tolerance} pp",
+            "rule": f"fewest mean MACs (ptflops) with val top1 >= best candidate top1 - {self.calib_tolerance} pp",
             "thresholds": [float(t) for t in combo],
             "val_top1": top1,
             "val_top1_final_exit": final_top1,
             "val_exit_fraction": [c / len(y) for c in counts],
-            "val_mean_macs": float(cost[first.cpu()].mean()),
+            "val_top1_best_candidate": max(r["val_top1"] for r in rows),
+            "val_mean_macs": float(cost[first].mean()),
             "full_path_macs": float(cost[-1]),
             "val_images": len(y),
         }
@@ -237,11 +271,16 @@ class BranchyNet(nn.Module):
 
 def branchynet_params(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, **kw) -> int:
     cfg = {**BRANCHY_DEFAULTS, **{k: v for k, v in kw.items() if k in BRANCHY_DEFAULTS}}
-    widths = stage_widths(max_channels)
-    n, _ = resnet_trunk_params(in_channels, widths, cfg["blocks"])
-    b = scaled(cfg["branch_width"], max_channels)
-    for s in sorted(set(cfg["exit_after"])):
-        n += conv_params(3, widths[s - 1], b) + bn_params(b) + fc_params(b, num_classes)
+    widths = stage_widths(max_channels, cfg["widths"])
+    n, outs = resnet_trunk_params(in_channels, widths, cfg["blocks"])
+    after = _exit_blocks(cfg["blocks"], cfg["exit_after"], cfg["exit_after_blocks"])
+    b = cfg["branch_width"] if cfg["widths"] is not None else scaled(cfg["branch_width"], max_channels)
+    for a, kind in zip(after, cfg["branches"] or ["conv"] * len(after)):
+        c = outs[a - 1]
+        if kind == "conv":
+            n += conv_params(3, c, b) + bn_params(b) + fc_params(b, num_classes)
+        else:
+            n += block_params(c, c, 1) + fc_params(c, num_classes)
     return n + fc_params(widths[-1], num_classes)
 
 
@@ -257,9 +296,25 @@ def _spread_paths(model: BranchyNet, x: torch.Tensor) -> None:
     paper_name="BranchyNet",
     param_formula=branchynet_params,
     spread_paths=_spread_paths,
+    configuration="size-matched",
 )
 def branchynet(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
 ) -> BranchyNet:
-    """BranchyNet: B-ResNet (1,3,2,1 blocks) with entropy early exits after stages 1 and 2."""
+    """BranchyNet, size-matched: B-ResNet (1,3,2,1 blocks, ResNet-18 widths), entropy exits after stages 1 and 2."""
     return BranchyNet(num_classes, in_channels, max_channels, **kwargs)
+
+
+register_variant(
+    "branchynet_resnet110",
+    "branchynet",
+    kwargs={
+        "widths": CIFAR_WIDTHS,
+        "blocks": cifar_resnet_blocks(110),
+        "exit_after_blocks": (1, 20),
+        "branches": ("conv", "residual"),
+        "branch_width": 16,
+    },
+    fixed_width=True,
+    description="BranchyNet as published: the official B-ResNet-110 (16-32-64), exits after blocks 1 and 20.",
+)

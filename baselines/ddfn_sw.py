@@ -7,8 +7,9 @@ network. Spatial branch: one 3x3 filter per sample, s = FilterNorm(FC(C -> 9)(GA
 branch: C x 3 x 3 per sample from an SE-style FC pair, filter-normalised. The per-sample kernel
 is their product, applied with ``batched_conv2d``.
 
-``DDF_CHANNEL_HIDDEN_RATIO`` (6.5, against the official se_ratio 0.2) was raised to reach the
-paper's Table 1 size (300.83 MB).
+Configurations: ``ddfn_sw`` (size-matched: ``channel_hidden_ratio`` 6.5 instead of the official
+se_ratio 0.2, raised to reach the paper's Table 1 size, 300.83 MB; 98% of its parameters are then
+generator) and ``ddfn_sw_published`` (as published: the official ratio 0.2, 15.05 MB at 512 channels).
 """
 
 from __future__ import annotations
@@ -29,16 +30,26 @@ from baselines._generated_conv import (
     shortcut,
     shortcut_params,
 )
-from puppet.core.registry import register_model
-from puppet.layers import batched_conv2d, scaled
+from puppet.core.registry import register_model, register_variant
+from puppet.layers import batched_conv2d, scaled, torchvision_init
 
 DDF_KERNEL = 3
 DDF_CHANNEL_HIDDEN_RATIO = 6.5  # official se_ratio is 0.2; raised to reach the paper's 300.83 MB (see docs)
+DDF_OFFICIAL_SE_RATIO = 0.2
+
+
+FILTER_NORM_EPS = 1e-10  # the official DDF value; safe only because the norm is computed in float32 (below)
 
 
 def _filter_norm(f: torch.Tensor) -> torch.Tensor:
-    """DDF's FilterNorm core: standardise each filter over its k^2 taps (last dim; unbiased std, as official)."""
-    return (f - f.mean(dim=-1, keepdim=True)) / (f.std(dim=-1, keepdim=True) + 1e-10)
+    """DDF's FilterNorm core: standardise each filter over its k^2 taps (last dim; unbiased std, as official).
+
+    Computed in float32 whatever the autocast dtype, and returned in ``f``'s dtype: in float16 the
+    official eps of 1e-10 underflows to 0 (the smallest fp16 subnormal is 6e-8), so a constant filter
+    would divide 0 by 0."""
+    f32 = f.float()
+    out = (f32 - f32.mean(dim=-1, keepdim=True)) / (f32.std(dim=-1, keepdim=True) + FILTER_NORM_EPS)
+    return out.to(f.dtype)
 
 
 class DDFSampleWise(GeneratedConv2d):
@@ -116,6 +127,7 @@ class DDFResNet(AdaptiveParamsNet):
         )
         self.classifier = nn.Linear(scaled(RESNET18_STAGES[-1][0], max_channels), num_classes)
         self.last_stats: dict[str, torch.Tensor] = {}
+        torchvision_init(self)  # static convs and BNs as every trunk here; generators keep their own init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record(x)
@@ -143,7 +155,13 @@ def _ddfn_sw_params(
     return n + scaled(512, max_channels) * num_classes + num_classes
 
 
-@register_model("ddfn_sw", family="adaptive_params", paper_name="DDFN-SW", param_formula=_ddfn_sw_params)
+@register_model(
+    "ddfn_sw",
+    family="adaptive_params",
+    paper_name="DDFN-SW",
+    param_formula=_ddfn_sw_params,
+    configuration="size-matched",
+)
 def ddfn_sw(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -154,3 +172,11 @@ def ddfn_sw(
 ) -> DDFResNet:
     """DDF (CVPR'21) made sample-wise: per-sample spatial x channel depthwise filters in a ResNet-18-width net."""
     return DDFResNet(num_classes, in_channels, max_channels, channel_hidden_ratio)
+
+
+register_variant(
+    "ddfn_sw_published",
+    "ddfn_sw",
+    kwargs={"channel_hidden_ratio": DDF_OFFICIAL_SE_RATIO},
+    description="DDFN-SW as published: the official DDF channel-branch ratio 0.2 (se_ratio).",
+)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from baselines._generated_conv import AdaptiveParamsNet, GeneratedConv2d, bn_params, gap
 from puppet.core.registry import register_model
-from puppet.layers import batched_conv2d, scaled
+from puppet.layers import batched_conv2d, scaled, torchvision_init
 
 # DFN: a VGG-like CIFAR stack; ints are 3x3 conv widths (paper scale), "M" a 2x2 max-pool.
 DFN_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, "M")
@@ -85,6 +85,7 @@ class DFNNet(AdaptiveParamsNet):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(c_prev, num_classes)
         self.last_stats: dict[str, torch.Tensor] = {}
+        torchvision_init(self)  # static convs and BNs as every trunk here; generators keep their own init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._record(x)

@@ -6,9 +6,12 @@ transition block (stride, width change), then one residual block with shared con
 t = 1..T (``loops`` = 4): x_t = ReLU(x_{t-1} + F(x_{t-1})). Each loop index has its own BN
 (LVBN), whose training statistics come only from the samples still looping
 (``masked_batch_norm``). A halting gate after loops 1..T-1 (GAP -> FC -> BN -> ReLU -> FC to
-stop / continue) stops a sample monotonically; training uses hard straight-through Gumbel gates
-and a target-rate loss; at inference halted samples leave the batch (a plain ``break`` at
-batch 1). ``calibrate`` chooses ``halt_threshold`` by SkipNet's rule, on p(continue).
+stop / continue) stops a sample monotonically; its BatchNorm, too, sees only the samples still
+looping in training (a halted sample never reaches it at test time). Training uses hard
+straight-through Gumbel gates and a target-rate loss; at inference halted samples leave the batch
+(a plain ``break`` at batch 1). ``calibrate`` chooses ``halt_threshold`` on p(continue) by the
+adaptive-depth rule (``_resnet_parts.pick_threshold``: fewest mean MACs within ``calib_tolerance`` pp
+of the best candidate).
 
 Depth runs from 17 to 41 conv layers (stem + 4 x (2 + 2 x loops)); ``loops`` and
 ``gate_reduction`` were picked by the paper's Table 1 size.
@@ -33,12 +36,12 @@ from baselines._resnet_parts import (
     conv_params,
     fc_params,
     hard_gumbel_gate,
-    split_threshold,
+    spread_gate,
     stage_widths,
     stem,
 )
 from puppet.core.registry import register_model
-from puppet.layers import scaled
+from puppet.layers import scaled, torchvision_init
 
 DRNN_DEFAULTS = dict(loops=4, gate_reduction=4)
 
@@ -54,11 +57,15 @@ class HaltGate(nn.Module):
         with torch.no_grad():  # start mostly "continue", as the SkipNet gate
             self.fc2.bias.copy_(torch.tensor([0.1, 2.0]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.bn(self.fc1(x.mean((2, 3))))))  # (B, 2)
+    def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2) logits; in training, ``active`` (B,) bool names the samples still looping: the BN's
+        statistics come from them alone (the halted ones get a decision nobody uses)."""
+        z = self.fc1(x.mean((2, 3)))  # (B, hidden)
+        z = self.bn(z) if active is None else masked_batch_norm(z, active, self.bn)
+        return self.fc2(F.relu(z))
 
 
-def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     """Gate-corrected LVBN (our reading of DRNN): in training, batch statistics and the running
     statistics come only from the samples still looping (``active``), so halted samples do not
     bias loop t's BN. In eval this is the plain BN with its running statistics.
@@ -69,17 +76,19 @@ def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.BatchNorm2d)
     both casts are no-ops."""
     if not bn.training:
         return bn(x)
-    xs = x.to(torch.promote_types(x.dtype, bn.running_mean.dtype))  # (B, C, H, W) in the statistics' dtype
-    xa = xs[active]  # (B_active, C, H, W)
+    xs = x.to(torch.promote_types(x.dtype, bn.running_mean.dtype))  # (B, C, ...) in the statistics' dtype
+    xa = xs[active]  # (B_active, C, ...)
+    dims = (0, *range(2, x.dim()))  # every dim but the channels: BatchNorm1d on (B, C) and BatchNorm2d alike
     n = xa.numel() // xa.shape[1]
-    mean = xa.mean((0, 2, 3))  # (C,)
-    var = xa.var((0, 2, 3), unbiased=False)  # (C,)
+    mean = xa.mean(dims)  # (C,)
+    var = xa.var(dims, unbiased=False)  # (C,)
     with torch.no_grad():
         bn.num_batches_tracked += 1
         bn.running_mean.lerp_(mean.detach(), bn.momentum)
         bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
+    shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast (C,) over (B, C, ...)
     scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
-    y = (xs - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
+    y = (xs - mean.view(shape)) * scale.view(shape) + bn.bias.view(shape)
     return y.to(x.dtype)
 
 
@@ -114,7 +123,7 @@ class RecursiveStage(nn.Module):
         a = torch.ones(h.shape[0], device=h.device, dtype=h.dtype)
         rates, loops = [], torch.ones_like(a)
         for t in range(1, self.max_loops):
-            a = a * hard_gumbel_gate(self.gates[t - 1](h))  # (B,), straight-through 0/1
+            a = a * hard_gumbel_gate(self.gates[t - 1](h, a.detach() > 0.5))  # (B,), straight-through 0/1
             active = a.detach() > 0.5
             rates.append(a)
             if not active.any():  # nobody loops further: nothing to compute or normalise
@@ -124,7 +133,10 @@ class RecursiveStage(nn.Module):
             loops = loops + active.to(loops.dtype)
         return h, loops, rates
 
-    def forward_eval(self, h: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_eval(
+        self, h: torch.Tensor, threshold: torch.Tensor, force: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditional execution; ``force`` = k runs exactly k loops for every sample (path pricing)."""
         h = self.loop(self.transition(h), 0)  # the first loop always runs
         b = h.shape[0]
         loops = torch.ones(b, dtype=torch.long, device=h.device)
@@ -132,6 +144,8 @@ class RecursiveStage(nn.Module):
         out: torch.Tensor | None = None  # full batch; holds the rows of halted samples
         for t in range(1, self.max_loops):
             go = F.softmax(self.gates[t - 1](h), 1)[:, 1] > threshold  # (B_alive,)
+            if force is not None:
+                go = torch.full_like(go, t < force)
             if not go.any():  # host sync; at batch 1 the plain "if continue: loop again"
                 break
             if not go.all():
@@ -186,6 +200,12 @@ class DRNN(nn.Module):
         self.calib_tolerance = float(calib_tolerance)
         self.register_buffer("halt_threshold", torch.tensor(float(default_threshold)))
         self.last_stats: dict[str, torch.Tensor] = {}
+        self._force_loops: list[int] | None = None  # loops per stage: path_costs' forced decisions
+        torchvision_init(self)
+        for stage in self.stages:  # then the gates' bias (0.1, 2), as SkipNet's: start mostly "continue"
+            for gate in stage.gates:
+                with torch.no_grad():
+                    gate.fc2.bias.copy_(torch.tensor([0.1, 2.0]))
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self.stem(x)
@@ -210,8 +230,9 @@ class DRNN(nn.Module):
             return self._train_forward(x)[0]
         h = self.stem(x)
         loops = []
-        for stage in self.stages:
-            h, n = stage.forward_eval(h, self.halt_threshold)
+        for s, stage in enumerate(self.stages):
+            force = None if self._force_loops is None else self._force_loops[s]
+            h, n = stage.forward_eval(h, self.halt_threshold, force)
             loops.append(n)
         self._record(torch.stack(loops, 1))
         return self.fc(h.mean((2, 3)))
@@ -222,8 +243,39 @@ class DRNN(nn.Module):
         self.last_stats = {"loops": total, "depth": 1 + 2 * len(self.stages) + 2 * total, "loops_per_stage": loops}
 
     @torch.no_grad()
+    def path_costs(self, x1: torch.Tensor) -> dict:
+        """Prices of the paths, by ptflops on forced loop counts: ``base`` (one loop in every stage) and
+        ``extra[s, k - 1]``, the extra MACs of k loops in stage s (its loops and the gates they consult:
+        a sample that stops after k < T loops has asked k gates, one that runs all T loops T - 1)."""
+        from puppet.core.measure import count_macs
+
+        was_training = self.training
+        self.eval()
+        n_stages, t_max = len(self.stages), self.stages[0].max_loops
+        try:
+            self._force_loops = [1] * n_stages
+            base = count_macs(self, x1[:1])
+            extra = torch.zeros(n_stages, t_max, dtype=torch.float64)
+            for s in range(n_stages):
+                for k in range(2, t_max + 1):
+                    self._force_loops = [k if j == s else 1 for j in range(n_stages)]
+                    extra[s, k - 1] = count_macs(self, x1[:1]) - base
+        finally:
+            self._force_loops = None
+            self.train(was_training)
+        return {"base": float(base), "extra": extra}
+
+    @staticmethod
+    def sample_macs(stats: dict[str, torch.Tensor], prices: dict) -> torch.Tensor:
+        """(B,) MACs of each sample's path from ``last_stats['loops_per_stage']`` and ``path_costs``."""
+        loops = stats["loops_per_stage"].long().cpu()  # (B, stages)
+        extra = prices["extra"]  # (stages, T)
+        return prices["base"] + extra[torch.arange(extra.shape[0]), loops - 1].sum(1)
+
+    @torch.no_grad()
     def calibrate(self, batches: Iterable) -> dict:
-        """Choose the halting threshold on p(continue) on the validation split, by the SkipNet rule."""
+        """Choose the halting threshold on p(continue) on the validation split, by the adaptive-depth rule
+        (fewest mean MACs within ``calib_tolerance`` pp of the best candidate)."""
         return calibrate_global_threshold(self, self.halt_threshold, batches, self.calib_tolerance)
 
 
@@ -244,15 +296,11 @@ def drnn_params(num_classes: int, in_channels: int, image_size: int, max_channel
 
 @torch.no_grad()
 def _spread_paths(model: DRNN, x: torch.Tensor) -> None:
-    """Steepen the halting gates and set the threshold at the first gate's median p(continue)
-    on ``x`` (tests)."""
-    for stage in model.stages:
-        for gate in stage.gates:
-            gate.fc2.bias.zero_()
-            gate.fc2.weight.mul_(30)
+    """Spread the first halting gate's p(continue) on ``x`` and set the threshold at its median (tests)."""
+    model.eval()
     stage = model.stages[0]
     h = stage.loop(stage.transition(model.stem(x)), 0)
-    split_threshold(model.halt_threshold, F.softmax(stage.gates[0](h), 1)[:, 1])
+    spread_gate(stage.gates[0].fc2, lambda: stage.gates[0](h), model.halt_threshold)
 
 
 @register_model(

@@ -40,8 +40,8 @@ from torchvision.models.vgg import cfgs as _TORCHVISION_VGG_CFGS
 from torchvision.models.vgg import make_layers as _vgg_make_layers
 from torchvision.ops.misc import Conv2dNormActivation
 
-from puppet.core.registry import register_model
-from puppet.layers import scaled
+from puppet.core.registry import register_model, register_variant
+from puppet.layers import scaled, torchvision_init
 
 # The paper's "Params Size (MB)" at 10 classes (Table 2/3, CIFAR-10); tests and docs compare with these.
 PAPER_SIZE_MB = {
@@ -66,27 +66,12 @@ class FixedCNN(nn.Module):
         self.features = features
         self.pool = pool
         self.classifier = classifier
-        _init_weights(self)
+        torchvision_init(self, linear_std=0.01)  # torchvision VGG / MobileNet-v2: N(0, 0.01) FCs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, C, h, w), h, w >= 2 at 32x32 input
         x = torch.flatten(self.pool(x), 1)  # (B, C)
         return self.classifier(x)  # (B, num_classes)
-
-
-def _init_weights(model: nn.Module) -> None:
-    """torchvision's VGG/ResNet/MobileNet-v2 initialisation, applied to all six for a common footing."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _require_image_size(name: str, image_size: int, minimum: int) -> None:
@@ -319,7 +304,13 @@ def _mobilenet_v1_params(
     return total + _fc_params(c_in, num_classes)
 
 
-@register_model("mobilenet_v1", family="fixed", paper_name="MobileNet-v1", param_formula=_mobilenet_v1_params)
+@register_model(
+    "mobilenet_v1",
+    family="fixed",
+    paper_name="MobileNet-v1",
+    param_formula=_mobilenet_v1_params,
+    configuration="size-matched",
+)
 def mobilenet_v1(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, *, depth: int = 12
 ) -> nn.Module:
@@ -353,32 +344,40 @@ _MOBILENET_V2_SETTINGS = (
 _MOBILENET_V2_WIDTH_MULTS = (1.0, 1.4)  # torchvision/timm mobilenet_v2 (1.0) and timm's mobilenetv2_140
 
 
-def _mobilenet_v2_widths(width_mult: float, max_channels: int) -> tuple[int, list[tuple[int, int, int, int]], int]:
+def _mobilenet_v2_widths(
+    width_mult: float, max_channels: int, capped: bool = True
+) -> tuple[int, list[tuple[int, int, int, int]], int]:
     """Stem width, [(t, c, n, s)] with c scaled, head width: torchvision's width rule, then ``scaled``."""
-    stem = scaled(make_divisible(32 * width_mult, 8), max_channels)
+    stem = scaled(make_divisible(32 * width_mult, 8), max_channels, cap=capped)
     settings = [
-        (t, scaled(make_divisible(c * width_mult, 8), max_channels), n, s) for t, c, n, s in _MOBILENET_V2_SETTINGS
+        (t, scaled(make_divisible(c * width_mult, 8), max_channels, cap=capped), n, s)
+        for t, c, n, s in _MOBILENET_V2_SETTINGS
     ]
-    head = scaled(make_divisible(1280 * max(1.0, width_mult), 8), max_channels)
+    head = scaled(make_divisible(1280 * max(1.0, width_mult), 8), max_channels, cap=capped)
     return stem, settings, head
 
 
-def _mobilenet_v2_hidden(c_in: int, t: int, max_channels: int) -> int:
+def _mobilenet_v2_hidden(c_in: int, t: int, max_channels: int, capped: bool = True) -> int:
     # The cap applies to the expanded hidden layers too (the registry test checks every conv);
     # at paper scale it cuts 576 (6 x 96) and 960 (6 x 160) to 512; at width 1.4, 528, 816 and 1344.
-    return min(t * c_in, max_channels)
+    return min(t * c_in, max_channels) if capped else t * c_in
 
 
 def _mobilenet_v2_params(
-    num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, width_mult: float = 1.4
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int = 32,
+    max_channels: int = 512,
+    width_mult: float = 1.4,
+    capped: bool = True,
 ) -> int:
     _choice("mobilenet_v2", "width_mult", width_mult, _MOBILENET_V2_WIDTH_MULTS)
-    stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels)
+    stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels, capped)
     total = _conv_params(in_channels, stem, 3) + _bn_params(stem)
     c_in = stem
     for t, c, n, _ in settings:
         for _ in range(n):
-            hidden = _mobilenet_v2_hidden(c_in, t, max_channels)
+            hidden = _mobilenet_v2_hidden(c_in, t, max_channels, capped)
             if t != 1:
                 total += _conv_params(c_in, hidden, 1) + _bn_params(hidden)  # expand 1x1
             total += _conv_params(hidden, hidden, 3, groups=hidden) + _bn_params(hidden)  # depthwise 3x3
@@ -388,7 +387,13 @@ def _mobilenet_v2_params(
     return total + _fc_params(head, num_classes)
 
 
-@register_model("mobilenet_v2", family="fixed", paper_name="MobileNet-v2", param_formula=_mobilenet_v2_params)
+@register_model(
+    "mobilenet_v2",
+    family="fixed",
+    paper_name="MobileNet-v2",
+    param_formula=_mobilenet_v2_params,
+    configuration="size-matched",
+)
 def mobilenet_v2(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -396,17 +401,18 @@ def mobilenet_v2(
     max_channels: int = 512,
     *,
     width_mult: float = 1.4,
+    capped: bool = True,
 ) -> nn.Module:
     """MobileNet-v2 1.4 (torchvision InvertedResidual), CIFAR strides, every conv incl. expansions capped."""
     _choice("mobilenet_v2", "width_mult", width_mult, _MOBILENET_V2_WIDTH_MULTS)
-    stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels)
+    stem, settings, head = _mobilenet_v2_widths(width_mult, max_channels, capped)
     layers: list[nn.Module] = [
         Conv2dNormActivation(in_channels, stem, kernel_size=3, stride=1, activation_layer=nn.ReLU6)
     ]
     c_in = stem
     for t, c, n, s in settings:
         for i in range(n):
-            hidden = _mobilenet_v2_hidden(c_in, t, max_channels)
+            hidden = _mobilenet_v2_hidden(c_in, t, max_channels, capped)
             # InvertedResidual builds hidden = round(c_in * expand_ratio); a capped ratio of exactly 1 would
             # drop the expansion conv, which cannot happen since block widths stay below the cap.
             assert t == 1 or hidden != c_in, (c_in, hidden)
@@ -415,6 +421,20 @@ def mobilenet_v2(
     layers.append(Conv2dNormActivation(c_in, head, kernel_size=1, activation_layer=nn.ReLU6))
     classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(head, num_classes))
     return FixedCNN(nn.Sequential(*layers), nn.AdaptiveAvgPool2d(1), classifier)
+
+
+register_variant(
+    "mobilenet_v1_published",
+    "mobilenet_v1",
+    kwargs={"depth": 13},
+    description="MobileNet-v1 as published: all 13 depthwise-separable blocks (1024 capped at 512, the paper's rule).",
+)
+register_variant(
+    "mobilenet_v2_published",
+    "mobilenet_v2",
+    kwargs={"width_mult": 1.0, "capped": False},
+    description="MobileNet-v2 as published: torchvision's mobilenet_v2 1.0, no layer capped (1280-wide head).",
+)
 
 
 # ---------------------------------------------------------------------------------------------

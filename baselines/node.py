@@ -163,8 +163,18 @@ def _node_rnn_params(
 # Registered builders
 
 
+# The MOR study's Neural ODEs are not ResNet trunks: they keep PyTorch's default initialisation (the MOR
+# study compares each trained model with its own reductions, so no other model's init matters).
+_NODE_INIT = ("*",)
+
+
 @register_model(
-    "node_conv", family="node", paper_name="Conv. Neural ODE", param_formula=_node_conv_params, fixed_width=True
+    "node_conv",
+    family="node",
+    paper_name="Conv. Neural ODE",
+    param_formula=_node_conv_params,
+    fixed_width=True,
+    init_exempt=_NODE_INIT,
 )
 def node_conv(
     num_classes: int = 10,
@@ -195,7 +205,12 @@ def node_conv(
 
 
 @register_model(
-    "node_rnn", family="node", paper_name="Recurrent Neural ODE", param_formula=_node_rnn_params, fixed_width=True
+    "node_rnn",
+    family="node",
+    paper_name="Recurrent Neural ODE",
+    param_formula=_node_rnn_params,
+    fixed_width=True,
+    init_exempt=_NODE_INIT,
 )
 def node_rnn(
     num_classes: int = 10,

@@ -1,21 +1,28 @@
 """SkipNet (Wang, Yu, Dou, Darrell, Gonzalez, ECCV 2018): a CIFAR ResNet whose blocks are skipped by gates.
 
-Stage depths (2, 3, 1, 2); gate i reads block i's output and decides block i + 1 (the first block
-always runs, no gate after the last). The gate is FFGate-I (maxpool 2, two conv3x3 + BN + ReLU,
-GAP, 1x1 conv to two logits: skip, execute; ``gate="II"`` gives FFGate-II). A skipped block is
-replaced by its shortcut (identity or 1x1 projection); at inference skipped blocks are not
-computed, and in a batch the executed and skipped samples are gathered apart and scattered back.
+Gate i reads block i's output and decides block i + 1 (the first block always runs, no gate after the
+last). The gate is FFGate-I (maxpool 2, two conv3x3 + BN + ReLU, GAP, 1x1 conv to two logits: skip,
+execute; ``gate="II"`` gives FFGate-II). A skipped block is replaced by its shortcut (identity or 1x1
+projection); at inference skipped blocks are not computed, and in a batch the executed and skipped
+samples are gathered apart and scattered back.
 
-Training (``gate_training``): ``"gumbel"`` (default, a deviation: hard straight-through
-Gumbel-softmax gates with a target-rate loss, one stage) or ``"sp_hrl"`` (the paper's supervised
-pre-training then hybrid reinforcement learning; the step counter is a buffer so a resumed run
-switches at the same step; the harness has no per-stage learning rate).
+Configurations: ``skipnet`` (size-matched: ResNet-18 widths 64-512 scaled, stage depths (2, 3, 1, 2),
+picked by the Puppet-CNN paper's Table 1 size) and, as published, ``skipnet38`` / ``skipnet74`` /
+``skipnet110`` (CIFAR ResNet-(6n+2), widths 16-32-64, FFGate-I for 38 and 74, FFGate-II for 110).
+``skipnet38_alpha1e-1`` / ``skipnet38_alpha1e-3`` are SkipNet-38 at the paper's other skip rewards
+(the trade-off curve); ``skipnet_gumbel`` is the size-matched model trained ConvNet-AIG-style.
 
-``calibrate`` picks the test-time threshold on p(execute) among 0.1..0.9 on the validation split:
-the lowest mean executed depth whose top-1 is within ``calib_tolerance`` pp of the best candidate.
+Training (``gate_training``): ``"sp_hrl"`` (default; the paper's supervised pre-training, then hybrid
+reinforcement learning). The model trains in two phases, ``sp`` and ``hrl``, which the trainer sets
+from the recipe's ``train.phases`` (where SP ends as a fraction of the run's steps, and HRL's own
+learning rate). ``"gumbel"``: ConvNet-AIG-style training (Veit & Belongie 2018), hard straight-through
+Gumbel-softmax gates with a target-rate loss, one phase; a documented alternative, not SkipNet's.
 
-Deviations: backbone sized to the paper's Table 1, not ResNet-38/74/110; no LSTM gate; no unused
-gate after the last block; a calibrated rather than fixed 0.5 threshold.
+``calibrate`` picks the test-time threshold on p(execute) among 0.1..0.9 on the validation split by
+the adaptive-depth rule (``_resnet_parts.pick_threshold``: fewest mean MACs within ``calib_tolerance``
+pp of the best candidate).
+
+Deviations: no RNN gate; no unused gate after the last block; a calibrated rather than fixed 0.5 threshold.
 """
 
 from __future__ import annotations
@@ -27,25 +34,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from baselines._resnet_parts import (
-    PAPER_WIDTHS,
+    CIFAR_WIDTHS,
     ResidualBlock,
     block_plan,
     bn_params,
     calibrate_global_threshold,
     check_tolerance,
+    cifar_resnet_blocks,
     conv3x3,
     conv_params,
     fc_params,
     hard_gumbel_gate,
     resnet_trunk_params,
-    split_threshold,
+    spread_gate,
+    stage_plan_widths,
     stage_widths,
     stem,
 )
-from puppet.core.registry import register_model
-from puppet.layers import scaled
+from puppet.core.registry import register_model, register_variant
+from puppet.layers import torchvision_init
 
-SKIP_DEFAULTS = dict(blocks=(2, 3, 1, 2), gate="I")
+SKIP_DEFAULTS = dict(blocks=(2, 3, 1, 2), gate="I", widths=None)
 
 
 class FFGate(nn.Module):
@@ -87,19 +96,18 @@ class SkipNet(nn.Module):
         max_channels: int = 512,
         *,
         blocks: Sequence[int] = (2, 3, 1, 2),
+        widths: Sequence[int] | None = None,
         gate: str = "I",
-        gate_training: str = "gumbel",
+        gate_training: str = "sp_hrl",
         target_rate: float = 0.7,
         rate_weight: float = 1.0,
-        sp_steps: int = 0,
         hrl_alpha: float = 0.01,
         rl_weight: float = 0.01,
         default_threshold: float = 0.5,
         calib_tolerance: float = 0.5,
     ):
         super().__init__()
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must give 4 stage depths >= 1, got {tuple(blocks)}")
+        widths = stage_plan_widths(widths, blocks, max_channels)
         if not 0.0 <= target_rate <= 1.0:
             raise ValueError(f"target_rate is the wanted fraction of executed blocks, in [0, 1]; got {target_rate}")
         if gate_training not in ("gumbel", "sp_hrl"):
@@ -107,10 +115,12 @@ class SkipNet(nn.Module):
                 "gate_training must be 'gumbel' (straight-through Gumbel + target rate) or 'sp_hrl' (the paper's SP "
                 f"then hybrid RL), got {gate_training!r}"
             )
-        self.gate_training, self.sp_steps = gate_training, int(sp_steps)
+        self.gate_training = gate_training
+        # the phases the trainer sets (puppet.core.protocols.TrainsInPhases); "sp" until told otherwise
+        self.phase_names: tuple[str, ...] = ("sp", "hrl") if gate_training == "sp_hrl" else ()
+        self.phase = "sp"
         self.hrl_alpha, self.rl_weight = float(hrl_alpha), float(rl_weight)
         check_tolerance(calib_tolerance)
-        widths = [scaled(w, max_channels) for w in PAPER_WIDTHS]
         specs = [spec for stage in block_plan(widths, blocks) for spec in stage]
         self.stem = stem(in_channels, widths[0])
         self.blocks = nn.ModuleList(ResidualBlock(*spec) for spec in specs)
@@ -120,14 +130,20 @@ class SkipNet(nn.Module):
         self.target_rate, self.rate_weight = float(target_rate), float(rate_weight)
         self.calib_tolerance = float(calib_tolerance)
         self.register_buffer("gate_threshold", torch.tensor(float(default_threshold)))
-        # compute_loss calls so far: SP -> HRL switch of gate_training="sp_hrl"; saved, so a resumed run agrees
-        self.register_buffer("train_steps", torch.tensor(0, dtype=torch.long))
         self.last_stats: dict[str, torch.Tensor] = {}
+        self._force_run: torch.Tensor | None = None  # (blocks,) bool: path_costs' forced decisions
+        torchvision_init(self)  # as every ResNet trunk here; the official SkipNet init is the same rule
+        for g in self.gates:  # then ConvNet-AIG's gate bias (0.1, 2): start mostly "execute"
+            with torch.no_grad():
+                g.logits.bias.copy_(torch.tensor([0.1, 2.0]))
+
+    def set_phase(self, name: str) -> None:
+        if name not in self.phase_names:
+            raise ValueError(f"SkipNet ({self.gate_training}) has no training phase {name!r}; its: {self.phase_names}")
+        self.phase = name
 
     def _mode(self) -> str:
-        if self.gate_training == "gumbel":
-            return "gumbel"
-        return "sp" if int(self.train_steps) < self.sp_steps else "hrl"
+        return "gumbel" if self.gate_training == "gumbel" else self.phase
 
     def _train_forward(
         self, x: torch.Tensor, mode: str = "gumbel"
@@ -162,10 +178,9 @@ class SkipNet(nn.Module):
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """gumbel: CE + rate_weight * sum_l (mean_b g_l - target_rate)^2 (ConvNet-AIG's target-rate loss).
-        sp_hrl: CE alone for the first ``sp_steps`` calls (SP), then CE + REINFORCE (HRL) with
-        per-gate reward (hrl_alpha / N_gates) * (1 - a_l), terminal reward -CE, gamma = 1, scaled by rl_weight."""
+        sp_hrl: CE alone in phase "sp", then CE + REINFORCE in phase "hrl" with per-gate reward
+        (hrl_alpha / N_gates) * (1 - a_l), terminal reward -CE, gamma = 1, scaled by rl_weight."""
         mode = self._mode()
-        self.train_steps += 1
         logits, gates, log_probs = self._train_forward(x, mode)
         ce = F.cross_entropy(logits, y, reduction="none")  # (B,)
         loss = ce.mean()
@@ -186,6 +201,8 @@ class SkipNet(nn.Module):
         h = self.blocks[0](self.stem(x))  # the first block always runs
         for i, (block, gate) in enumerate(zip(self.blocks[1:], self.gates), start=1):
             run = F.softmax(gate(h), 1)[:, 1] > self.gate_threshold  # (B,)
+            if self._force_run is not None:
+                run = self._force_run[i].expand(b)
             run_mask[:, i] = run
             if run.all():  # host sync; at batch 1 this is the plain "if gate: x = block(x)"
                 h = block(h)
@@ -206,17 +223,46 @@ class SkipNet(nn.Module):
         self.last_stats = {"blocks": executed, "depth": 1 + 2 * executed, "blocks_run": run_mask}
 
     @torch.no_grad()
+    def path_costs(self, x1: torch.Tensor) -> torch.Tensor:
+        """Prices of the paths, by ptflops on forced decisions: [MACs with every gated block skipped,
+        then the extra MACs of running block i instead of its shortcut, for i = 1..N-1] (every gate
+        runs on every path; a block's cost does not depend on the path before it)."""
+        from puppet.core.measure import count_macs
+
+        was_training = self.training
+        self.eval()
+        n = len(self.blocks)
+        try:
+            self._force_run = torch.zeros(n, dtype=torch.bool, device=x1.device)
+            self._force_run[0] = True
+            base = count_macs(self, x1[:1])
+            extra = []
+            for i in range(1, n):
+                self._force_run[i] = True
+                extra.append(count_macs(self, x1[:1]) - base)
+                self._force_run[i] = False
+        finally:
+            self._force_run = None
+            self.train(was_training)
+        return torch.tensor([base, *extra], dtype=torch.float64)
+
+    @staticmethod
+    def sample_macs(stats: dict[str, torch.Tensor], prices: torch.Tensor) -> torch.Tensor:
+        """(B,) MACs of each sample's path from ``last_stats['blocks_run']`` and ``path_costs``."""
+        ran = stats["blocks_run"][:, 1:].to(torch.float64).cpu()  # (B, N-1)
+        return prices[0] + ran @ prices[1:]
+
+    @torch.no_grad()
     def calibrate(self, batches: Iterable) -> dict:
         """Choose the gate threshold on p(execute) on the validation split: among 0.1, 0.2, ..., 0.9,
-        the one with the fewest executed conv layers whose validation top-1 is within
-        ``calib_tolerance`` pp of the best candidate's (conv layers of a CIFAR ResNet cost about
-        the same MACs at every stage, so executed depth stands for MACs)."""
+        the one with the fewest mean MACs (ptflops, per sample path) whose validation top-1 is within
+        ``calib_tolerance`` pp of the best candidate's."""
         return calibrate_global_threshold(self, self.gate_threshold, batches, self.calib_tolerance)
 
 
 def skipnet_params(num_classes: int, in_channels: int, image_size: int, max_channels: int = 512, **kw) -> int:
     cfg = {**SKIP_DEFAULTS, **{k: v for k, v in kw.items() if k in SKIP_DEFAULTS}}
-    n, outs = resnet_trunk_params(in_channels, stage_widths(max_channels), cfg["blocks"])
+    n, outs = resnet_trunk_params(in_channels, stage_widths(max_channels, cfg["widths"]), cfg["blocks"])
     for c in outs[:-1]:  # one gate after every block but the last
         convs = 2 if cfg["gate"] == "I" else 1
         n += convs * (conv_params(3, c, c) + bn_params(c)) + conv_params(1, c, 2, bias=True)
@@ -225,19 +271,47 @@ def skipnet_params(num_classes: int, in_channels: int, image_size: int, max_chan
 
 @torch.no_grad()
 def _spread_paths(model: SkipNet, x: torch.Tensor) -> None:
-    """Steepen the gates (at init p(execute) sits near its bias) and set the threshold at the
-    first gate's median p(execute) on ``x`` (tests)."""
-    for gate in model.gates:
-        gate.logits.bias.zero_()
-        gate.logits.weight.mul_(30)
-    split_threshold(model.gate_threshold, F.softmax(model.gates[0](model.blocks[0](model.stem(x))), 1)[:, 1])
+    """Spread the first gate's p(execute) on ``x`` and set the threshold at its median (tests)."""
+    model.eval()
+    h = model.blocks[0](model.stem(x))
+    spread_gate(model.gates[0].logits, lambda: model.gates[0](h), model.gate_threshold)
 
 
 @register_model(
-    "skipnet", family="adaptive_depth", paper_name="SkipNet", param_formula=skipnet_params, spread_paths=_spread_paths
+    "skipnet",
+    family="adaptive_depth",
+    paper_name="SkipNet",
+    param_formula=skipnet_params,
+    spread_paths=_spread_paths,
+    configuration="size-matched",
 )
 def skipnet(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
 ) -> SkipNet:
-    """SkipNet: ResNet (2,3,1,2 blocks) with FFGate-I skip gates, straight-through Gumbel training."""
+    """SkipNet, size-matched: ResNet-18 widths, (2,3,1,2) blocks, FFGate-I, trained SP then HRL."""
     return SkipNet(num_classes, in_channels, max_channels, **kwargs)
+
+
+register_variant(
+    "skipnet_gumbel",
+    "skipnet",
+    kwargs={"gate_training": "gumbel"},
+    configuration="size-matched",
+    description="SkipNet, size-matched, trained ConvNet-AIG-style (straight-through Gumbel gates, target rate 0.7).",
+)
+for _depth, _gate in ((38, "I"), (74, "I"), (110, "II")):  # the paper's CIFAR configurations
+    register_variant(
+        f"skipnet{_depth}",
+        "skipnet",
+        kwargs={"widths": CIFAR_WIDTHS, "blocks": cifar_resnet_blocks(_depth), "gate": f"{_gate}"},
+        fixed_width=True,
+        description=f"SkipNet-{_depth} as published: CIFAR ResNet-{_depth} (16-32-64), FFGate-{_gate}, SP then HRL.",
+    )
+for _alpha, _tag in ((0.1, "1e-1"), (0.001, "1e-3")):  # the paper's other skip rewards (0.01 is the default)
+    register_variant(
+        f"skipnet38_alpha{_tag}",
+        "skipnet",
+        kwargs={"widths": CIFAR_WIDTHS, "blocks": cifar_resnet_blocks(38), "gate": "I", "hrl_alpha": _alpha},
+        fixed_width=True,
+        description=f"SkipNet-38 as published with skip reward alpha = {_alpha} (the trade-off curve).",
+    )

@@ -32,7 +32,7 @@ from baselines._generated_conv import (
     shortcut_params,
 )
 from puppet.core.registry import register_model
-from puppet.layers import batched_conv2d, scaled
+from puppet.layers import batched_conv2d, scaled, torchvision_init
 
 WEIGHTNET_M, WEIGHTNET_G = 2, 2  # official defaults ("WeightNet 1x"); M / G sets the generator size
 
@@ -126,6 +126,7 @@ class WeightNetResNet(AdaptiveParamsNet):
         self.blocks = nn.Sequential(*blocks)
         self.classifier = nn.Linear(c_prev, num_classes)
         self.last_stats: dict[str, torch.Tensor] = {}
+        torchvision_init(self)  # static convs and BNs as every trunk here; generators keep their own init
 
     def generation_macs_per_sample(self) -> int:
         # each block's reduce FC (GAP -> r) is generation cost too: it only feeds the generators

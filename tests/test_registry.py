@@ -235,3 +235,26 @@ def test_macs_cross_check(name):
     assert abs(ptflops_macs - independent) <= 0.02 * independent, (
         f"{name}: ptflops {ptflops_macs} vs FlopCounterMode+bias {independent}"
     )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_convolutions_start_from_torchvision_init(name):
+    """Every conv of every model starts He-normal with fan-out (torchvision's ResNet init,
+    ``puppet.layers.torchvision_init``), except the modules the registry exempts with a reason:
+    the sample std and mean of each weight against sqrt(2 / fan_out), within 5 standard errors."""
+    import math
+
+    info = model_info(name)
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL)
+    checked = 0
+    for module_name, m in model.named_modules():
+        if not isinstance(m, torch.nn.Conv2d) or any(fnmatch.fnmatch(module_name, p) for p in info.init_exempt):
+            continue
+        w = m.weight.detach().double().flatten()
+        expected = math.sqrt(2.0 / (m.weight.shape[0] * m.weight[0, 0].numel()))
+        n = w.numel()
+        assert abs(w.std().item() / expected - 1) < 5 / math.sqrt(2 * n) + 0.01, f"{name}: {module_name} std"
+        assert abs(w.mean().item()) < 5 * expected / math.sqrt(n), f"{name}: {module_name} mean"
+        checked += 1
+    assert checked or info.init_exempt, f"{name}: no conv checked and no exemption declared"

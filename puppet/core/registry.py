@@ -17,6 +17,7 @@ Beyond ``forward``, a model may implement the optional hooks of
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -54,6 +55,17 @@ class ModelInfo:
     # for CIFAR-width models whose widths are already below any profile's cost. The tests check
     # that its parameter count does not depend on max_channels.
     fixed_width: bool = False
+    # Which configuration of its method the model is, where the method has more than one here:
+    # "size-matched" (chosen to reach the Puppet-CNN paper's Params Size) or "as published" (the
+    # method's own paper / official code); "" for models with one configuration. The tables label rows by it.
+    configuration: str = ""
+    # A configuration registered with ``register_variant``: the model it is built from and the builder
+    # kwargs it fixes (a run's ``model_kwargs`` may still override them).
+    base: str = ""
+    variant_kwargs: dict = field(default_factory=dict)
+    # Module names (fnmatch patterns) whose convolutions do not start from ``puppet.layers.torchvision_init``,
+    # with the reason where they are declared; the registry-wide init test checks every other conv.
+    init_exempt: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -76,6 +88,8 @@ def register_model(
     no_grad_ok: tuple[str, ...] = (),
     spread_paths: Callable[[nn.Module, torch.Tensor], None] | None = None,
     fixed_width: bool = False,
+    configuration: str = "",
+    init_exempt: tuple[str, ...] = (),
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register ``builder`` under ``name``; its docstring is the default description."""
 
@@ -96,10 +110,59 @@ def register_model(
             no_grad_ok=tuple(no_grad_ok),
             spread_paths=spread_paths,
             fixed_width=fixed_width,
+            configuration=configuration,
+            init_exempt=tuple(init_exempt),
         )
         return builder
 
     return decorator
+
+
+def register_variant(
+    name: str,
+    of: str,
+    *,
+    kwargs: dict,
+    description: str,
+    configuration: str = "as published",
+    paper_name: str | None = None,
+    fixed_width: bool | None = None,
+) -> None:
+    """Register another configuration of the registered model ``of``: the same builder with ``kwargs``
+    fixed (e.g. ``ddfn_sw_published`` = ``ddfn_sw`` with the official generator ratio). The variant
+    shares the base's family, parameter formula (with the same kwargs), hooks and exemptions; it is a
+    model of its own everywhere else (run folders, tables, figures). Call it after the base is registered."""
+    base = _REGISTRY[of]
+    if name in _REGISTRY and _REGISTRY[name].base != of:
+        raise ValueError(f"model {name!r} is registered twice")
+    fixed = dict(kwargs)
+
+    def builder(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kw):
+        kw = {**fixed, **kw}
+        return base.builder(
+            num_classes=num_classes, in_channels=in_channels, image_size=image_size, max_channels=max_channels, **kw
+        )
+
+    formula = None
+    if base.param_formula is not None:
+        base_formula = base.param_formula
+
+        def formula(*args, **kw):
+            return base_formula(*args, **{**fixed, **kw})
+
+    builder.__doc__ = description
+    _REGISTRY[name] = dataclasses.replace(
+        base,
+        name=name,
+        builder=builder,
+        paper_name=paper_name or base.paper_name,
+        description=description,
+        param_formula=formula,
+        fixed_width=base.fixed_width if fixed_width is None else fixed_width,
+        configuration=configuration,
+        base=of,
+        variant_kwargs=fixed,
+    )
 
 
 def _discover() -> None:

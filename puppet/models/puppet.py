@@ -890,7 +890,18 @@ def _build(
     )
 
 
-@register_model("puppet_cnn", family="puppet", paper_name="Puppet-CNN", param_formula=_stage_formula(True))
+# The puppeteer (the small neural ODE that generates the kernels) keeps the initialisation of the
+# Puppet-CNN spec, not torchvision's ResNet rule; the puppet's kernels are generated, not conv weights.
+_PUPPETEER_INIT = ("puppeteer", "puppeteer.*")
+
+
+@register_model(
+    "puppet_cnn",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name="Puppet-CNN",
+    param_formula=_stage_formula(True),
+)
 def puppet_cnn(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
 ) -> PuppetCNN:
@@ -901,6 +912,7 @@ def puppet_cnn(
 @register_model(
     "puppet_cnn_param",
     family="puppet",
+    init_exempt=_PUPPETEER_INIT,
     paper_name="Puppet-CNN (parameter adaptation)",
     param_formula=_stage_formula(False),
 )
@@ -914,6 +926,7 @@ def puppet_cnn_param(
 @register_model(
     "puppet_cnn_static",
     family="puppet",
+    init_exempt=_PUPPETEER_INIT,
     paper_name="Puppet-CNN (Puppeteer-Puppet scheme)",
     param_formula=_stage_formula(False),
 )
@@ -931,7 +944,11 @@ _ADAPTIVE, _STATIC = "parameter adaptation", "Puppeteer-Puppet scheme"
 
 
 @register_model(
-    "puppet_alexnet", family="puppet", paper_name=f"Puppet-AlexNet ({_ADAPTIVE})", param_formula=_alexnet_formula
+    "puppet_alexnet",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-AlexNet ({_ADAPTIVE})",
+    param_formula=_alexnet_formula,
 )
 def puppet_alexnet(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
@@ -942,7 +959,11 @@ def puppet_alexnet(
 
 
 @register_model(
-    "puppet_alexnet_static", family="puppet", paper_name=f"Puppet-AlexNet ({_STATIC})", param_formula=_alexnet_formula
+    "puppet_alexnet_static",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-AlexNet ({_STATIC})",
+    param_formula=_alexnet_formula,
 )
 def puppet_alexnet_static(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
@@ -952,7 +973,13 @@ def puppet_alexnet_static(
     return _build(_fixed(plan), num_classes, max_channels, kwargs, False, False)
 
 
-@register_model("puppet_vgg", family="puppet", paper_name=f"Puppet-VGG ({_ADAPTIVE})", param_formula=_vgg_formula)
+@register_model(
+    "puppet_vgg",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-VGG ({_ADAPTIVE})",
+    param_formula=_vgg_formula,
+)
 def puppet_vgg(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -967,7 +994,13 @@ def puppet_vgg(
     return _build(_fixed(plan), num_classes, max_channels, kwargs, True, False)
 
 
-@register_model("puppet_vgg_static", family="puppet", paper_name=f"Puppet-VGG ({_STATIC})", param_formula=_vgg_formula)
+@register_model(
+    "puppet_vgg_static",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-VGG ({_STATIC})",
+    param_formula=_vgg_formula,
+)
 def puppet_vgg_static(
     num_classes: int = 10,
     in_channels: int = 3,
@@ -983,7 +1016,11 @@ def puppet_vgg_static(
 
 
 @register_model(
-    "puppet_resnet", family="puppet", paper_name=f"Puppet-ResNet ({_ADAPTIVE})", param_formula=_resnet_formula
+    "puppet_resnet",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-ResNet ({_ADAPTIVE})",
+    param_formula=_resnet_formula,
 )
 def puppet_resnet(
     num_classes: int = 10,
@@ -1000,7 +1037,11 @@ def puppet_resnet(
 
 
 @register_model(
-    "puppet_resnet_static", family="puppet", paper_name=f"Puppet-ResNet ({_STATIC})", param_formula=_resnet_formula
+    "puppet_resnet_static",
+    family="puppet",
+    init_exempt=_PUPPETEER_INIT,
+    paper_name=f"Puppet-ResNet ({_STATIC})",
+    param_formula=_resnet_formula,
 )
 def puppet_resnet_static(
     num_classes: int = 10,

@@ -58,6 +58,7 @@ COLUMNS = KEY + [
     "weight_decay",
     "batch_size",
     "schedule",
+    "phases",
     "augment",
     "final_train_loss",
     "train_size",

@@ -322,4 +322,13 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
                 written += placeholder(out_dir / f"{dataset}_top1_vs_{axis}", f"{dataset}: no finished run to plot")
     written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
     written += size_vs_depth(out_dir)
+    written += skipnet_tradeoff(metrics, out_dir)
     return written
+
+
+def skipnet_tradeoff(metrics: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """SkipNet's configurations: top-1 against mean MACs, the SkipNet-38 skip-reward curve joined."""
+    from puppet.report.skipnet import plot_tradeoff, skipnet_table
+
+    fig = plot_tradeoff(skipnet_table(metrics))
+    return save(fig, out_dir / "skipnet_tradeoff")

@@ -19,6 +19,8 @@ from puppet.core.registry import create_model
 from puppet.report.paper import RUN_TABLES, PaperTable
 from puppet.report.pde import pde_table
 from puppet.report.pde import render as render_pde
+from puppet.report.skipnet import render as render_skipnet
+from puppet.report.skipnet import skipnet_table
 
 UNITS = {
     "top1": "Top-1 (%)",
@@ -234,6 +236,7 @@ def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
                 "label": info.paper_name,
                 "model": name,
                 "family": info.family,
+                "configuration": info.configuration,
                 "stored_params": stored,
                 "total_params": total_param_count(model),
                 "param_size_mb": param_size_mb(stored),
@@ -343,6 +346,9 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
     frames["table_pde"] = pde_table(metrics)
     atomic_write_csv(frames["table_pde"], out_dir / "table_pde.csv")
     md.append(render_pde(frames["table_pde"]))
+    frames["table_skipnet"] = skipnet_table(metrics)
+    atomic_write_csv(frames["table_skipnet"], out_dir / "table_skipnet.csv")
+    md.append(render_skipnet(frames["table_skipnet"]))
     atomic_write_text(latex_tables(sections), out_dir / "tables.tex")
     md.append(runs_markdown(metrics))
     atomic_write_text("\n".join(md), out_dir / "tables.md")

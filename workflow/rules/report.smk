@@ -28,6 +28,7 @@ rule paper_tables:
         ),
         report("results/sizes.csv", category="Tables", subcategory="Puppet-CNN paper", caption="../report/sizes.rst"),
         report("results/table_pde.csv", category="Tables", subcategory="PDE Global layer", caption="../report/pde.rst"),
+        report("results/table_skipnet.csv", category="Tables", subcategory="SkipNet", caption="../report/skipnet.rst"),
         "results/tables.tex",
     log:
         "results/logs/tables.log",
@@ -60,6 +61,12 @@ rule plot_figures:
             category="Figures",
             subcategory="Puppet-CNN: size against depth (Fig. 4)",
             caption="../report/size_vs_depth.rst",
+        ),
+        report(
+            "results/figures/skipnet_tradeoff.png",
+            category="Figures",
+            subcategory="SkipNet: configurations and trade-off",
+            caption="../report/skipnet.rst",
         ),
     log:
         "results/logs/figures.log",

@@ -1,0 +1,185 @@
+"""SkipNet's configurations side by side: how each was trained and what it traded (``table_skipnet.csv``).
+
+One row per run of a SkipNet model (``skipnet`` and every configuration registered from it): its
+backbone, its training (SkipNet's SP then HRL, or the ConvNet-AIG-style Gumbel alternative), the skip
+reward ``alpha`` (HRL) or target rate (Gumbel), the phases the run really trained in, and what it
+bought: top-1, mean MACs per image (ptflops, batch 1), the fraction of gated blocks executed on the
+test split and the batch-1 latency. The SkipNet-38 runs at several ``alpha`` are the trade-off curve
+(``skipnet_tradeoff.png``): a larger skip reward should buy fewer MACs with some accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def skipnet_models() -> list[str]:
+    """``skipnet`` and every model registered as one of its configurations."""
+    from puppet.core.registry import list_models, model_info
+
+    return [m for m in list_models() if m == "skipnet" or model_info(m).base == "skipnet"]
+
+
+def _describe(model: str) -> dict:
+    """Backbone, training and reward of a SkipNet model as built (on the meta device: nothing allocated)."""
+    import torch
+
+    from puppet.core.registry import create_model, model_info
+
+    with torch.device("meta"):
+        net = create_model(model, max_channels=512)
+    widths = sorted({b.conv1.out_channels for b in net.blocks})
+    gumbel = net.gate_training == "gumbel"
+    return {
+        "configuration": model_info(model).configuration,
+        "backbone": f"{1 + 2 * len(net.blocks) + 1}-layer ResNet, widths {'-'.join(map(str, widths))}"
+        + (" (at 512 channels)" if not model_info(model).fixed_width else ""),
+        "training": "ConvNet-AIG-style (Gumbel, target rate)" if gumbel else "SkipNet (SP then HRL)",
+        "reward": f"target rate {net.target_rate:g}" if gumbel else f"alpha {net.hrl_alpha:g}",
+        "gated_blocks": len(net.blocks) - 1,
+    }
+
+
+def skipnet_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, SkipNet model) that ran; means over seeds."""
+    names = set(skipnet_models())
+    if "macs" in metrics and "macs_g" not in metrics:  # metrics.csv as written; the tables add the G column
+        metrics = metrics.assign(macs_g=metrics["macs"] / 1e9)
+    rows = []
+    runs = metrics[metrics["model"].isin(names)] if "model" in metrics else metrics.iloc[:0]
+    for (dataset, model), group in runs.groupby(["dataset", "model"], sort=True):
+        ok = group[group["status"] == "ok"]
+        about = _describe(str(model))
+        row = {"dataset": dataset, "model": model, "label": model, "group": "", **about, "n_seeds": len(ok)}
+        if ok.empty:
+            row["note"] = "failed: " + (str(group["error"].iloc[0])[:160] if "error" in group else "no message")
+            rows.append(row)
+            continue
+        row["note"] = ""
+        row["phases"] = ",".join(sorted(ok["phases"].fillna("").astype(str).unique())) if "phases" in ok else ""
+        for m in ("top1", "top5", "macs_g", "latency_s_per_img", "mean_depth"):
+            row[m] = ok[m].astype(float).mean() if m in ok else math.nan
+        # depth = 1 + 2 x executed blocks (stem + two convs per block); the first block always runs
+        executed = (row["mean_depth"] - 1) / 2 - 1
+        row["blocks_executed"] = 100.0 * executed / about["gated_blocks"] if about["gated_blocks"] else math.nan
+        rows.append(row)
+    columns = ["dataset", "model", "label", "group", "configuration", "backbone", "training", "reward", "phases"]
+    return pd.DataFrame(
+        rows,
+        columns=[
+            *columns,
+            "n_seeds",
+            "top1",
+            "top5",
+            "macs_g",
+            "blocks_executed",
+            "latency_s_per_img",
+            "mean_depth",
+            "note",
+            "gated_blocks",
+        ],
+    )
+
+
+def _cell(value: float, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def render(frame: pd.DataFrame) -> str:
+    """The markdown section: one table per dataset, a row per SkipNet model that ran (no paper column:
+    the Puppet-CNN paper reports one SkipNet row, in Table 1)."""
+    head = "## SkipNet: configurations and trade-off"
+    if frame.empty:
+        return f"{head}\n\nNo SkipNet model ran in this profile.\n"
+    lines = [
+        head,
+        "",
+        "Every SkipNet configuration that ran: size-matched (ResNet-18 widths, chosen for the Puppet-CNN paper's "
+        "size) and as published (SkipNet-38/74/110, widths 16-32-64), trained SkipNet's way (supervised "
+        "pre-training, then hybrid RL at its own learning rate; *phases* gives the steps of each) or "
+        "ConvNet-AIG-style (Gumbel gates, target rate). The SkipNet-38 rows at alpha 0.1, 0.01 and 0.001 are the "
+        "trade-off curve (`figures/skipnet_tradeoff.png`). *Gated blocks run*: the test split's mean share of the "
+        "blocks a gate decides; Mult-Adds per image by ptflops at batch 1.",
+    ]
+    for dataset, sub in frame.groupby("dataset", sort=False):
+        lines += [
+            "",
+            f"**{dataset}**",
+            "",
+            "| Model | Configuration | Backbone | Training | Reward | Top-1 (%) | Mult-Adds (M) | Gated blocks run (%) "
+            "| Speed (ms/img) | Phases |",
+            "|---|---|---|---|---|---:|---:|---:|---:|---|",
+        ]
+        for _, r in sub.iterrows():
+            cells = [
+                r["model"],
+                r["configuration"],
+                r["backbone"],
+                r["training"],
+                r["reward"],
+                _cell(r.get("top1"), 2),
+                _cell(r.get("macs_g", math.nan) * 1e3, 2),
+                _cell(r.get("blocks_executed"), 1),
+                _cell(r.get("latency_s_per_img", math.nan) * 1e3, 2),
+                str(r.get("phases") or "") + (f" {r['note']}" if r.get("note") else ""),
+            ]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(frame: pd.DataFrame):
+    """Top-1 against mean MACs for every SkipNet run, one panel per dataset; the SkipNet-38 alpha curve
+    joined. Returns the figure (``puppet.report.figures.save`` writes it)."""
+    import matplotlib.pyplot as plt
+
+    ran = frame.dropna(subset=["top1", "macs_g"]) if not frame.empty else frame
+    datasets = list(dict.fromkeys(ran["dataset"])) if not ran.empty else []
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(6.4 * max(1, len(datasets)), 4.6), squeeze=False)
+    if not datasets:
+        axes[0][0].text(0.5, 0.5, "no SkipNet run finished in this profile", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    for ax, dataset in zip(axes[0], datasets):
+        sub = ran[ran["dataset"] == dataset]
+        curve = sub[sub["model"].str.startswith("skipnet38")].copy()
+        if len(curve) > 1:
+            curve["alpha"] = curve["reward"].str.removeprefix("alpha ").astype(float)
+            curve = curve.sort_values("alpha")
+            ax.plot(
+                curve["macs_g"] * 1e3,
+                curve["top1"],
+                "-",
+                color="tab:blue",
+                alpha=0.5,
+                zorder=1,
+                label="SkipNet-38, alpha 0.001 → 0.1",
+            )
+        for _, r in sub.iterrows():
+            gumbel = r["training"].startswith("ConvNet")
+            ax.scatter(
+                r["macs_g"] * 1e3,
+                r["top1"],
+                marker="s" if gumbel else "o",
+                zorder=2,
+                color="tab:orange" if r["configuration"] == "size-matched" else "tab:blue",
+            )
+            ax.annotate(
+                f"{r['model']}\n{r['reward']}",
+                (r["macs_g"] * 1e3, r["top1"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")  # the size-matched and the CIFAR-width models differ by an order of magnitude
+        ax.set_xlabel("mean Mult-Adds per image (M, ptflops, batch 1; log scale)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(
+            f"{dataset}: SkipNet configurations (blue: as published, orange: size-matched; square: Gumbel-trained)",
+            fontsize=8,
+        )
+        ax.grid(alpha=0.3)
+        if len(curve) > 1:
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
