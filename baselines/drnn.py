@@ -84,8 +84,10 @@ def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.modules.batc
     var = xa.var(dims, unbiased=False)  # (C,)
     with torch.no_grad():
         bn.num_batches_tracked += 1
-        bn.running_mean.lerp_(mean.detach(), bn.momentum)
-        bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
+        # momentum None: a cumulative average, as nn.BatchNorm
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.lerp_(mean.detach(), factor)
+        bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), factor)
     shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast (C,) over (B, C, ...)
     scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
     y = (xs - mean.view(shape)) * scale.view(shape) + bn.bias.view(shape)

@@ -433,6 +433,7 @@ register_variant(
     "mobilenet_v2_published",
     "mobilenet_v2",
     kwargs={"width_mult": 1.0, "capped": False},
+    uncapped=True,
     description="MobileNet-v2 as published: torchvision's mobilenet_v2 1.0, no layer capped (1280-wide head).",
 )
 

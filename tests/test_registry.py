@@ -183,6 +183,18 @@ def test_channels_capped(name):
         sizes = {stored_param_count(create_model(name, **{**SMALL, "max_channels": c})) for c in (8, 32, 512)}
         assert len(sizes) == 1, f"{name} is registered fixed_width but its size depends on max_channels"
         return
+    if model_info(name).uncapped:  # wider than the cap by design: its widths still scale with max_channels
+        widest = {
+            c: max(
+                m.out_channels
+                for m in create_model(name, **{**SMALL, "max_channels": c}).modules()
+                if isinstance(m, torch.nn.Conv2d)
+            )
+            for c in (32, 512)
+        }
+        assert widest[512] > 512, f"{name} is registered uncapped but no conv exceeds 512 channels"
+        assert abs(widest[32] - widest[512] * 32 / 512) <= 1, f"{name}: widths do not scale with max_channels"
+        return
     model = create_model(name, **SMALL)
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):

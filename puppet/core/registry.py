@@ -66,6 +66,9 @@ class ModelInfo:
     # Module names (fnmatch patterns) whose convolutions do not start from ``puppet.layers.torchvision_init``,
     # with the reason where they are declared; the registry-wide init test checks every other conv.
     init_exempt: tuple[str, ...] = ()
+    # True: widths scale with max_channels / 512 but are not capped at max_channels (an "as published"
+    # configuration wider than the Puppet-CNN paper's 512 cap, e.g. torchvision's MobileNet-v2 head).
+    uncapped: bool = False
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -127,6 +130,7 @@ def register_variant(
     configuration: str = "as published",
     paper_name: str | None = None,
     fixed_width: bool | None = None,
+    uncapped: bool = False,
 ) -> None:
     """Register another configuration of the registered model ``of``: the same builder with ``kwargs``
     fixed (e.g. ``ddfn_sw_published`` = ``ddfn_sw`` with the official generator ratio). The variant
@@ -159,6 +163,7 @@ def register_variant(
         description=description,
         param_formula=formula,
         fixed_width=base.fixed_width if fixed_width is None else fixed_width,
+        uncapped=uncapped,
         configuration=configuration,
         base=of,
         variant_kwargs=fixed,
