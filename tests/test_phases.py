@@ -351,3 +351,44 @@ def test_describe_phases():
     assert describe_phases(phases, 375) == "sp[0,319) x1; hrl[319,375) lr=0.0001"
     assert describe_phases(phases) == "sp[0,0.85) x1; hrl[0.85,1) lr=0.0001"
     assert describe_phases(None, 375) == ""
+
+
+def test_skipnet_trains_sp_then_hrl_at_its_own_lr_as_the_profiles_say(tmp_path, monkeypatch):
+    """The real SkipNet through the trainer: supervised pre-training, then hybrid RL from the switch
+    step at the recipe's constant lr; and the quick and paper profiles give every SkipNet trained the
+    SkipNet way that recipe (SP until 0.865 of the steps, HRL at lr 1e-4)."""
+    from pathlib import Path
+
+    from baselines.skipnet import SkipNet
+    from puppet.core.config import load_config
+
+    seen: list[tuple[str, float]] = []  # (phase of each compute_loss, lr of the step that follows)
+    modes: list[str] = []
+    original_loss, original_optimizer = SkipNet.compute_loss, puppet.core.train.make_optimizer
+
+    def compute_loss(self, x, y):
+        modes.append(self._mode())
+        return original_loss(self, x, y)
+
+    def make_optimizer(model, train):
+        opt = original_optimizer(model, train)
+        opt.register_step_pre_hook(lambda o, *_: seen.append((modes[-1], o.param_groups[0]["lr"])))
+        return opt
+
+    monkeypatch.setattr(SkipNet, "compute_loss", compute_loss)
+    monkeypatch.setattr(puppet.core.train, "make_optimizer", make_optimizer)
+    phases = [{"name": "sp", "end": 0.5}, {"name": "hrl", "lr": 1e-4}]
+    record = train_run(make_spec("skipnet", phases=phases), tmp_path / "skipnet")
+    assert [m for m, _ in seen] == ["sp"] * 9 + ["hrl"] * 9
+    assert all(lr > 1e-3 for _, lr in seen[:9]) and all(lr == 1e-4 for _, lr in seen[9:])
+    assert record["phases"] == "sp[0,9) x1; hrl[9,18) lr=0.0001"
+
+    repo = Path(__file__).resolve().parents[1]
+    for profile in ("config.yaml", "paper.yaml"):
+        config = load_config(repo / "config" / profile)
+        trained_as_skipnet = [m for m in config["models"] if m.startswith("skipnet") and m != "skipnet_gumbel"]
+        assert "skipnet" in trained_as_skipnet and "skipnet38" in trained_as_skipnet
+        for model in trained_as_skipnet:
+            spec = run_spec(config, config["datasets"][0], model, 0)
+            assert [(p.name, p.end, p.lr) for p in spec.train.phases] == [("sp", 0.865, None), ("hrl", 1.0, 1e-4)]
+        assert run_spec(config, config["datasets"][0], "skipnet_gumbel", 0).train.phases is None
