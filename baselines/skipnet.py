@@ -10,7 +10,8 @@ Configurations: ``skipnet`` (size-matched: ResNet-18 widths 64-512 scaled, stage
 picked by the Puppet-CNN paper's Table 1 size) and, as published, ``skipnet38`` / ``skipnet74`` /
 ``skipnet110`` (CIFAR ResNet-(6n+2), widths 16-32-64, FFGate-I for 38 and 74, FFGate-II for 110).
 ``skipnet38_alpha1e-1`` / ``skipnet38_alpha1e-3`` are SkipNet-38 at the paper's other skip rewards
-(the trade-off curve); ``skipnet_gumbel`` is the size-matched model trained ConvNet-AIG-style.
+(the trade-off curve); ``skipnet_gumbel`` is the size-matched model trained ConvNet-AIG-style, and
+``skipnet_gumbel_rate30`` / ``skipnet_gumbel_rate50`` the same at target rates 0.3 and 0.5 (its curve).
 
 Training (``gate_training``): ``"sp_hrl"`` (default; the paper's supervised pre-training, then hybrid
 reinforcement learning). The model trains in two phases, ``sp`` and ``hrl``, which the trainer sets
@@ -299,6 +300,14 @@ register_variant(
     configuration="size-matched",
     description="SkipNet, size-matched, trained ConvNet-AIG-style (straight-through Gumbel gates, target rate 0.7).",
 )
+for _rate in (30, 50):  # the Gumbel-trained model's trade-off curve: target rates 0.3 and 0.5 (0.7 is the default)
+    register_variant(
+        f"skipnet_gumbel_rate{_rate}",
+        "skipnet",
+        kwargs={"gate_training": "gumbel", "target_rate": _rate / 100},
+        configuration="size-matched",
+        description=f"SkipNet, size-matched, ConvNet-AIG-style training at target rate {_rate / 100:g} (its curve).",
+    )
 for _depth, _gate in ((38, "I"), (74, "I"), (110, "II")):  # the paper's CIFAR configurations
     register_variant(
         f"skipnet{_depth}",

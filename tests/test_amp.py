@@ -21,7 +21,13 @@ from puppet import create_model, list_models, model_info
 
 # Configurations whose modules another tested model already runs under autocast (same blocks and gates
 # at another depth or with another reward): left out to keep the suite fast, their base stays in.
-COVERED = {"skipnet74": "skipnet38", "skipnet38_alpha1e-1": "skipnet38", "skipnet38_alpha1e-3": "skipnet38"}
+COVERED = {
+    "skipnet74": "skipnet38",
+    "skipnet38_alpha1e-1": "skipnet38",
+    "skipnet38_alpha1e-3": "skipnet38",
+    "skipnet_gumbel_rate30": "skipnet_gumbel",
+    "skipnet_gumbel_rate50": "skipnet_gumbel",
+}
 MODELS = [m for m in list_models() if m not in COVERED]
 DTYPES = (torch.bfloat16, torch.float16)
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)

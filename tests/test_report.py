@@ -375,3 +375,51 @@ def test_every_model_keeps_one_style_and_figures_say_what_they_show():
         }
     )
     assert describe_runs(metrics, "cifar10") == "profile quick, max_channels 32, 6/8 epochs, 2 seeds"
+
+
+def test_skipnet_table_and_tradeoff_figure(tmp_path):
+    """Every SkipNet configuration that ran gets a row saying how it was built and trained; the gated
+    share comes from the mean depth (1 + 2 x blocks run, the first block always runs); the figure
+    draws the size-matched and the as-published runs in panels of their own."""
+    import pandas as pd
+
+    from puppet.report.figures import save
+    from puppet.report.skipnet import plot_tradeoff, render, skipnet_table
+
+    rows = [
+        ("skipnet", 40.0, 2.0e6, 1 + 2 * (1 + 3.5)),  # 3.5 of 7 gated blocks run
+        ("skipnet38", 41.0, 7.7e7, 1 + 2 * (1 + 8.5)),  # 8.5 of 17
+        ("skipnet38_alpha1e-1", 40.5, 7.0e7, 1 + 2 * (1 + 6.8)),
+        ("skipnet_gumbel", 34.0, 2.1e6, 1 + 2 * (1 + 7)),
+        ("resnet", 35.0, 2.3e6, float("nan")),  # not a SkipNet: no row
+    ]
+    metrics = pd.DataFrame(
+        [
+            {
+                "dataset": "cifar10",
+                "model": m,
+                "seed": 0,
+                "status": "ok",
+                "top1": t,
+                "top5": 90.0,
+                "macs": macs,
+                "latency_s_per_img": 1e-3,
+                "mean_depth": depth,
+                "phases": "",
+            }
+            for m, t, macs, depth in rows
+        ]
+    )
+    table = skipnet_table(metrics).set_index("model")
+    assert list(table.index) == ["skipnet", "skipnet38", "skipnet38_alpha1e-1", "skipnet_gumbel"]
+    assert table.loc["skipnet", "blocks_executed"] == 50.0 and table.loc["skipnet38", "blocks_executed"] == 50.0
+    assert table.loc["skipnet38", "configuration"] == "as published"
+    assert table.loc["skipnet38_alpha1e-1", "reward"] == "alpha 0.1"
+    assert table.loc["skipnet_gumbel", "training"].startswith("ConvNet-AIG")
+    assert table.loc["skipnet", "training"] == "SkipNet (SP then HRL)"
+    text = render(table.reset_index())
+    assert "skipnet38_alpha1e-1" in text and "| 40.50 |" in text
+    fig = plot_tradeoff(table.reset_index())
+    assert [ax.get_title().split(",")[1].split(":")[0].strip() for ax in fig.axes] == ["size-matched", "as published"]
+    paths = save(fig, tmp_path / "skipnet_tradeoff")
+    assert all(p.stat().st_size > 0 for p in paths)

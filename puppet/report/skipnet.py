@@ -4,7 +4,8 @@ One row per run of a SkipNet model (``skipnet`` and every configuration register
 backbone, its training (SkipNet's SP then HRL, or the ConvNet-AIG-style Gumbel alternative), the skip
 reward ``alpha`` (HRL) or target rate (Gumbel), the phases the run really trained in, and what it
 bought: top-1, mean MACs per image (ptflops, batch 1), the fraction of gated blocks executed on the
-test split and the batch-1 latency. The SkipNet-38 runs at several ``alpha`` are the trade-off curve
+test split and the batch-1 latency. The SkipNet-38 runs at several ``alpha`` and the Gumbel-trained runs at
+several target rates are the trade-off curves
 (``skipnet_tradeoff.png``): a larger skip reward should buy fewer MACs with some accuracy.
 """
 
@@ -99,8 +100,9 @@ def render(frame: pd.DataFrame) -> str:
         "Every SkipNet configuration that ran: size-matched (ResNet-18 widths, chosen for the Puppet-CNN paper's "
         "size) and as published (SkipNet-38/74/110, widths 16-32-64), trained SkipNet's way (supervised "
         "pre-training, then hybrid RL at its own learning rate; *phases* gives the steps of each) or "
-        "ConvNet-AIG-style (Gumbel gates, target rate). The SkipNet-38 rows at alpha 0.1, 0.01 and 0.001 are the "
-        "trade-off curve (`figures/skipnet_tradeoff.png`). *Gated blocks run*: the test split's mean share of the "
+        "ConvNet-AIG-style (Gumbel gates, target rate). The SkipNet-38 rows at alpha 0.1, 0.01 and 0.001 and the "
+        "Gumbel-trained rows at target rates 0.3, 0.5 and 0.7 are the trade-off curves "
+        "(`figures/skipnet_tradeoff.png`). *Gated blocks run*: the test split's mean share of the "
         "blocks a gate decides; Mult-Adds per image by ptflops at batch 1.",
     ]
     for dataset, sub in frame.groupby("dataset", sort=False):
@@ -129,57 +131,67 @@ def render(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The trade-off curves: (model-name prefix, the reward's label prefix, colour, legend)
+CURVES = (
+    ("skipnet38", "alpha ", "tab:blue", "SkipNet-38 (SP then HRL), skip reward alpha"),
+    ("skipnet_gumbel", "target rate ", "tab:orange", "size-matched, Gumbel-trained, target rate"),
+)
+
+
+def _panel(ax, sub: pd.DataFrame, title: str) -> None:
+    """One panel: the runs of one configuration kind, their curves joined, points at the same place
+    labelled together (SkipNet-38's alpha runs can coincide)."""
+    joined = 0
+    for prefix, knob, colour, label in CURVES:
+        curve = sub[sub["model"].str.startswith(prefix)].copy()
+        if len(curve) > 1:
+            curve["knob"] = curve["reward"].str.removeprefix(knob).astype(float)
+            curve = curve.sort_values("knob")
+            values = ", ".join(f"{k:g}" for k in curve["knob"])
+            ax.plot(
+                curve["macs_g"] * 1e3, curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=f"{label} {values}"
+            )
+            joined += 1
+    for _, r in sub.iterrows():
+        gumbel = r["training"].startswith("ConvNet")
+        colour = "tab:orange" if gumbel else "tab:blue"
+        ax.scatter(r["macs_g"] * 1e3, r["top1"], marker="s" if gumbel else "o", color=colour, zorder=2)
+    places = sub.assign(x=(sub["macs_g"] * 1e3).round(3), y=sub["top1"].round(2))
+    for (x, y), group in places.groupby(["x", "y"], sort=False):
+        text = "\n".join(f"{m} ({w})" for m, w in zip(group["model"], group["reward"]))
+        ax.annotate(text, (x, y), fontsize=7, xytext=(5, -4), textcoords="offset points", va="top")
+    ax.margins(x=0.25, y=0.15)
+    ax.set_xlabel("mean Mult-Adds per image (M, ptflops, batch 1)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if joined:
+        ax.legend(fontsize=7, loc="upper left")
+
+
 def plot_tradeoff(frame: pd.DataFrame):
-    """Top-1 against mean MACs for every SkipNet run, one panel per dataset; the SkipNet-38 alpha curve
-    joined. Returns the figure (``puppet.report.figures.save`` writes it)."""
+    """Top-1 against mean MACs for every SkipNet run: a row per dataset, the size-matched and the
+    as-published runs in panels of their own (their costs differ by an order of magnitude); circles
+    trained SkipNet's way, squares ConvNet-AIG-style; each trade-off curve joined. Returns the figure
+    (``puppet.report.figures.save`` writes it)."""
     import matplotlib.pyplot as plt
 
     ran = frame.dropna(subset=["top1", "macs_g"]) if not frame.empty else frame
     datasets = list(dict.fromkeys(ran["dataset"])) if not ran.empty else []
-    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(6.4 * max(1, len(datasets)), 4.6), squeeze=False)
+    kinds = ("size-matched", "as published")
+    fig, axes = plt.subplots(max(1, len(datasets)), 2, figsize=(12.8, 4.8 * max(1, len(datasets))), squeeze=False)
     if not datasets:
+        for ax in axes[0]:
+            ax.set_axis_off()
         axes[0][0].text(0.5, 0.5, "no SkipNet run finished in this profile", ha="center", va="center")
-        axes[0][0].set_axis_off()
-    for ax, dataset in zip(axes[0], datasets):
-        sub = ran[ran["dataset"] == dataset]
-        curve = sub[sub["model"].str.startswith("skipnet38")].copy()
-        if len(curve) > 1:
-            curve["alpha"] = curve["reward"].str.removeprefix("alpha ").astype(float)
-            curve = curve.sort_values("alpha")
-            ax.plot(
-                curve["macs_g"] * 1e3,
-                curve["top1"],
-                "-",
-                color="tab:blue",
-                alpha=0.5,
-                zorder=1,
-                label="SkipNet-38, alpha 0.001 → 0.1",
-            )
-        for _, r in sub.iterrows():
-            gumbel = r["training"].startswith("ConvNet")
-            ax.scatter(
-                r["macs_g"] * 1e3,
-                r["top1"],
-                marker="s" if gumbel else "o",
-                zorder=2,
-                color="tab:orange" if r["configuration"] == "size-matched" else "tab:blue",
-            )
-            ax.annotate(
-                f"{r['model']}\n{r['reward']}",
-                (r["macs_g"] * 1e3, r["top1"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        ax.set_xscale("log")  # the size-matched and the CIFAR-width models differ by an order of magnitude
-        ax.set_xlabel("mean Mult-Adds per image (M, ptflops, batch 1; log scale)")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(
-            f"{dataset}: SkipNet configurations (blue: as published, orange: size-matched; square: Gumbel-trained)",
-            fontsize=8,
-        )
-        ax.grid(alpha=0.3)
-        if len(curve) > 1:
-            ax.legend(fontsize=7, loc="lower right")
+    for row, dataset in zip(axes, datasets):
+        for ax, kind in zip(row, kinds):
+            sub = ran[(ran["dataset"] == dataset) & (ran["configuration"] == kind)]
+            if sub.empty:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{dataset}: no {kind} SkipNet run", ha="center", va="center")
+                continue
+            backbone = sub["backbone"].iloc[0] if sub["backbone"].nunique() == 1 else "several backbones"
+            _panel(ax, sub, f"{dataset}, {kind}: {backbone}")
     fig.tight_layout()
     return fig

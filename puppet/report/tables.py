@@ -61,6 +61,15 @@ def _at_paper_width(ok: pd.DataFrame) -> bool:
     return "max_channels" in ok and not ok.empty and bool((ok["max_channels"] == PAPER_WIDTH).all())
 
 
+def _fixed_width(model: str) -> bool:
+    from puppet.core.registry import UnknownModelError, model_info
+
+    try:
+        return model_info(model).fixed_width
+    except UnknownModelError:
+        return False
+
+
 def _chance(dataset: str) -> float:
     from puppet.core.data import DATASETS
 
@@ -105,6 +114,8 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
             widths = sorted(ok["max_channels"].dropna().astype(int).unique()) if "max_channels" in ok else []
             width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
             row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
+            if _fixed_width(prow.model):  # its size is its own paper's at every profile; the protocol is not
+                row["note"] = f"built at its own paper's widths at every profile (here {row['note']})"
         chance = _chance(prow.dataset)
         if "top1" in table.metrics and row.get("top1", math.nan) < chance:
             row["note"] = "; ".join(filter(None, [row["note"], f"top-1 below chance ({chance:.0f}%)"]))
