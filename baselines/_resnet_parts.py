@@ -69,6 +69,8 @@ class ResidualBlock(BasicBlock):
 def stage_plan_widths(widths: Sequence[int] | None, blocks: Sequence[int], max_channels: int) -> list[int]:
     """Stage widths: the paper-scale ResNet-18 widths scaled to ``max_channels`` (``widths=None``), or the
     given widths as they are (an "as published" CIFAR ResNet, e.g. 16-32-64); one per entry of ``blocks``."""
+    if not blocks or any(not isinstance(b, int) or isinstance(b, bool) for b in blocks):
+        raise ValueError(f"blocks must be whole numbers of blocks per stage, got {tuple(blocks) or '()'}")
     if widths is None:
         if len(blocks) != len(PAPER_WIDTHS):
             raise ValueError(f"blocks must give {len(PAPER_WIDTHS)} stage depths >= 1, got {tuple(blocks)}")

@@ -7,9 +7,11 @@ dropped from the batch and the rest continue from the features at the branch poi
 
 Configurations: ``branchynet`` (size-matched: ResNet-18 widths scaled, stage depths (1, 3, 2, 1) picked
 by the Puppet-CNN paper's Table 1 size, conv branches after stages 1 and 2) and ``branchynet_resnet110``
-(as published: the official B-ResNet-110, CIFAR ResNet-110 at 16-32-64 with exits after blocks 1 and
-20; the second branch is one extra residual block + FC, as official; the first is our conv branch,
-since the official one's LRN and layer sizes are not recorded).
+(as published: the official B-ResNet-110 of ``networks/resnet_cifar10.py``, a CIFAR ResNet at 16-32-64
+with 19, 18 and 18 blocks per stage and exits after blocks 1 and 19, the end of stage 1. The second
+branch is one extra residual block + FC, as official, with a GAP before the FC where the official one
+flattens 16 x 30 x 30. The first is our conv branch: the official one (ReLU, LRN, conv 16->32,
+conv 32->32, max-pool, FC 7200->3600->10) would add 25.9 M parameters, 104 MB, in one FC).
 
 ``calibrate`` chooses the thresholds on the validation split: per early exit the candidates are
 0 (never leave) and the 5th..100th percentiles of that exit's validation entropies; the combination
@@ -39,7 +41,6 @@ from baselines._resnet_parts import (
     block_plan,
     bn_params,
     check_tolerance,
-    cifar_resnet_blocks,
     conv3x3,
     conv_params,
     fc_params,
@@ -92,7 +93,9 @@ def _exit_blocks(blocks: Sequence[int], exit_after: Sequence[int], exit_after_bl
                 f"got {tuple(exit_after)}"
             )
         return tuple(sum(blocks[:s]) for s in stages)
-    after = tuple(sorted(set(int(b) for b in exit_after_blocks)))
+    after = tuple(int(b) for b in exit_after_blocks)
+    if list(after) != sorted(set(after)):
+        raise ValueError(f"exit_after_blocks must be increasing block counts (one per early exit), got {after}")
     if not after or after[0] < 1 or after[-1] > total - 1:
         raise ValueError(f"exit_after_blocks must name blocks among 1..{total - 1}, got {tuple(exit_after_blocks)}")
     return after
@@ -297,6 +300,7 @@ def _spread_paths(model: BranchyNet, x: torch.Tensor) -> None:
     param_formula=branchynet_params,
     spread_paths=_spread_paths,
     configuration="size-matched",
+    revision=1,  # 1: torchvision init, the MAC-priced calibration rule, torchvision BasicBlock keys
 )
 def branchynet(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
@@ -310,11 +314,11 @@ register_variant(
     "branchynet",
     kwargs={
         "widths": CIFAR_WIDTHS,
-        "blocks": cifar_resnet_blocks(110),
-        "exit_after_blocks": (1, 20),
+        "blocks": (19, 18, 18),  # the official code: 1 + n blocks in stage 1, n = 18 in the others
+        "exit_after_blocks": (1, 19),  # after the first block and at the end of stage 1
         "branches": ("conv", "residual"),
         "branch_width": 16,
     },
     fixed_width=True,
-    description="BranchyNet as published: the official B-ResNet-110 (16-32-64), exits after blocks 1 and 20.",
+    description="BranchyNet as published: the official B-ResNet-110 (16-32-64), exits after blocks 1 and 19.",
 )

@@ -161,6 +161,7 @@ def _ddfn_sw_params(
     paper_name="DDFN-SW",
     param_formula=_ddfn_sw_params,
     configuration="size-matched",
+    revision=1,  # 1: torchvision init of the static convs and BNs, FilterNorm in float32
 )
 def ddfn_sw(
     num_classes: int = 10,

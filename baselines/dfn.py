@@ -105,7 +105,13 @@ def _dfn_params(
     return n + widths[-1] * num_classes + num_classes
 
 
-@register_model("dfn", family="adaptive_params", paper_name="DFN", param_formula=_dfn_params)
+@register_model(
+    "dfn",
+    family="adaptive_params",
+    paper_name="DFN",
+    param_formula=_dfn_params,
+    revision=1,  # 1: torchvision init of the static convs and BNs
+)
 def dfn(
     num_classes: int = 10,
     in_channels: int = 3,

@@ -82,12 +82,13 @@ def masked_batch_norm(x: torch.Tensor, active: torch.Tensor, bn: nn.modules.batc
     n = xa.numel() // xa.shape[1]
     mean = xa.mean(dims)  # (C,)
     var = xa.var(dims, unbiased=False)  # (C,)
-    with torch.no_grad():
-        bn.num_batches_tracked += 1
-        # momentum None: a cumulative average, as nn.BatchNorm
-        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.lerp_(mean.detach(), factor)
-        bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), factor)
+    if n > 1:  # one value per channel (a single active sample in BatchNorm1d) has no variance to track
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            # momentum None: a cumulative average, as nn.BatchNorm
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.detach(), factor)
+            bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), factor)
     shape = (1, -1) + (1,) * (x.dim() - 2)  # broadcast (C,) over (B, C, ...)
     scale = bn.weight * torch.rsqrt(var + bn.eps)  # (C,)
     y = (xs - mean.view(shape)) * scale.view(shape) + bn.bias.view(shape)
@@ -306,7 +307,12 @@ def _spread_paths(model: DRNN, x: torch.Tensor) -> None:
 
 
 @register_model(
-    "drnn", family="adaptive_depth", paper_name="DRNN", param_formula=drnn_params, spread_paths=_spread_paths
+    "drnn",
+    family="adaptive_depth",
+    paper_name="DRNN",
+    param_formula=drnn_params,
+    spread_paths=_spread_paths,
+    revision=1,  # 1: torchvision init, halting-gate BN on looping samples, the MAC-priced calibration rule
 )
 def drnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs) -> DRNN:
     """DRNN (our reconstruction): per stage a shared residual block looped <= 4 times with LVBN and halting gates."""

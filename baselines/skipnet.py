@@ -78,7 +78,7 @@ class FFGate(nn.Module):
         layers += [conv3x3(channels, channels, stride=2), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.logits = nn.Conv2d(channels, 2, 1)
-        with torch.no_grad():  # start mostly "execute" (ConvNet-AIG's bias init (0.1, 2): p ~ 0.87)
+        with torch.no_grad():  # ConvNet-AIG's bias init (0.1, 2): lean towards "execute"
             self.logits.bias.copy_(torch.tensor([0.1, 2.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ class SkipNet(nn.Module):
         self.last_stats: dict[str, torch.Tensor] = {}
         self._force_run: torch.Tensor | None = None  # (blocks,) bool: path_costs' forced decisions
         torchvision_init(self)  # as every ResNet trunk here; the official SkipNet init is the same rule
-        for g in self.gates:  # then ConvNet-AIG's gate bias (0.1, 2): start mostly "execute"
+        for g in self.gates:  # then ConvNet-AIG's gate bias (0.1, 2), leaning towards "execute" (docs: how much)
             with torch.no_grad():
                 g.logits.bias.copy_(torch.tensor([0.1, 2.0]))
 

@@ -161,7 +161,13 @@ def _weightnet_params(
     return n + scaled(512, max_channels) * num_classes + num_classes
 
 
-@register_model("weightnet", family="adaptive_params", paper_name="WeightNet", param_formula=_weightnet_params)
+@register_model(
+    "weightnet",
+    family="adaptive_params",
+    paper_name="WeightNet",
+    param_formula=_weightnet_params,
+    revision=1,  # 1: torchvision init of the static convs and BNs
+)
 def weightnet(
     num_classes: int = 10,
     in_channels: int = 3,

@@ -214,8 +214,15 @@ def test_skipnet_sp_then_hrl_follows_the_phase_it_is_given():
         gate_grad = sum(p.grad.abs().sum() for p in model.gates.parameters() if p.grad is not None)
         assert gate_grad > 0, f"no gradient reached the gates in phase {phase}"
         runs.append(model.last_stats["blocks_run"].clone())
-    # SP gates are deterministic (p > 0.5); HRL samples them: same input, same weights, other decisions
+    # SP gates are deterministic (p > 0.5); HRL samples them: same input and weights, another seed,
+    # other decisions
     assert torch.equal(runs[0], runs[1])
+    decisions = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model.compute_loss(x, y)
+        decisions.append(model.last_stats["blocks_run"].clone())
+    assert not torch.equal(*decisions), "HRL should sample its gates"
     with pytest.raises(ValueError, match="no training phase"):
         model.set_phase("warmup")
     gumbel = create_model("skipnet_gumbel", **SMALL)

@@ -312,3 +312,25 @@ def test_mor_settings_are_validated_and_not_part_of_a_run():
     a = validate_config(_base(models=["node_conv"]))
     b = validate_config(_base(models=["node_conv"], mor={"rounds": 3}))
     assert run_spec(a, "synthetic", "node_conv", 0).hash == run_spec(b, "synthetic", "node_conv", 0).hash
+
+
+def test_a_model_revision_renames_only_its_own_runs(monkeypatch):
+    """``register_model(revision=...)``: a model whose code changed what its runs produce gets new run
+    folders (its revision enters the hash); revision 0 leaves the hash and the params JSON as before."""
+    import dataclasses
+    from pathlib import Path
+
+    from puppet.core import registry
+    from puppet.core.config import load_config, run_spec
+
+    config = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    before = run_spec(config, "cifar10", "alexnet", 0)
+    assert before.model_revision == 0 and "model_revision" not in before.to_dict()
+    info = registry.model_info("alexnet")
+    monkeypatch.setitem(registry._REGISTRY, "alexnet", dataclasses.replace(info, revision=1))
+    after = run_spec(config, "cifar10", "alexnet", 0)
+    assert after.model_revision == 1 and after.hash != before.hash
+    assert after.to_dict()["model_revision"] == 1
+    assert type(after).from_dict(after.to_dict()) == after
+    assert run_spec(config, "cifar10", "resnet", 0).model_revision == 0  # another model's runs keep their folders
+    assert registry.model_info("branchynet").revision == 1 == registry.model_info("branchynet_resnet110").revision

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
-from puppet.core.registry import did_you_mean, list_models
+from puppet.core.registry import did_you_mean, list_models, model_info
 from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec, as_phases
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.json"
@@ -291,6 +291,7 @@ def run_spec(config: dict, dataset: str, model: str, seed: int) -> RunSpec:
         measure=MeasureSpec(**config["measure"]),
         model_kwargs=dict(config["model_kwargs"].get(model, {})),
         recipe=recipe_name,
+        model_revision=model_info(model).revision,
     )
 
 

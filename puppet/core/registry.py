@@ -62,13 +62,17 @@ class ModelInfo:
     # A configuration registered with ``register_variant``: the model it is built from and the builder
     # kwargs it fixes (a run's ``model_kwargs`` may still override them).
     base: str = ""
-    variant_kwargs: dict = field(default_factory=dict)
+    variant_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     # Module names (fnmatch patterns) whose convolutions do not start from ``puppet.layers.torchvision_init``,
     # with the reason where they are declared; the registry-wide init test checks every other conv.
     init_exempt: tuple[str, ...] = ()
     # True: widths scale with max_channels / 512 but are not capped at max_channels (an "as published"
     # configuration wider than the Puppet-CNN paper's 512 cap, e.g. torchvision's MobileNet-v2 head).
     uncapped: bool = False
+    # Bumped when a change to the model's code alters what a run of an unchanged spec produces (its
+    # initialisation, its calibration rule, ...): a non-zero revision enters the run's hash, so the
+    # new code trains into a new run folder instead of passing for the old results. Variants inherit it.
+    revision: int = 0
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -93,6 +97,7 @@ def register_model(
     fixed_width: bool = False,
     configuration: str = "",
     init_exempt: tuple[str, ...] = (),
+    revision: int = 0,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Register ``builder`` under ``name``; its docstring is the default description."""
 
@@ -115,6 +120,7 @@ def register_model(
             fixed_width=fixed_width,
             configuration=configuration,
             init_exempt=tuple(init_exempt),
+            revision=int(revision),
         )
         return builder
 
@@ -166,7 +172,7 @@ def register_variant(
         uncapped=uncapped,
         configuration=configuration,
         base=of,
-        variant_kwargs=fixed,
+        variant_kwargs=dict(fixed),
     )
 
 

@@ -27,12 +27,13 @@ RUN_CONTROL_KEYS = ("time_limit_min",)
 NEUTRAL_KEYS: dict[tuple[str | None, str], Any] = {
     ("train", "milestones"): None,
     ("train", "phases"): None,
+    (None, "model_revision"): 0,
 }
 # Neutral keys that ``to_dict`` also leaves out at their neutral value: keys added after finished runs
 # had their spec's JSON recorded as the train rule's params, so Snakemake's params rerun trigger
 # sees the same JSON as before and reruns nothing. (milestones and recipe predate this rule: runs
 # made since carry them in their params, so they stay in.)
-OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (("train", "phases"),)
+OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (("train", "phases"), (None, "model_revision"))
 # Top-level keys that name, not determine, a run: out of the hash (the recipe's content is in it).
 LABEL_KEYS: dict[str, Any] = {"recipe": "default"}
 
@@ -161,6 +162,9 @@ class RunSpec:
     measure: MeasureSpec
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     recipe: str = "default"  # the config's ``recipes`` entry this model trains with; "default": none
+    # The registry's revision of the model's code (``register_model(revision=...)``): bumped when a
+    # change to the model alters what a run of the same spec produces, so such a run gets a new folder.
+    model_revision: int = 0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:

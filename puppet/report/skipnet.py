@@ -102,8 +102,9 @@ def render(frame: pd.DataFrame) -> str:
         "pre-training, then hybrid RL at its own learning rate; *phases* gives the steps of each) or "
         "ConvNet-AIG-style (Gumbel gates, target rate). The SkipNet-38 rows at alpha 0.1, 0.01 and 0.001 and the "
         "Gumbel-trained rows at target rates 0.3, 0.5 and 0.7 are the trade-off curves "
-        "(`figures/skipnet_tradeoff.png`). *Gated blocks run*: the test split's mean share of the "
-        "blocks a gate decides; Mult-Adds per image by ptflops at batch 1.",
+        "(`figures/skipnet_tradeoff.png`); alpha acts through HRL, so its curve needs the paper's 10k HRL "
+        "iterations: with a short HRL phase its points can coincide. *Gated blocks run*: the test split's mean "
+        "share of the blocks a gate decides; Mult-Adds per image by ptflops at batch 1.",
     ]
     for dataset, sub in frame.groupby("dataset", sort=False):
         lines += [

@@ -115,7 +115,10 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
             width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
             row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
             if _fixed_width(prow.model):  # its size is its own paper's at every profile; the protocol is not
-                row["note"] = f"built at its own paper's widths at every profile (here {row['note']})"
+                row["note"] = (
+                    "built at its own paper's widths (16-32-64 for the CIFAR ResNets) whatever max_channels; "
+                    f"trained with the profile's protocol, paper {PAPER_WIDTH} channels: no Δ"
+                )
         chance = _chance(prow.dataset)
         if "top1" in table.metrics and row.get("top1", math.nan) < chance:
             row["note"] = "; ".join(filter(None, [row["note"], f"top-1 below chance ({chance:.0f}%)"]))
@@ -244,7 +247,7 @@ def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
         info = model_info(name)
         rows.append(
             {
-                "label": info.paper_name,
+                "label": f"{info.paper_name} ({info.configuration}): {name}" if info.configuration else info.paper_name,
                 "model": name,
                 "family": info.family,
                 "configuration": info.configuration,
