@@ -332,5 +332,6 @@ def test_a_model_revision_renames_only_its_own_runs(monkeypatch):
     assert after.model_revision == 1 and after.hash != before.hash
     assert after.to_dict()["model_revision"] == 1
     assert type(after).from_dict(after.to_dict()) == after
+    assert type(before).from_dict(before.to_dict()) == before  # a stored spec without the key reads as 0
     assert run_spec(config, "cifar10", "resnet", 0).model_revision == 0  # another model's runs keep their folders
     assert registry.model_info("branchynet").revision == 1 == registry.model_info("branchynet_resnet110").revision

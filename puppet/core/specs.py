@@ -172,7 +172,10 @@ class RunSpec:
         spec may carry run-control keys in ``train`` (they are dropped)."""
         values = {**LABEL_KEYS, **values}
         for (where, key), neutral in NEUTRAL_KEYS.items():
-            target = values if where is None else values.get(where)
+            if where is None:
+                values.setdefault(key, neutral)
+                continue
+            target = values.get(where)
             if isinstance(target, Mapping) and key not in target:
                 values[where] = {**target, key: neutral}
         nested = {"data": DataSpec, "train": TrainSpec, "measure": MeasureSpec}
