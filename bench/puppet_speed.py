@@ -6,7 +6,7 @@ For each device (the CPU, and CUDA when available) and each width, on real test 
   Puppet-CNN with kernels generated on the fly, with kernels precomputed per complexity level,
   and the **same-plan fixed CNN**: for each image, the plain ``torch.nn`` CNN that Puppet-CNN runs
   for that image's level (the same depth, the level's kernels as stored conv weights, the same
-  BNs and head; ``PuppetCNN.fixed_cnn``). Precomputed / fixed is the overhead of the method
+  BNs and head; ``PrecomputedPuppet.fixed_cnn``). Precomputed / fixed is the overhead of the method
   itself: the complexity measure (FFT + histograms) and the dispatch on its level;
 * **throughput** at ``--batch``: precomputed against the same-plan fixed CNN (the batch split by
   depth, one stored kernel set per depth), interleaved; on the fly separately;
@@ -37,6 +37,7 @@ from puppet import create_model
 from puppet.core import timing
 from puppet.core.data import Batches, load_dataset, make_splits
 from puppet.core.io import atomic_write_csv
+from puppet.core.protocols import DeployContext
 from puppet.models.complexity import image_complexity
 from puppet.models.puppet import PuppetCNN
 
@@ -84,31 +85,38 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
     torch.manual_seed(0)
     model = create_model("puppet_cnn", max_channels=width)
     model.prepare([x_train])  # the complexity range of the training images: realistic depths
-    model = model.to(device).eval().set_inference("precomputed")
+    model = model.to(device).eval()
+    deployed = model.deploy("precomputed", DeployContext())  # every level's kernels generated once
     x_test = x_test.to(device)
     images = [x_test[i : i + 1] for i in range(args.latency_images)]
     idx = list(range(len(images)))
-    levels = model.level_index(x_test[: len(images)]).tolist()
-    fixed = {q: model.fixed_cnn(q) for q in set(levels)}
-    depth_of = {q: model._deployed[q][0] for q in fixed}
-
-    def puppet(mode):
-        return lambda i: (model.set_inference(mode), model(images[i]))
+    levels = deployed.level_index(x_test[: len(images)]).tolist()
+    fixed = {q: deployed.fixed_cnn(q) for q in set(levels)}
+    depth_of = {q: deployed.level_depth[q] for q in fixed}
 
     rows = []
     rounds, warmup = args.rounds, 2
     # batch 1: precomputed against the same-plan fixed CNN, and on the fly against precomputed
     same = timing.compare(
-        puppet("precomputed"), lambda i: fixed[levels[i]](images[i]), idx, rounds=rounds, warmup=warmup, device=device
+        lambda i: deployed(images[i]),
+        lambda i: fixed[levels[i]](images[i]),
+        idx,
+        rounds=rounds,
+        warmup=warmup,
+        device=device,
     )
     fly = timing.compare(
-        puppet("on_the_fly"), puppet("precomputed"), idx, rounds=args.fly_rounds, warmup=1, device=device
+        lambda i: model(images[i]),
+        lambda i: deployed(images[i]),
+        idx,
+        rounds=args.fly_rounds,
+        warmup=1,
+        device=device,
     )
     complexity = timing.timed(lambda i: image_complexity(images[i]), idx, rounds=rounds, warmup=warmup, device=device)
-    model.set_inference("on_the_fly")
     gen = _generation_seconds(model, images[0], args, device)
     depth_mean = sum(4 * depth_of[q] for q in levels) / len(levels)
-    kernels_mb = model.precomputed_kernel_bytes() / 1e6
+    kernels_mb = deployed.deployment_metrics()["kernels_mb"]
     common = {"batch": 1, "depth_mean": depth_mean, "levels_seen": len(fixed)}
     rows.append(_row("on the fly", fly.a, **common, generation_share=gen.median / fly.a.median, rounds=args.fly_rounds))
     rows.append(
@@ -126,13 +134,12 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
     rows.append(_row("fixed CNN, same plan", same.b, **common, rounds=rounds))
     rows.append(_row("complexity measure alone", complexity, **common, rounds=rounds))
     if args.compile_complexity:  # experiment: the complexity measure fused by torch.compile
-        model.set_inference("precomputed")
-        model.complexity_fn = torch.compile(image_complexity, dynamic=False)
-        if model.level_index(x_test[: len(images)]).tolist() != levels:
+        deployed.complexity_fn = torch.compile(image_complexity, dynamic=False)
+        if deployed.level_index(x_test[: len(images)]).tolist() != levels:
             print("  compiled complexity measure gives other levels: skipped", file=sys.stderr)
         else:
             comp = timing.compare(
-                lambda i: model(images[i]),
+                lambda i: deployed(images[i]),
                 lambda i: fixed[levels[i]](images[i]),
                 idx,
                 rounds=rounds,
@@ -148,18 +155,17 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
                     rounds=rounds,
                 )
             )
-        model.complexity_fn = image_complexity
+        deployed.complexity_fn = image_complexity
 
     # throughput at --batch: precomputed against the same-plan fixed CNN split by depth
     xb = x_test[: args.batch]
-    model.set_inference("precomputed")
-    qb = model.level_index(xb)
+    qb = deployed.level_index(xb).tolist()
     groups = []
-    for d in sorted({model._deployed[q][0] for q in qb.tolist()}):
-        members = [i for i, q in enumerate(qb.tolist()) if model._deployed[q][0] == d]
-        groups.append((model.fixed_cnn(qb[members[0]].item()), xb[members]))
+    for d in sorted({deployed.level_depth[q] for q in qb}):
+        members = [i for i, q in enumerate(qb) if deployed.level_depth[q] == d]
+        groups.append((deployed.fixed_cnn(qb[members[0]]), xb[members]))
     thr = timing.compare(
-        lambda _: model(xb),
+        lambda _: deployed(xb),
         lambda _: [f(x) for f, x in groups],
         [0] * args.iters,
         rounds=rounds,
@@ -187,7 +193,6 @@ def bench_width(device: torch.device, width: int, args, x_train: torch.Tensor, x
         )
     )
     if not args.skip_on_the_fly_throughput:
-        model.set_inference("on_the_fly")
         est = timing.timed(lambda _: model(xb), [0], rounds=args.fly_rounds, warmup=1, device=device)
         gen_b = _generation_seconds(model, xb, args, device)
         rows.append(

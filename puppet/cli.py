@@ -81,10 +81,11 @@ def _train(args: argparse.Namespace) -> int:
         measured = measure_main(spec, Path(out_dir))
         if measured["status"] != "ok":
             return 1
-        print(
-            f"{spec.label}: {measured['stored_params']:,} stored params, {measured['macs'] / 1e6:.2f} M MACs, "
-            f"{measured['latency_s_per_img'] * 1e3:.2f} ms/img at batch 1"
-        )
+        for row in measured["deployments"]:
+            print(
+                f"{spec.label} ({row['deployment']}): {row['stored_params']:,} stored params, "
+                f"{row['macs'] / 1e6:.2f} M MACs, {row['latency_s_per_img'] * 1e3:.2f} ms/img at batch 1"
+            )
     return 0
 
 

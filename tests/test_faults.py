@@ -388,7 +388,7 @@ def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
 def _finished_run(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "train.json").write_text(json.dumps({"status": "ok", "top1": 1.0, "config_hash": path.name, "epochs": 1}))
-    (path / "measure.json").write_text(json.dumps({"status": "ok"}))
+    (path / "measure.json").write_text(json.dumps({"status": "ok", "deployments": [{"deployment": "default"}]}))
     torch.save({"model": {}}, path / "model.pt")
     return path
 

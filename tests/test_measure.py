@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -70,23 +72,16 @@ def test_measure_model_fields():
         throughput_iters=2,
         macs_images=2,
     )
-    rec = measure_model(model, batches, settings, torch.device("cpu"))
+    (rec,) = measure_model(model, batches, settings, torch.device("cpu"))
+    assert rec["deployment"] == "default" and rec["status"] == "ok"
     assert rec["latency_s_per_img"] > 0 and rec["latency_p90_s_per_img"] >= rec["latency_s_per_img"]
     assert rec["throughput_img_per_s"] > 0 and rec["throughput_batch"] == 4
     assert rec["macs"] == rec["macs_min"] == rec["macs_max"] > 0
     assert rec["threads"] == 1 and rec["torch_version"] == torch.__version__
 
 
-def test_puppet_is_measured_on_the_fly_and_precomputed():
-    from puppet import create_model
-
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(12, 3, 32, 32, generator=g) * torch.linspace(0.05, 1, 12).view(12, 1, 1, 1) * 255).to(torch.uint8)
-    batches = Batches(x, torch.arange(12) % 10, 1, (0.5,) * 3, (0.25,) * 3)
-    model = create_model("puppet_cnn", max_channels=8)
-    model.prepare([batches.normalise(x)])
-    settings = MeasureSpec(
+def _settings(**kw) -> MeasureSpec:
+    values = dict(
         threads=1,
         warmup=1,
         latency_images=3,
@@ -96,18 +91,81 @@ def test_puppet_is_measured_on_the_fly_and_precomputed():
         throughput_iters=1,
         macs_images=3,
     )
-    rec = measure_model(model, batches, settings, torch.device("cpu"))
-    # the precomputed forward runs the same convs without generating: ptflops agrees with the model's count
-    assert rec["precomputed_macs"] == rec["macs_without_generation"] == rec["macs"] - rec["macs_generation"]
-    assert rec["macs_generation"] > 0 and rec["precomputed_macs_generation"] == 0
-    assert rec["precomputed_kernels_mb"] == model.precomputed_kernel_bytes() / 1e6 > 0
-    for prefix in ("", "precomputed_"):
-        low, mid, high = (rec[f"{prefix}latency{k}_s_per_img"] for k in ("_ci_low", "", "_ci_high"))
-        assert 0 < low <= mid <= high and isinstance(rec[f"{prefix}latency_noisy"], bool)
-        assert rec[f"{prefix}throughput_ci_low_img_per_s"] <= rec[f"{prefix}throughput_img_per_s"]
-    assert rec["precomputed_speedup_ci_low"] <= rec["precomputed_speedup"] <= rec["precomputed_speedup_ci_high"]
-    assert model.inference == "on_the_fly"  # left as it was found
-    from puppet.core.evaluate import evaluate
+    return MeasureSpec(**{**values, **kw})
 
+
+class Deployable(GeneratedConv):
+    """A model with two more deployments: its generated kernel stored once (the same logits,
+    fewer MACs), and one that cannot be built."""
+
+    def deployments(self, context):
+        return {"default": "kernel generated per call", "stored": "kernel stored", "broken": "cannot be built"}
+
+    def deploy(self, name, context):
+        if name == "broken":
+            raise ValueError("this deployment cannot be built")
+        source = self
+
+        class Stored(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.fc = copy.deepcopy(source.stem), copy.deepcopy(source.fc)
+                self.register_buffer("w", source.gen(source.code[None]).view(8, 8, 3, 3).detach().clone())
+
+            def forward(self, x):
+                return self.fc(F.conv2d(self.stem(x), self.w, padding=1).mean((2, 3)))
+
+            def deployment_metrics(self):
+                return {"kernel_mb": self.w.numel() * 4 / 1e6}
+
+        return Stored()
+
+
+def test_every_deployment_is_a_record_measured_by_the_same_code():
+    from puppet.core.protocols import DeployContext, Deploys
+
+    torch.manual_seed(0)
+    model = Deployable()
+    assert isinstance(model, Deploys)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    batches = Batches(x, torch.arange(6) % 10, 1, (0.5,) * 3, (0.25,) * 3)
+    records = measure_model(model, batches, _settings(), torch.device("cpu"), DeployContext())
+    by = {r["deployment"]: r for r in records}
+    assert [r["deployment"] for r in records] == ["default", "stored", "broken"]
+    default, stored, broken = by["default"], by["stored"], by["broken"]
+    assert default["deployment_label"] == "kernel generated per call" and default["status"] == "ok"
+    # the stored kernel skips the generating Linear: exactly its 4 x 576 MACs fewer, counted by ptflops
+    assert default["macs"] - stored["macs"] == 4 * 576
+    assert stored["stored_params"] == 3 * 8 * 9 + 80 and stored["kernel_mb"] == 576 * 4 / 1e6
+    assert "top1" not in default and 0 <= stored["top1"] <= 100  # default's accuracy is the train job's
+    for r in (default, stored):  # timed: default interleaved with the first other deployment
+        assert 0 < r["latency_ci_low_s_per_img"] <= r["latency_s_per_img"] <= r["latency_ci_high_s_per_img"]
+        assert r["throughput_img_per_s"] > 0 and r["throughput_batch"] == 6 and r["threads"] == 1
+    assert stored["speedup_vs_default_ci_low"] <= stored["speedup_vs_default"] <= stored["speedup_vs_default_ci_high"]
+    assert "speedup_vs_default" not in default
+    assert broken["status"] == "error" and broken["error"] == "ValueError: this deployment cannot be built"
+    assert "macs" not in broken and "latency_s_per_img" not in broken
+
+
+def test_puppet_is_measured_on_the_fly_and_precomputed():
+    from puppet import create_model
+    from puppet.core.evaluate import evaluate
+    from puppet.core.protocols import DeployContext
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 3, 32, 32, generator=g) * torch.linspace(0.05, 1, 12).view(12, 1, 1, 1) * 255).to(torch.uint8)
+    batches = Batches(x, torch.arange(12) % 10, 1, (0.5,) * 3, (0.25,) * 3)
+    model = create_model("puppet_cnn", max_channels=8)
+    model.prepare([batches.normalise(x)])
+    fly, pre = measure_model(model, batches, _settings(), torch.device("cpu"))
+    assert (fly["deployment"], pre["deployment"]) == ("default", "precomputed")
+    # the precomputed forward runs the same convs without generating: ptflops agrees with the model's count
+    assert pre["macs"] == fly["macs_without_generation"] == fly["macs"] - fly["macs_generation"]
+    assert fly["macs_generation"] > 0 and pre["macs_generation"] == 0
+    deployed = model.deploy("precomputed", DeployContext())
+    assert pre["kernels_mb"] == deployed.deployment_metrics()["kernels_mb"] > 0
+    assert pre["stored_params"] == fly["stored_params"]  # the kernels are generated from the stored params
+    assert pre["speedup_vs_default_ci_low"] <= pre["speedup_vs_default"] <= pre["speedup_vs_default_ci_high"]
     on_the_fly = evaluate(model, Batches(x, torch.arange(12) % 10, 4, (0.5,) * 3, (0.25,) * 3))
-    assert (rec["precomputed_top1"], rec["precomputed_top5"]) == (on_the_fly.top1, on_the_fly.top5)
+    assert (pre["top1"], pre["top5"]) == (on_the_fly.top1, on_the_fly.top5)

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 
 from puppet import create_model, list_models
 from puppet.core.measure import count_macs_flopcounter, stored_param_count, total_param_count
+from puppet.core.protocols import DEFAULT_DEPLOYMENT, DeployContext, Deploys, HasDeploymentMetrics
 from puppet.models.complexity import histogram_entropy, image_complexity
-from puppet.models.puppet import PuppetCNN, plan_convs
+from puppet.models.deploy import PrecomputedPuppet
+from puppet.models.plan import plan_convs
+from puppet.models.puppet import PuppetCNN
 from puppet.models.puppeteer import puppeteer_param_count, step_macs
 
 C = 16  # test width: max_channels (the puppeteer state is C x C x 3 x 3)
@@ -335,6 +338,10 @@ def test_table5_matches_paper():
 PUPPETS = [name for name in list_models() if name.startswith("puppet_")]
 
 
+def _precomputed(model: PuppetCNN) -> PrecomputedPuppet:
+    return model.deploy("precomputed", DeployContext())
+
+
 @pytest.mark.parametrize("name", PUPPETS)
 def test_precomputed_inference_equals_on_the_fly(name):
     x = _images(8, seed=5)
@@ -342,55 +349,83 @@ def test_precomputed_inference_equals_on_the_fly(name):
     with torch.no_grad():
         expected = model(x)
         depth = model.last_stats["depth"]
-        model.set_inference("precomputed")
-        batched = model(x)
-        assert (model.last_stats["generation_macs"] == 0).all()  # nothing generated per image
-        assert torch.equal(model.last_stats["depth"], depth)  # the same realised plan
-        single = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+        deployed = _precomputed(model)
+        assert not deployed.training
+        batched = deployed(x)
+        assert (deployed.last_stats["generation_macs"] == 0).all()  # nothing generated per image
+        assert torch.equal(deployed.last_stats["depth"], depth)  # the same realised plan
+        single = torch.cat([deployed(x[i : i + 1]) for i in range(len(x))])
     torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(single, expected, rtol=1e-4, atol=1e-5)
+    assert deployed.stored_param_count() == model.stored_param_count()  # kernels are generated, not stored
+    assert deployed.total_param_count() == model.total_param_count()
 
 
-def test_precomputed_kernels_follow_every_change():
-    """Any change to what kernels depend on regenerates them: an optimizer step, load_state_dict,
-    a new complexity range (prepare), a dtype or device move (.to)."""
+def test_deployments_are_named_and_unknown_names_refused():
+    model = _model()
+    assert isinstance(model, Deploys)
+    assert set(model.deployments(DeployContext())) == {DEFAULT_DEPLOYMENT, "precomputed"}
+    with pytest.raises(ValueError, match="precomputed"):  # the message lists the valid names
+        model.deploy("cached", DeployContext())
+
+
+def test_precomputed_deployment_is_a_snapshot():
+    """The deployment copies what it uses: an optimizer step, load_state_dict, a new complexity
+    range (prepare), new BN statistics or a dtype move on the model leave it as it was; deploying
+    again follows the model."""
     x = _images(6, seed=5)
-    model, reference = _model().eval(), _model().eval()  # reference: always on the fly
-    model.set_inference("precomputed")
+    model = _model().eval()
+    with torch.no_grad():
+        first = _precomputed(model)
+        before = first(x)
+    last = before
 
-    def check():
+    def check(changes_logits: bool = True):
+        nonlocal last
         with torch.no_grad():
-            torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+            assert torch.equal(first(x), before)  # the old deployment: unchanged
+            xm = x.to(model.template.dtype)
+            expected = model(xm)
+            assert changes_logits != torch.allclose(expected.float(), last, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(_precomputed(model)(xm), expected, rtol=1e-4, atol=1e-5)  # a new one follows
+            last = expected.float()
 
+    opt = torch.optim.SGD(model.puppeteer.parameters(), lr=0.5)  # an optimizer step changes G in place
+    model.puppeteer.pw.weight.grad = torch.randn(
+        model.puppeteer.pw.weight.shape, generator=torch.Generator().manual_seed(0)
+    )
+    opt.step()
     check()
-    for m in (model, reference):  # an optimizer step changes G in place
-        opt = torch.optim.SGD(m.puppeteer.parameters(), lr=0.5)
-        m.puppeteer.pw.bias.grad = torch.ones_like(m.puppeteer.pw.bias)
-        opt.step()
+    torch.manual_seed(1)
+    other = create_model("puppet_cnn", max_channels=C)  # load_state_dict copies in place
+    other.prepare([_images(8, seed=1)])
+    model.load_state_dict(other.state_dict())
     check()
-    state = _model().state_dict()  # load_state_dict copies in place
-    model.load_state_dict(state), reference.load_state_dict(state)
+    model.prepare([_images(8, seed=3) * 0.5])  # another complexity range: other levels
     check()
-    for m in (model, reference):
-        m.prepare([_images(8, seed=3) * 0.5])  # another complexity range: other levels
+    model.bns["s0_0"].running_var.mul_(4)  # the BN rows are copied too
     check()
-    model.double(), reference.double()
-    x = x.double()
-    check()
+    model.double()
+    check(changes_logits=False)
+    assert first.kernels[0].s0_0.dtype == torch.float32  # the deployment kept its own tensors
+    first.double()  # .to() on the deployment moves its own tensors
+    assert all(t.dtype == torch.float64 for t in first.buffers() if t.is_floating_point())
+    with torch.no_grad():
+        torch.testing.assert_close(first(x.double()), before.double(), rtol=1e-5, atol=1e-6)
 
 
 def test_fixed_cnn_is_the_realised_plan_with_stored_kernels():
-    model = _model().eval().set_inference("precomputed")
+    deployed = _precomputed(_model())
     x = _images(8, seed=5)
     with torch.no_grad():
-        levels = model.level_index(x)
+        levels = deployed.level_index(x)
         for i in (0, 3, 7):
-            fixed = model.fixed_cnn(int(levels[i]))
-            assert not any(isinstance(m, PuppetCNN) for m in fixed.modules())
+            fixed = deployed.fixed_cnn(int(levels[i]))
+            assert not any(isinstance(m, (PuppetCNN, PrecomputedPuppet)) for m in fixed.modules())
             convs = [m for m in fixed.modules() if isinstance(m, nn.Conv2d)]
-            depth_before = model(x[i : i + 1])
-            assert len(convs) == int(model.last_stats["depth"][0])  # one stored conv per generated conv
-            torch.testing.assert_close(fixed(x[i : i + 1]), depth_before, rtol=1e-4, atol=1e-5)
+            expected = deployed(x[i : i + 1])
+            assert len(convs) == int(deployed.last_stats["depth"][0])  # one stored conv per generated conv
+            assert torch.equal(fixed(x[i : i + 1]), expected)  # the same arithmetic, layer for layer
 
 
 def test_precomputed_kernel_memory_matches_the_plans():
@@ -400,18 +435,38 @@ def test_precomputed_kernel_memory_matches_the_plans():
         h = torch.tensor([level / (model.num_levels - 1)])
         depth = int(model.depth_per_stage(model.step_and_fill(h)[0]))
         expected += sum(c.c_out * c.c_in * c.kernel**2 for c in plan_convs(model.plan_for_depth(depth))) * 4
-    assert model.precomputed_kernel_bytes() == expected
+    deployed = _precomputed(model)
+    assert isinstance(deployed, HasDeploymentMetrics)
+    assert deployed.deployment_metrics() == {"kernels_mb": expected / 1e6}
 
 
 def test_precomputed_needs_quantised_complexity_and_training_generates():
-    model = _model(complexity_levels=0).set_inference("precomputed")
+    continuous = _model(complexity_levels=0)
+    assert set(continuous.deployments(DeployContext())) == {DEFAULT_DEPLOYMENT}
     with pytest.raises(ValueError, match="complexity_levels"):
-        model.eval()(_images(2))
-    with pytest.raises(ValueError, match="inference must be one of"):
-        model.set_inference("cached")
-    trained = _model().set_inference("precomputed").train()
-    trained(_images(4)).sum().backward()  # training ignores the precomputed kernels: G gets a gradient
+        continuous.deploy("precomputed", DeployContext())
+    trained = _model().train()
+    _precomputed(trained)
+    assert trained.training  # deploying leaves the model's mode alone
+    trained(_images(4)).sum().backward()  # training generates on the fly: G gets a gradient
     assert trained.puppeteer.pw.weight.grad is not None and trained.puppeteer.pw.weight.grad.abs().sum() > 0
+
+
+def test_one_interpreter_skips_pools_that_do_not_fit():
+    """run_plan skips a max-pool whose window exceeds the map (VGG's fourth pool on 12x12 inputs
+    meets a 1x1 map; max_pool2d would raise), in the training forward, the deployment and the
+    fixed CNN alike."""
+    model = create_model("puppet_vgg", max_channels=C, image_size=12)
+    model.prepare([_images(8, seed=1)[..., :12, :12]])
+    x = _images(4, seed=5)[..., :12, :12]
+    with torch.no_grad():
+        expected = model.eval()(x)
+        deployed = _precomputed(model)
+        torch.testing.assert_close(deployed(x), expected, rtol=1e-4, atol=1e-5)
+        level = int(deployed.level_index(x[:1]))
+        assert torch.equal(deployed.fixed_cnn(level)(x[:1]), deployed(x[:1]))
+    model.train()(x).sum().backward()
+    assert expected.shape == (4, 10)
 
 
 # --------------------------------------------------------------------------- learning

@@ -10,7 +10,7 @@ import torch
 
 from puppet import create_model, list_models
 from puppet.core.measure import count_macs, count_macs_flopcounter, stored_param_count
-from puppet.core.protocols import STATS, Calibrates, HasInferenceModes, Prepares, ReportsStats
+from puppet.core.protocols import DEFAULT_DEPLOYMENT, STATS, Calibrates, DeployContext, Deploys, Prepares, ReportsStats
 from puppet.core.registry import UnknownModelError, model_info
 from puppet.core.train import compute_loss
 
@@ -104,8 +104,15 @@ def test_every_trainable_parameter_gets_a_gradient(name):
 BATCH_DEPENDENT_STATS = ("generation_macs",)
 
 
-def _modes(model: torch.nn.Module) -> tuple:
-    return model.inference_modes if isinstance(model, HasInferenceModes) else (None,)
+def _deployed(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every deployment of a (prepared, calibrated) model: its own forward and, for a model that
+    names more ways to run it, each built as the measure job builds it."""
+    out = {DEFAULT_DEPLOYMENT: model}
+    if isinstance(model, Deploys):
+        for name in model.deployments(DeployContext()):
+            if name != DEFAULT_DEPLOYMENT:
+                out[name] = model.deploy(name, DeployContext())
+    return out
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -117,16 +124,14 @@ def test_batched_evaluation_equals_batch_one(name):
     spread = model_info(name).spread_paths
     if spread is not None:
         spread(model, x)
-    for mode in _modes(model):
-        if mode is not None:
-            model.set_inference(mode)
+    for mode, deployed in _deployed(model).items():
         with torch.no_grad():
-            batched = model(x)
-            stats = dict(model.last_stats) if isinstance(model, ReportsStats) else {}
+            batched = deployed(x)
+            stats = dict(deployed.last_stats) if isinstance(deployed, ReportsStats) else {}
             singles, single_stats = [], []
             for i in range(len(x)):
-                singles.append(model(x[i : i + 1]))
-                single_stats.append(dict(model.last_stats) if isinstance(model, ReportsStats) else {})
+                singles.append(deployed(x[i : i + 1]))
+                single_stats.append(dict(deployed.last_stats) if isinstance(deployed, ReportsStats) else {})
         torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-4, msg=f"{name} ({mode})")
         if spread is not None or name == "puppet_cnn":  # the batch must really take several paths
             assert stats["depth"].unique().numel() >= 2, f"{name} ({mode}): one depth for the whole batch"
@@ -147,12 +152,9 @@ def test_save_and_reload_after_prepare_and_calibrate_gives_identical_logits(name
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False)["model"])
     rebuilt.eval()
     x = varied_images(8, seed=4)
-    for mode in _modes(trained):
-        if mode is not None:
-            trained.set_inference(mode)
-            rebuilt.set_inference(mode)
+    for (mode, a), b in zip(_deployed(trained.eval()).items(), _deployed(rebuilt).values()):
         with torch.no_grad():
-            assert torch.equal(trained(x), rebuilt(x)), f"{name} ({mode}): reloaded model differs"
+            assert torch.equal(a(x), b(x)), f"{name} ({mode}): reloaded model differs"
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -15,7 +15,9 @@ from puppet.report.paper import TABLE2
 from puppet.report.tables import write_tables
 
 
-def _run(root, model, seed, top1, status="ok", measured=True):
+def _run(root, model, seed, top1, status="ok", measured=True, deployments=()):
+    """A run folder as the train and measure jobs leave it; ``deployments``: records of deployments
+    other than ``default`` (as ``puppet.core.measure.measure_model`` writes them)."""
     d = run_dir(root, "quick", "cifar10", model, seed, "h")
     d.mkdir(parents=True)
     train = {
@@ -39,17 +41,25 @@ def _run(root, model, seed, top1, status="ok", measured=True):
         train.update(top1=top1, top5=top1 + 20, train_time_s=3.0)
     (d / "train.json").write_text(json.dumps(train))
     if measured:
-        m = {
-            "status": "ok" if status == "ok" else "skipped",
+        default = {
+            "deployment": "default",
+            "deployment_label": "",
+            "status": "ok",
             "error": "",
             "stored_params": 1000 * (seed + 1) * len(model),
             "param_size_mb": 0.004 * len(model),
             "macs": 1e6 * len(model),
             "latency_s_per_img": 0.001 * len(model),
+        }
+        m = {
+            "status": "ok" if status == "ok" else "skipped",
+            "error": "",
             "device": "cpu (x86_64)",
             "threads": 2,
             "torch_version": "2.x",
         }
+        if status == "ok":
+            m["deployments"] = [default, *deployments]
         (d / "measure.json").write_text(json.dumps(m))
     return d / "train.json"
 
@@ -70,7 +80,8 @@ def metrics(tmp_path):
 def test_metrics_csv_is_tidy_with_provenance(metrics):
     df = pd.read_csv(metrics)
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
-    assert len(df) == 4 and df.groupby(["profile", "dataset", "model", "seed"]).size().max() == 1
+    assert len(df) == 4 and df.groupby(["profile", "dataset", "model", "seed", "deployment"]).size().max() == 1
+    assert set(df["deployment"]) == {"default"}
     assert set(df["status"]) == {"ok", "error"}
     assert df.loc[df.model == "mobilenet_v1", "error"].item().startswith("measure:")
 
@@ -240,32 +251,81 @@ def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
     assert err.startswith("error: cannot merge") and "\n" not in err
 
 
-def test_puppet_rows_appear_on_the_fly_and_precomputed(tmp_path):
-    d = _run(tmp_path, "puppet_cnn", 0, 30.0).parent
+def test_a_model_measured_in_two_deployments_has_a_row_for_each(tmp_path):
+    """Tables select rows by the deployment key: a run measured as ``default`` and one more
+    deployment appears twice in every table that names the model, each labelled by its
+    deployment's description and beside the same paper numbers; the default row keeps the train
+    job's accuracy and statistics, the other carries its own."""
+    other = {
+        "deployment": "precomputed",
+        "deployment_label": "kernels precomputed per level",
+        "status": "ok",
+        "error": "",
+        "stored_params": 10,
+        "param_size_mb": 0.04,
+        "latency_s_per_img": 0.0001,
+        "macs": 2e6,
+        "macs_without_generation": 2e6,
+        "kernels_mb": 3.5,
+        "top1": 29.0,
+        "top5": 80.0,
+        "speedup_vs_default": 100.0,
+    }
+    d = _run(tmp_path, "puppet_cnn", 0, 30.0, deployments=[other]).parent
     m = json.loads((d / "measure.json").read_text())
-    m.update(
-        precomputed_latency_s_per_img=0.0001,
-        precomputed_macs=2e6,
-        precomputed_macs_without_generation=2e6,
-        precomputed_kernels_mb=3.5,
-        precomputed_top1=29.0,
-        precomputed_top5=80.0,
-        macs_without_generation=2e6,
-    )
+    m["deployments"][0].update(deployment_label="kernels generated on the fly", macs_without_generation=2e6)
     (d / "measure.json").write_text(json.dumps(m))
-    collate([d / "train.json"], tmp_path / "metrics.csv")
+    df = collate([d / "train.json"], tmp_path / "metrics.csv").set_index("deployment")
+    assert list(df.index) == ["default", "precomputed"]
+    assert df.loc["default", "mean_depth"] == 7.0 and math.isnan(df.loc["precomputed", "mean_depth"])
+    assert (df.loc["default", "top1"], df.loc["precomputed", "top1"]) == (30.0, 29.0)
+    assert df["config_hash"].tolist() == ["h", "h"] and df["device"].tolist() == ["cpu (x86_64)"] * 2
     write_tables(tmp_path / "metrics.csv", tmp_path / "out")
-    for name in ("table1", "table2", "table3", "table4"):
+    for name in ("table1", "table2", "table4"):  # the tables with a CIFAR-10 Puppet-CNN row
         table = pd.read_csv(tmp_path / "out" / f"{name}.csv")
-        puppet = table[table.model.str.startswith("puppet_")]
-        assert len(puppet) % 2 == 0 and set(puppet["variant"]) == {"on_the_fly", "precomputed"}
-        assert puppet["label"].str.endswith(("(on the fly)", "(kernels precomputed)")).all()
-    t4 = pd.read_csv(tmp_path / "out" / "table4.csv").set_index(["model", "variant"])
-    fly, pre = t4.loc[("puppet_cnn", "on_the_fly")], t4.loc[("puppet_cnn", "precomputed")]
+        ours = table[(table.model == "puppet_cnn") & (table.dataset == "cifar10")]
+        assert ours["deployment"].tolist() == ["default", "precomputed"]
+        assert ours["label"].str.endswith(("(kernels generated on the fly)", "(kernels precomputed per level)")).all()
+    t4 = pd.read_csv(tmp_path / "out" / "table4.csv").set_index(["model", "deployment"])
+    fly, pre = t4.loc[("puppet_cnn", "default")], t4.loc[("puppet_cnn", "precomputed")]
     assert fly["latency_s_per_img"] == 0.001 * len("puppet_cnn") and pre["latency_s_per_img"] == 0.0001
     assert fly["macs_g"] == 1e6 * len("puppet_cnn") / 1e9 and pre["macs_g"] == 2e6 / 1e9
+    t1 = pd.read_csv(tmp_path / "out" / "table1.csv").set_index(["model", "deployment"])
+    fly, pre = t1.loc[("puppet_cnn", "default")], t1.loc[("puppet_cnn", "precomputed")]
     assert (fly["top1"], pre["top1"]) == (30.0, 29.0) and math.isnan(fly["kernels_mb"]) and pre["kernels_mb"] == 3.5
     assert fly["paper_latency_s_per_img"] == pre["paper_latency_s_per_img"] == 0.0039  # the paper's beside both
+    # the PDE and SkipNet tables, the provenance and Fig. 3 read one row per run: the default's
+    write_figures(tmp_path / "metrics.csv", tmp_path / "figures")
+
+
+def test_a_failed_deployment_is_a_row_of_its_own(tmp_path):
+    broken = {"deployment": "precomputed", "deployment_label": "x", "status": "error", "error": "ValueError: no"}
+    d = _run(tmp_path, "puppet_cnn", 0, 30.0, deployments=[broken])
+    df = collate([d], tmp_path / "metrics.csv").set_index("deployment")
+    assert df.loc["default", "status"] == "ok"
+    assert df.loc["precomputed", "status"] == "error" and df.loc["precomputed", "error"].endswith("ValueError: no")
+    assert math.isnan(df.loc["precomputed", "top1"])  # never the default's accuracy
+
+
+def test_a_measure_json_written_before_deployments_is_measured_again(tmp_path):
+    from puppet.core.runs import inspect_run
+
+    d = _run(tmp_path, "alexnet", 0, 50.0).parent
+    m = json.loads((d / "measure.json").read_text())
+    old = {**{k: v for k, v in m.items() if k != "deployments"}, **m["deployments"][0]}
+    (d / "measure.json").write_text(json.dumps(old))
+    state = inspect_run(d)
+    assert state.measure == "corrupt" and "deployments" in state.damaged[0][1]
+    row = collate([d / "train.json"], tmp_path / "metrics.csv").iloc[0]
+    assert row["status"] == "error" and "predates deployments" in row["error"]
+
+
+def test_tables_refuse_a_metrics_csv_without_deployments(metrics, tmp_path):
+    from puppet.report.collate import MetricsFormatError
+
+    pd.read_csv(metrics).drop(columns="deployment").to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(MetricsFormatError, match="collate the runs again"):
+        write_tables(tmp_path / "old.csv", tmp_path / "out")
 
 
 def _pde_metrics(train_size=4000, epochs=8):
@@ -358,11 +418,13 @@ def test_no_difference_across_widths_and_below_chance_is_flagged(metrics, tmp_pa
 
 def test_every_model_keeps_one_style_and_figures_say_what_they_show():
     from puppet.core.registry import list_models
-    from puppet.report.figures import PRECOMPUTED, describe_runs, model_style
+    from puppet.report.figures import _label, describe_runs, model_style
 
     styles = {m: model_style(m) for m in list_models()}
     assert len(set(styles.values())) == len(styles)  # no two models look alike
-    assert model_style("puppet_cnn" + PRECOMPUTED) == styles["puppet_cnn"]  # same model, hollow marker
+    # another deployment of a model: the same colour and marker (drawn hollow), named in the legend
+    assert _label(pd.Series({"model": "puppet_cnn", "deployment": "precomputed"})) == "puppet_cnn [precomputed]"
+    assert _label(pd.Series({"model": "puppet_cnn", "deployment": "default"})) == "puppet_cnn"
     metrics = pd.DataFrame(
         {
             "status": "ok",

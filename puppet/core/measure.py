@@ -14,10 +14,15 @@
   synchronised around each; ``rounds`` rounds over ``latency_images`` images, the median over
   rounds with its 95 % interval and a noise flag (``puppet.core.timing``); p90 over every call.
 * throughput: img/s at a large batch of real test images, median over rounds with its interval.
-* Puppet-CNN (models with ``set_inference``) is measured twice: kernels generated on the fly
-  and kernels precomputed per complexity level, timed interleaved (``precomputed_speedup`` is
-  their ratio, with its interval); the precomputed MACs, accuracy and kernel memory are
-  recorded in ``precomputed_*`` columns.
+* deployments (``puppet.core.protocols.Deploys``): every trained model is measured as
+  ``default`` (its own forward); a model that names more ways to run it (Puppet-CNN's
+  precomputed kernels) has each built from the loaded model and measured by the same code,
+  one record per deployment. A deployment other than ``default`` also gets its test accuracy
+  (``default``'s is the train job's), and is timed interleaved with ``default``
+  (``speedup_vs_default``: default time / its time, with its interval); ``default``'s own
+  speed comes from its comparison with the first other deployment, or from timing it alone
+  when it has none. What a deployed module reports of itself (``deployment_metrics()``, e.g.
+  the precomputed kernels' memory) becomes plain columns of its record.
 """
 
 from __future__ import annotations
@@ -39,7 +44,15 @@ from puppet.core import timing
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
 from puppet.core.io import atomic_write_json, one_line
-from puppet.core.protocols import CountsStoredParams, CountsTotalParams, HasInferenceModes, ReportsStats
+from puppet.core.protocols import (
+    DEFAULT_DEPLOYMENT,
+    CountsStoredParams,
+    CountsTotalParams,
+    DeployContext,
+    Deploys,
+    HasDeploymentMetrics,
+    ReportsStats,
+)
 from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
 from puppet.core.specs import MeasureSpec, RunSpec
 from puppet.core.train import build_model, load_splits, pick_device
@@ -115,43 +128,35 @@ def _stat_mean(model: nn.Module, name: str, default: float | None = 0.0) -> floa
     return float(value.float().mean()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def has_precomputed_mode(model: nn.Module) -> bool:
-    """Models that can run with precomputed kernels (Puppet-CNN): measured both ways."""
-    return isinstance(model, HasInferenceModes) and "precomputed" in model.inference_modes
-
-
-def _latency_record(prefix: str, est: timing.Estimate, calls: list[list[float]], threshold: float) -> dict[str, Any]:
+def _latency_record(est: timing.Estimate, calls: list[list[float]], threshold: float) -> dict[str, Any]:
     flat = [t for r in calls for t in r]
     return {
-        **est.record(f"{prefix}latency", "s_per_img", threshold),
-        f"{prefix}latency_p90_s_per_img": timing.p90(calls),
-        f"{prefix}latency_mean_s_per_img": statistics.fmean(flat),
+        **est.record("latency", "s_per_img", threshold),
+        "latency_p90_s_per_img": timing.p90(calls),
+        "latency_mean_s_per_img": statistics.fmean(flat),
     }
 
 
-def _throughput(
-    model: nn.Module, x_all: torch.Tensor, settings: MeasureSpec, device: torch.device, modes: tuple[str, ...]
-):
-    """(images/s estimate per mode, ratio of the first mode's time to the second's or None, batch used)."""
+def _throughput(default: nn.Module, other: nn.Module | None, x_all: torch.Tensor, settings: MeasureSpec, device):
+    """(images/s of ``default``, images/s of ``other`` or None, batch used): at the largest batch
+    up to ``throughput_batch`` that fits, the two timed interleaved when there are two."""
     n, batch, rounds = len(x_all), settings.throughput_batch, settings.rounds
     while batch >= 1:
         try:
             xb = x_all[torch.arange(batch, device=x_all.device) % n]
             calls = [0] * settings.throughput_iters  # one round: throughput_iters batched forwards
-
-            def run(mode):
-                def fn(_):
-                    if mode:
-                        model.set_inference(mode)
-                    model(xb)  # noqa: B023 (called in this iteration)
-
-                return fn
-
-            if len(modes) == 2:
-                c = timing.compare(run(modes[0]), run(modes[1]), calls, rounds=rounds, warmup=2, device=device)
-                return [c.a.scaled_inverse(batch), c.b.scaled_inverse(batch)], c.ratio, batch
-            est = timing.timed(run(modes[0]), calls, rounds=rounds, warmup=2, device=device)
-            return [est.scaled_inverse(batch)], None, batch
+            if other is None:
+                est = timing.timed(lambda _: default(xb), calls, rounds=rounds, warmup=2, device=device)  # noqa: B023
+                return est.scaled_inverse(batch), None, batch
+            c = timing.compare(
+                lambda _: default(xb),  # noqa: B023 (called in this iteration)
+                lambda _: other(xb),  # noqa: B023
+                calls,
+                rounds=rounds,
+                warmup=2,
+                device=device,
+            )
+            return c.a.scaled_inverse(batch), c.b.scaled_inverse(batch), batch
         except torch.cuda.OutOfMemoryError:  # timm-style back-off: halve the batch and retry
             torch.cuda.empty_cache()
             batch //= 2
@@ -159,39 +164,36 @@ def _throughput(
 
 
 @torch.inference_mode()
-def measure_speed(model: nn.Module, batches: Batches, settings: MeasureSpec, device: torch.device) -> dict[str, Any]:
+def measure_speed(
+    default: nn.Module, batches: Batches, settings: MeasureSpec, device: torch.device, other: nn.Module | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Batch-1 latency over real test images and batched throughput, each a median over
-    ``rounds`` rounds with its interval (``puppet.core.timing``). A model with a precomputed mode
-    (Puppet-CNN) is timed on the fly and precomputed, interleaved, with the ratio between them."""
-    model.eval()
+    ``rounds`` rounds with its interval (``puppet.core.timing``): ``default`` alone, or
+    ``default`` and ``other`` interleaved, ``other``'s record then carrying
+    ``speedup_vs_default`` (default's latency / its own, the median of per-round ratios)."""
+    default.eval()
     x_all = batches.normalise(batches.x)
     n = len(x_all)
     images = [x_all[i % n : i % n + 1] for i in range(settings.latency_images)]
     idx = list(range(len(images)))
     rounds, threshold, warmup = settings.rounds, settings.noise_threshold, settings.warmup
-    record: dict[str, Any] = {"latency_rounds": rounds}
-    if has_precomputed_mode(model):
-
-        def run(mode):
-            return lambda i: (model.set_inference(mode), model(images[i]))
-
-        model.set_inference("precomputed")
-        model(images[0])  # generate the kernels outside the timing (a deployment does it once)
-        c = timing.compare(run("on_the_fly"), run("precomputed"), idx, rounds=rounds, warmup=warmup, device=device)
-        record.update(_latency_record("", c.a, c.calls_a, threshold))
-        record.update(_latency_record("precomputed_", c.b, c.calls_b, threshold))
-        record.update(c.ratio.record("precomputed_speedup", threshold=threshold))  # on the fly / precomputed
-        (thr, thr_pre), thr_ratio, used = _throughput(model, x_all, settings, device, ("on_the_fly", "precomputed"))
-        record.update(thr.record("throughput", "img_per_s", threshold))
-        record.update(thr_pre.record("precomputed_throughput", "img_per_s", threshold))
-        model.set_inference("on_the_fly")
+    if other is None:
+        calls = timing.time_calls(lambda i: default(images[i]), idx, rounds=rounds, warmup=warmup, device=device)
+        mine, theirs = _latency_record(timing.per_round(calls), calls, threshold), None
     else:
-        calls = timing.time_calls(lambda i: model(images[i]), idx, rounds=rounds, warmup=warmup, device=device)
-        record.update(_latency_record("", timing.per_round(calls), calls, threshold))
-        (thr,), _, used = _throughput(model, x_all, settings, device, (None,))
-        record.update(thr.record("throughput", "img_per_s", threshold))
-    record["throughput_batch"] = used
-    return record
+        other.eval()
+        c = timing.compare(
+            lambda i: default(images[i]), lambda i: other(images[i]), idx, rounds=rounds, warmup=warmup, device=device
+        )
+        mine = _latency_record(c.a, c.calls_a, threshold)
+        theirs = _latency_record(c.b, c.calls_b, threshold)
+        theirs.update(c.ratio.record("speedup_vs_default", threshold=threshold))
+    thr, thr_other, used = _throughput(default, other, x_all, settings, device)
+    for record, est in ((mine, thr), (theirs, thr_other)):
+        if record is not None:
+            record.update(est.record("throughput", "img_per_s", threshold))
+            record.update(throughput_batch=used, latency_rounds=rounds)
+    return mine, theirs
 
 
 @torch.no_grad()  # not inference_mode: ptflops' aten dispatch counts nothing under it
@@ -235,9 +237,8 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     }
 
 
-def measure_model(model: nn.Module, test: Batches, settings: MeasureSpec, device: torch.device) -> dict[str, Any]:
-    """Everything the tables need about a trained model, except accuracy."""
-    torch.set_num_threads(settings.threads)
+def measure_costs(model: nn.Module, test: Batches, settings: MeasureSpec) -> dict[str, Any]:
+    """Size and MACs of one deployed model (its own counts where it defines them)."""
     stored = stored_param_count(model)
     record: dict[str, Any] = {
         "stored_params": stored,
@@ -246,27 +247,69 @@ def measure_model(model: nn.Module, test: Batches, settings: MeasureSpec, device
         "param_size_mb": param_size_mb(stored),
     }
     record.update(measure_macs(model, test, settings.macs_images))
-    if has_precomputed_mode(model):
-        model.set_inference("precomputed")
-        try:
-            record.update(
-                {
-                    f"precomputed_{k}": v
-                    for k, v in measure_macs(model, test, settings.macs_images).items()
-                    if k in ("macs", "macs_generation", "macs_without_generation")
-                }
-            )
-            record["precomputed_kernels_mb"] = model.precomputed_kernel_bytes() / 1e6
-            # accuracy with precomputed kernels, on the same test images as the run's top1
-            batched = copy.copy(test)
-            batched.batch_size = 128
-            result = evaluate(model, batched)
-            record.update(precomputed_top1=result.top1, precomputed_top5=result.top5)
-        finally:
-            model.set_inference("on_the_fly")
-    record.update(measure_speed(model, test, settings, device))
-    record.update(environment(device, torch.get_num_threads()))
+    if isinstance(model, HasDeploymentMetrics):
+        record.update({k: float(v) for k, v in model.deployment_metrics().items()})
     return record
+
+
+def deployment_names(model: nn.Module, context: DeployContext) -> dict[str, str]:
+    """Every deployment of ``model``, ``default`` first: name -> description ('' when none)."""
+    names = {DEFAULT_DEPLOYMENT: ""}
+    if isinstance(model, Deploys):
+        names.update(model.deployments(context))
+    return names
+
+
+def measure_model(
+    model: nn.Module,
+    test: Batches,
+    settings: MeasureSpec,
+    device: torch.device,
+    context: DeployContext | None = None,
+) -> list[dict[str, Any]]:
+    """One record per deployment of the trained ``model``, ``default`` first, everything the
+    tables need except ``default``'s accuracy (the train job's). A deployment that cannot be
+    built or measured is a ``status=error`` record of its own; the others stand."""
+    torch.set_num_threads(settings.threads)
+    context = context or DeployContext()
+    model.eval()
+    names = deployment_names(model, context)
+    records: list[dict[str, Any]] = []
+    deployed: dict[str, nn.Module] = {}
+    for name, label in names.items():
+        record: dict[str, Any] = {"deployment": name, "deployment_label": label}
+        try:
+            module = model if name == DEFAULT_DEPLOYMENT else model.deploy(name, context).eval()
+            record.update(measure_costs(module, test, settings))
+            if name != DEFAULT_DEPLOYMENT:  # on the run's test images, as the train job's top1
+                batched = copy.copy(test)
+                batched.batch_size = 128
+                result = evaluate(module, batched)
+                record.update(top1=result.top1, top5=result.top5)
+            deployed[name] = module
+            record.update(status="ok", error="")
+        except Exception as exc:  # this deployment's row says why; the others stand
+            record.update(status="error", error=one_line(exc))
+        records.append(record)
+    env = environment(device, torch.get_num_threads())
+    by_name = {r["deployment"]: r for r in records}
+    others = [n for n in deployed if n != DEFAULT_DEPLOYMENT]
+    if DEFAULT_DEPLOYMENT in deployed:
+        default = deployed[DEFAULT_DEPLOYMENT]
+        for i, name in enumerate(others or [None]):
+            try:
+                mine, theirs = measure_speed(default, test, settings, device, deployed.get(name))
+            except Exception as exc:
+                failed = by_name[name or DEFAULT_DEPLOYMENT]
+                failed.update(status="error", error=f"timing: {one_line(exc)}")
+                continue
+            if i == 0:  # default's speed: from its first comparison (or timed alone)
+                by_name[DEFAULT_DEPLOYMENT].update(mine)
+            if name is not None:
+                by_name[name].update(theirs)
+    for record in records:
+        record.update(env)
+    return records
 
 
 def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
@@ -292,8 +335,17 @@ def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                     f"delete it and rerun: the run is redone from its checkpoint"
                 ) from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
-            record.update(status="ok", error="", **measure_model(model, test, spec.measure, device))
+            train = Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
+            context = DeployContext(train_images=lambda: (x for x, _ in train))
+            deployments = measure_model(model, test, spec.measure, device, context)
+            failed = [r for r in deployments if r["status"] != "ok"]
+            for r in failed:
+                print(f"measure failed: {spec.label} ({r['deployment']}): {r['error']}", flush=True)
+            error = "; ".join(f"{r['deployment']}: {r['error']}" for r in failed)
+            record.update(status="error" if failed else "ok", error=error, deployments=deployments)
             record["measure_slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
+            if failed:
+                record_failure(run_dir, "measure", error)
         except Exception as exc:  # recorded in the row, never a silent None
             record.update(status="error", error=one_line(exc))
             print(f"measure failed: {record['error']}", file=sys.stderr)

@@ -22,7 +22,8 @@ one measure job, ``puppet.core.train`` and ``puppet.core.measure``)::
     load model.pt                                 measure job: no prepare, no calibrate again
     stored_param_count()           CountsStoredParams    the "stored params" column
     total_param_count()            CountsTotalParams     torchinfo's "Total params"
-    set_inference(mode)            HasInferenceModes     each mode measured, interleaved
+    deployments(), deploy(name)    Deploys               each deployment measured, interleaved with default
+    deployment_metrics()           HasDeploymentMetrics  (on a deployed module) its extra columns
 
 Because the measure job rebuilds the model and only loads ``model.pt``, anything
 ``prepare`` or ``calibrate`` decides must live in registered buffers or parameters;
@@ -31,9 +32,11 @@ the registry-wide tests save and reload every model after both and compare logit
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import torch
+import torch.nn as nn
 
 # The per-sample statistics a model may leave in ``last_stats``: name -> meaning. Each is a
 # tensor whose first dimension is the batch (B,) or (B, k), or, for ``generation_macs`` only,
@@ -157,16 +160,54 @@ class CountsTotalParams(Protocol):
     def total_param_count(self) -> int: ...
 
 
-@runtime_checkable
-class HasInferenceModes(Protocol):
-    """A model that can run inference in more than one way with the same weights.
+@dataclass(frozen=True)
+class DeployContext:
+    """What building a deployment may need besides the trained model.
 
-    ``inference_modes`` names them, the first being the default (the training-time path).
-    The measure job times every mode, interleaved, and records each mode's accuracy, MACs
-    and latency; ``set_inference(mode)`` returns the model. Example: Puppet-CNN's kernels
-    generated on the fly vs precomputed per complexity level.
+    ``options``: the config's deployment options for this model (e.g. a reduction's levels), empty
+    when it names none. ``train_images``: called with no argument, an iterable of normalised
+    training image batches (no labels) on the model's device, for a deployment fitted on training
+    data (e.g. snapshots for POD); a deployment that needs none never calls it.
     """
 
-    inference_modes: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    train_images: Callable[[], Iterable[torch.Tensor]] = lambda: ()
 
-    def set_inference(self, mode: str) -> Any: ...
+
+DEFAULT_DEPLOYMENT = "default"  # every model's own forward, the training-time path
+
+
+@runtime_checkable
+class Deploys(Protocol):
+    """A trained model that can be run at inference in more ways than its own ``forward``.
+
+    A *deployment* is a way to run the trained model, built from it after ``model.pt`` is
+    loaded. Every model has ``"default"`` (its own forward, eval mode); a model of this kind
+    names more. The measure job builds each deployment with ``deploy(name, context)`` and
+    measures it by the one measure path (accuracy on the test split, stored params, MACs,
+    latency and throughput timed interleaved against ``"default"``), one row per deployment in
+    ``metrics.csv`` keyed by ``deployment``.
+
+    ``deployments(context)`` maps each name to a one-line description a table can show; it may
+    describe ``"default"`` too (e.g. "kernels generated on the fly"), never build it.
+    ``deploy(name, context)`` returns a module in eval mode whose ``forward(x)`` gives logits,
+    and that is a snapshot: changing the model afterwards leaves it as it was (deploy again).
+    It may implement ``ReportsStats``, ``CountsStoredParams``, ``CountsTotalParams`` and
+    ``HasDeploymentMetrics`` like any model. Example: Puppet-CNN's ``"precomputed"``.
+    """
+
+    def deployments(self, context: DeployContext) -> dict[str, str]: ...
+
+    def deploy(self, name: str, context: DeployContext) -> nn.Module: ...
+
+
+@runtime_checkable
+class HasDeploymentMetrics(Protocol):
+    """A deployed module with costs of its own beyond the common columns.
+
+    ``deployment_metrics()`` returns plain named numbers, units in the names, recorded as columns
+    of its row (e.g. Puppet-CNN's precomputed ``kernels_mb``: the generated kernels' memory).
+    Called by the measure job once per deployment.
+    """
+
+    def deployment_metrics(self) -> dict[str, float]: ...

@@ -16,7 +16,9 @@ The workflow reads every planned run's state when it starts (``inspect_run``, re
   that is not a complete archive while the run still needs measuring) counts as one more
   attempt, so a dry run already shows the rerun; when the jobs start (``onstart``, inside
   Snakemake's lock, never in a dry run) the file is kept beside the original as
-  ``NAME.corrupt-<mtime_ns>`` with a warning, and that kept copy carries the count from then on;
+  ``NAME.corrupt-<mtime_ns>`` with a warning, and that kept copy carries the count from then on.
+  A ``measure.json`` written before deployments were rows of their own (no ``deployments``
+  list) is handled the same way: the run is measured again, its training kept;
 * a run whose ``train.json`` or ``measure.json`` was deleted while ``results/metrics.csv`` still
   holds its row is not remade by Snakemake (it does not rebuild missing intermediate files of an
   up-to-date target): the workflow warns and names the ``--forcerun`` command;
@@ -125,6 +127,9 @@ def inspect_run(path: str | Path) -> RunState:
         state.train = "paused"
     if measure_json.exists():
         measure, why = read_record(measure_json)
+        if measure is not None and measure["status"] == "ok" and not isinstance(measure.get("deployments"), list):
+            # written before deployments were rows of their own: measured again, the training kept
+            measure, why = None, "written before measure.json had a 'deployments' list; the run is measured again"
         if measure is None:
             state.measure = "corrupt"
             state.damaged.append((measure_json, why))

@@ -1,7 +1,12 @@
 """Collect per-run JSON records into one tidy table: ``results/metrics.csv``.
 
-One row per (profile, dataset, model, seed), with provenance columns. A failed
-run is a row with ``status=error`` and its message, never a missing line.
+One row per (profile, dataset, model, seed, deployment), with provenance columns: every run
+has its ``default`` row (the model's own forward, the accuracy of the train job's test
+evaluation and its per-sample statistics), and one more row per other way the run was deployed
+and measured (``puppet.core.protocols.Deploys``), with that deployment's own accuracy and
+costs. The run's provenance (recipe, data, training time, versions) is repeated on each of its
+rows. A failed run is a ``default`` row with ``status=error`` and its message, a failed
+deployment a row of its own, never a missing line.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from puppet.core.io import atomic_write_csv
+from puppet.core.protocols import DEFAULT_DEPLOYMENT
 from puppet.core.runs import read_record
 
-KEY = ["profile", "dataset", "model", "seed"]
+KEY = ["profile", "dataset", "model", "seed", "deployment"]
+RUN_KEY = KEY[:-1]
 
 COLUMNS = KEY + [
+    "deployment_label",
     "status",
     "error",
     "top1",
@@ -39,16 +47,9 @@ COLUMNS = KEY + [
     "throughput_ci_high_img_per_s",
     "throughput_noisy",
     "throughput_batch",
-    "precomputed_top1",
-    "precomputed_top5",
-    "precomputed_kernels_mb",
-    "precomputed_macs",
-    "precomputed_latency_s_per_img",
-    "precomputed_latency_ci_low_s_per_img",
-    "precomputed_latency_ci_high_s_per_img",
-    "precomputed_speedup",
-    "precomputed_speedup_ci_low",
-    "precomputed_speedup_ci_high",
+    "speedup_vs_default",
+    "speedup_vs_default_ci_low",
+    "speedup_vs_default_ci_high",
     "train_time_s",
     "epochs",
     "max_channels",
@@ -97,31 +98,74 @@ def _spec_width(model_pt: Path) -> float | None:
         return None
 
 
-def run_row(train_json: Path) -> dict:
-    """One metrics row from a run folder's ``train.json`` and ``measure.json``."""
+# What the train job measured on the test split with the model's own forward: the default
+# deployment's, never another deployment's (each of those measures its own accuracy).
+TEST_COLUMNS = ("top1", "top5", "test_loss")
+
+
+def run_rows(train_json: Path) -> list[dict]:
+    """The metrics rows of one run folder: from its ``train.json`` and ``measure.json``, one per
+    deployment measured (``default`` first), or one ``default`` row saying why there is none."""
     train = _record(Path(train_json))
     measure_path = Path(train_json).with_name("measure.json")
     measure = _record(measure_path) if measure_path.exists() else {"status": "missing", "error": "not measured"}
-    row = {k: v for k, v in train.items() if not isinstance(v, (dict, list))}
-    if "max_channels" not in row and train.get("status") == "ok":  # a run recorded before the column existed
-        row["max_channels"] = _spec_width(Path(train_json).with_name("model.pt"))
-    for k, v in (train.get("stats") or {}).items():  # adaptive models: mean_depth, mean_exit, ...
-        row[k] = v
-    row.update({k: v for k, v in measure.items() if k not in ("status", "error") and not isinstance(v, (dict, list))})
+    run = {k: v for k, v in train.items() if not isinstance(v, (dict, list))}
+    if "max_channels" not in run and train.get("status") == "ok":  # a run recorded before the column existed
+        run["max_channels"] = _spec_width(Path(train_json).with_name("model.pt"))
+    run.update({k: v for k, v in measure.items() if k not in ("status", "error") and not isinstance(v, (dict, list))})
+    stats = train.get("stats") or {}  # adaptive models: mean_depth, mean_exit, ... (of the default forward)
+    deployments = measure.get("deployments")
     if train.get("status") != "ok":
-        row["status"], row["error"] = "error", train.get("error", "")
-    elif measure.get("status") != "ok":
-        row["status"], row["error"] = "error", f"measure: {measure.get('error', '')}"
+        status, error = "error", train.get("error", "")
+    elif measure.get("status") == "ok" and not isinstance(deployments, list):
+        status, error = "error", f"{measure_path} predates deployments; rerun the workflow to measure the run again"
+    elif not isinstance(deployments, list):
+        status, error = "error", f"measure: {measure.get('error', '')}"
     else:
-        row["status"], row["error"] = "ok", ""
-    return row
+        rows = []
+        for deployment in deployments:
+            row = (
+                dict(run)
+                if deployment["deployment"] == DEFAULT_DEPLOYMENT
+                else {k: v for k, v in run.items() if k not in TEST_COLUMNS}
+            )
+            if deployment["deployment"] == DEFAULT_DEPLOYMENT:
+                row.update(stats)
+            row.update(deployment)
+            if deployment.get("status") != "ok":
+                row["error"] = f"measure ({deployment['deployment']}): {deployment.get('error', '')}"
+            rows.append(row)
+        return rows
+    return [{**run, **stats, "deployment": DEFAULT_DEPLOYMENT, "status": status, "error": error}]
 
 
 def collate(train_jsons: list[Path], out: Path) -> pd.DataFrame:
-    rows = [run_row(p) for p in train_jsons]
+    rows = [row for p in train_jsons for row in run_rows(p)]
     df = pd.DataFrame(rows)
     extra = sorted(c for c in df.columns if c not in COLUMNS)  # e.g. mean_depth, latency_mean_s_per_img
     df = df.reindex(columns=COLUMNS + extra)
     df = df.sort_values(KEY, kind="stable").reset_index(drop=True)
     atomic_write_csv(df, out)
     return df
+
+
+class MetricsFormatError(ValueError):
+    """A metrics.csv this code cannot tabulate; one line naming the fix."""
+
+
+def load_metrics(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype={"config_hash": str})
+    if "deployment" not in df.columns:
+        raise MetricsFormatError(
+            f"{path} has no 'deployment' column (written before deployments were rows of their own); "
+            f"collate the runs again (snakemake --cores all tables, or python -m puppet collate --out {path})"
+        )
+    for col in ("macs", "macs_without_generation"):  # the tables' unit
+        if col in df:
+            df[f"{col}_g"] = df[col] / 1e9
+    return df
+
+
+def default_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each run's row of its own forward (the ``default`` deployment): one row per run."""
+    return metrics[metrics["deployment"] == DEFAULT_DEPLOYMENT]

@@ -1,8 +1,9 @@
 """Figures from ``results/metrics.csv``: accuracy against cost, and Puppet-CNN's depth figures.
 
 * For each dataset: top-1 against stored parameters, against MACs and against
-  batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn; on the
-  latency axis Puppet models appear twice, the hollow marker with precomputed kernels.
+  batch-1 latency (log x), error bars over seeds, the Pareto frontier drawn; a model
+  measured in more than one deployment (``metrics.csv``'s ``deployment`` key) has one
+  point per deployment, its own forward filled and the others hollow.
 * Fig. 3 of the paper: Puppet-CNN's realised depth against input complexity over
   the test set (from each run's ``test_stats.pt``).
 * Fig. 4 of the paper: stored size against depth for VGG/ResNet and their puppets
@@ -24,8 +25,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from puppet.core.io import atomic_write, atomic_write_csv  # noqa: E402
+from puppet.core.protocols import DEFAULT_DEPLOYMENT  # noqa: E402
 from puppet.core.registry import model_info  # noqa: E402
 from puppet.core.runs import archive_problem, run_dir  # noqa: E402
+from puppet.report.collate import default_rows, load_metrics  # noqa: E402
 
 COST_AXES = {
     "stored_params": "stored parameters",
@@ -54,19 +57,26 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of each (dataset, model, deployment)."""
     ok = metrics[metrics["status"] == "ok"]
-    cols = [c for c in ["top1", *COST_AXES, "precomputed_latency_s_per_img", "precomputed_top1"] if c in ok]
-    g = ok.groupby(["dataset", "model"])[cols]
+    cols = [c for c in ["top1", *COST_AXES] if c in ok]
+    by = ["dataset", "model", "deployment"]
+    g = ok.groupby(by)[cols]
     out = g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n_seeds"))
     if "recipe" in ok:  # models trained with their own recipe say so in the legend
-        out = out.join(ok.groupby(["dataset", "model"])["recipe"].first())
+        out = out.join(ok.groupby(by)["recipe"].first())
     return out.reset_index()
+
+
+def _is_default(p: pd.Series) -> bool:
+    return p.get("deployment", DEFAULT_DEPLOYMENT) == DEFAULT_DEPLOYMENT
 
 
 def _label(p: pd.Series) -> str:
     recipe = p.get("recipe")
     own = isinstance(recipe, str) and recipe not in ("", "default")
-    return f"{p['model']} (recipe {recipe})" if own else p["model"]
+    name = p["model"] if _is_default(p) else f"{p['model']} [{p['deployment']}]"
+    return f"{name} (recipe {recipe})" if own else name
 
 
 def save(fig, path_stem: Path) -> list[Path]:
@@ -88,24 +98,9 @@ def placeholder(path_stem: Path, text: str) -> list[Path]:
     return save(fig, path_stem)
 
 
-PRECOMPUTED = " (precomputed)"
-
-
-def _with_precomputed(pts: pd.DataFrame) -> pd.DataFrame:
-    """Latency axis: Puppet models once more, at their precomputed-kernel latency and accuracy."""
-    if "precomputed_latency_s_per_img" not in pts:
-        return pts
-    pre = pts.dropna(subset=["precomputed_latency_s_per_img"]).copy()
-    pre["latency_s_per_img"] = pre["precomputed_latency_s_per_img"]
-    if "precomputed_top1" in pre:
-        pre["top1"] = pre["precomputed_top1"].fillna(pre["top1"])
-    pre["model"] = pre["model"] + PRECOMPUTED
-    return pd.concat([pts, pre], ignore_index=True)
-
-
 def _family(model: str) -> str:
     try:
-        return model_info(model.removesuffix(PRECOMPUTED)).family
+        return model_info(model).family
     except KeyError:
         return "other"
 
@@ -115,7 +110,7 @@ def model_style(model: str) -> tuple[str, str]:
     family's, the marker its rank among the family's registered models (unique within a family)."""
     from puppet.core.registry import list_models
 
-    name = model.removesuffix(PRECOMPUTED)
+    name = model
     family = _family(name)
     members = list_models(family) if family != "other" else [name]
     return FAMILY_COLOURS.get(family, "grey"), MARKERS[members.index(name) % len(MARKERS)]
@@ -156,8 +151,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: 
     fig_all, axes = plt.subplots(1, len(COST_AXES), figsize=(5 * len(COST_AXES), 4), sharey=True)
     for ax_all, (x, xlabel) in zip(axes, COST_AXES.items()):
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        pts = _with_precomputed(data) if x == "latency_s_per_img" else data
-        pts = pts.dropna(subset=[x, "top1"])
+        pts = data.dropna(subset=[x, "top1"])
         pts = pts[pts[x] > 0]
         for target in (ax, ax_all):
             for _, p in pts.iterrows():
@@ -171,7 +165,7 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: 
                     linestyle="none",
                     capsize=3,
                     markersize=7,
-                    markerfacecolor="none" if p["model"].endswith(PRECOMPUTED) else colour,
+                    markerfacecolor=colour if _is_default(p) else "none",
                     label=_label(p),
                 )
             if len(pts) > 1:
@@ -196,11 +190,11 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: 
         )  # beside the data, never on it
         written += save(fig, out_dir / f"{dataset}_top1_vs_{x}")
     axes[0].set_ylabel("top-1 accuracy (%)")
-    handles, labels = axes[-1].get_legend_handles_labels()  # the latency panel also has the precomputed points
+    handles, labels = axes[-1].get_legend_handles_labels()
     fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     bars = "; error bars: std over seeds" if seeds > 1 else ""
     fig_all.suptitle(
-        f"{dataset}: accuracy against cost ({about}; colour = family; hollow: Puppet with precomputed kernels"
+        f"{dataset}: accuracy against cost ({about}; colour = family; hollow: another deployment of the model [named]"
         f"{bars}; a model with its own recipe says so)",
         fontsize=10,
     )
@@ -212,7 +206,7 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
     """Fig. 3: per test image, the puppet's realised depth against its complexity H (bits)."""
     import torch
 
-    ok = metrics[metrics["status"] == "ok"]
+    ok = default_rows(metrics[metrics["status"] == "ok"])  # the train job's test_stats.pt: its own forward
     panels = []
     for _, r in ok.iterrows():
         path = (
@@ -296,7 +290,7 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
             g["param_size_mb"],
             marker=marker,
             label=name,
-            color=FAMILY_COLOURS["puppet" if name.startswith("puppet") else "fixed"],
+            color=FAMILY_COLOURS[_family(name)],
             linestyle="--" if "resnet" in name else "-",
         )
     ax.set_yscale("log")
@@ -311,7 +305,7 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
 def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = pd.read_csv(metrics_path, dtype={"config_hash": str})  # "012345678901" is a hash, not a number
+    metrics = load_metrics(metrics_path)
     summary = summarise(metrics)
     written = []
     for dataset in sorted(metrics["dataset"].dropna().astype(str).unique()):
@@ -330,5 +324,5 @@ def skipnet_tradeoff(metrics: pd.DataFrame, out_dir: Path) -> list[Path]:
     """SkipNet's configurations: top-1 against mean MACs, the SkipNet-38 skip-reward curve joined."""
     from puppet.report.skipnet import plot_tradeoff, skipnet_table
 
-    fig = plot_tradeoff(skipnet_table(metrics))
+    fig = plot_tradeoff(skipnet_table(default_rows(metrics)))
     return save(fig, out_dir / "skipnet_tradeoff")

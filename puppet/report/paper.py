@@ -22,7 +22,6 @@ class PaperRow:
     dataset: str
     values: dict[str, float] = field(default_factory=dict)  # metric column -> paper number
     group: str = ""
-    variant: str = ""  # "precomputed": read the run's precomputed_<metric> columns where they exist
 
 
 @dataclass(frozen=True)
@@ -35,20 +34,6 @@ class PaperTable:
 
 def _rows(dataset: str, group: str, items) -> tuple[PaperRow, ...]:
     return tuple(PaperRow(label, model, dataset, dict(values), group) for label, model, values in items)
-
-
-def both_modes(rows: tuple[PaperRow, ...]) -> tuple[PaperRow, ...]:
-    """Each Puppet row twice: kernels generated on the fly (as the paper describes) and kernels
-    precomputed per complexity level. The paper does not say which its numbers are: they
-    stand beside both."""
-    out: list[PaperRow] = []
-    for row in rows:
-        if not row.model.startswith("puppet_"):
-            out.append(row)
-            continue
-        out.append(PaperRow(f"{row.label} (on the fly)", row.model, row.dataset, row.values, row.group))
-        out.append(PaperRow(f"{row.label} (kernels precomputed)", row.model, row.dataset, row.values, row.group, "precomputed"))
-    return tuple(out)
 
 
 def as_configured(label: str, values: dict, *configurations: tuple[str, str]) -> list[tuple[str, str, dict]]:
@@ -64,7 +49,6 @@ TABLE1 = PaperTable(
     "table1",
     "Table 1: CIFAR-10, Puppet-CNN vs adaptive models (max 512 channels)",
     T1,
-    both_modes(
     _rows("cifar10", "Adaptive-Params", [
         ("DFN", "dfn", {"top1": 68.59, "top5": 93.13, "param_size_mb": 75.89, "latency_s_per_img": 0.0012}),
         ("WeightNet", "weightnet", {"top1": 62.77, "top5": 93.52, "param_size_mb": 45.87, "latency_s_per_img": 0.0040}),
@@ -81,14 +65,12 @@ TABLE1 = PaperTable(
     + _rows("cifar10", "Ours", [
         ("Puppet-CNN", "puppet_cnn", {"top1": 72.51, "top5": 96.85, "param_size_mb": 1.08, "latency_s_per_img": 0.0039}),
     ]),
-    ),
 )
 
 TABLE2 = PaperTable(
     "table2",
     "Table 2: CIFAR-10, Puppet-CNN vs compact fixed architectures",
     T1,
-    both_modes(
     _rows("cifar10", "", [
         ("AlexNet", "alexnet", {"top1": 65.86, "top5": 92.05, "param_size_mb": 11.65, "latency_s_per_img": 0.0006}),
         *as_configured("MobileNet-v1", {"top1": 58.58, "top5": 91.17, "param_size_mb": 7.52, "latency_s_per_img": 0.0018},
@@ -98,14 +80,12 @@ TABLE2 = PaperTable(
         ("SqueezeNet", "squeezenet", {"top1": 63.31, "top5": 94.34, "param_size_mb": 3.96, "latency_s_per_img": 0.0022}),
         ("Puppet-CNN", "puppet_cnn", {"top1": 72.51, "top5": 96.85, "param_size_mb": 1.08, "latency_s_per_img": 0.0039}),
     ]),
-    ),
 )
 
 TABLE3 = PaperTable(
     "table3",
     "Table 3: CIFAR-10, fixed CNN vs Puppeteer-Puppet scheme vs parameter adaptation",
     ("top1", "top5", "param_size_mb", "kernels_mb"),
-    both_modes(
     sum((
         _rows("cifar10", puppet, [
             (f"{puppet} / Fixed-CNN", fixed, {"top1": f1, "top5": f5, "param_size_mb": fs}),
@@ -118,20 +98,17 @@ TABLE3 = PaperTable(
             ("ResNet", "resnet", (68.94, 95.17, 44.84), (66.69, 95.46), (68.25, 94.31)),
         ]
     ), ()),
-    ),
 )
 
 TABLE4 = PaperTable(
     "table4",
     "Table 4: CIFAR-10, depth adaptation and compute (Mult-Adds: see README on the paper's batch)",
     ("top1", "top5", "macs_g", "macs_without_generation_g", "kernels_mb", "latency_s_per_img"),
-    both_modes(
     _rows("cifar10", "", [
         ("ResNet", "resnet", {"top1": 68.94, "top5": 95.17, "macs_g": 11.40, "latency_s_per_img": 0.0019}),
         ("Puppet-ResNet", "puppet_resnet", {"top1": 68.25, "top5": 94.31, "macs_g": 23.44, "latency_s_per_img": 0.0061}),
         ("Puppet-CNN", "puppet_cnn", {"top1": 72.51, "top5": 96.85, "macs_g": 12.34, "latency_s_per_img": 0.0039}),
     ]),
-    ),
 )
 
 TABLE6 = PaperTable(

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from puppet.core.io import atomic_write_csv, atomic_write_text
+from puppet.core.protocols import DEFAULT_DEPLOYMENT
 from puppet.report.collate import COLUMNS, KEY
 
 LIVE = [
@@ -87,9 +88,15 @@ def publish(
 
 def merge_metrics(snapshot: pd.DataFrame, sitting: pd.DataFrame, allow_config_change: bool = False) -> pd.DataFrame:
     """The snapshot's rows plus the sitting's. A run is keyed by (profile, dataset, model, seed):
-    the sitting's row replaces the snapshot's row of the same run when both have the same
-    ``config_hash`` (a resumed or redone run of the same spec); a different ``config_hash``
-    (the run's spec changed) is refused unless ``allow_config_change``."""
+    the sitting's rows (one per deployment) replace the snapshot's rows of the same run when both
+    have the same ``config_hash`` (a resumed or redone run of the same spec); a different
+    ``config_hash`` (the run's spec changed) is refused unless ``allow_config_change``."""
+    for frame, what in ((snapshot, "the snapshot's metrics.csv"), (sitting, "the new metrics.csv")):
+        if len(frame) and "deployment" not in frame.columns:
+            raise PublishError(
+                f"cannot merge: {what} has no 'deployment' column (written before deployments were rows of "
+                "their own); publish under a new --name, or collate the runs again"
+            )
     duplicated = sitting[sitting.duplicated(KEY, keep=False)]
     if len(duplicated):
         raise PublishError(
@@ -168,6 +175,11 @@ def _run_name(row: pd.Series) -> str:
     return f"{profile}/{dataset}/{model}/seed{seed}"
 
 
+def _runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (its default deployment's; every row of a table written before deployments)."""
+    return rows[rows["deployment"] == DEFAULT_DEPLOYMENT] if "deployment" in rows else rows
+
+
 def _empty_sittings() -> pd.DataFrame:
     return pd.DataFrame(columns=SITTING_COLUMNS)
 
@@ -190,8 +202,8 @@ def _read_sittings(out: Path) -> pd.DataFrame:
                 "published_utc": "",
                 "command": command.group(1) if command else "(not recorded)",
                 "wall_clock": wall.group(1) if wall else "",
-                "runs_merged": str(len(old)),
-                "runs": "; ".join(_run_name(r) for _, r in old.iterrows()),
+                "runs_merged": str(len(_runs(old))),
+                "runs": "; ".join(_run_name(r) for _, r in _runs(old).iterrows()),
                 "git_commit": ", ".join(sorted(old["git_commit"].dropna().astype(str).unique())),
             }
         ],
@@ -205,8 +217,8 @@ def _add_sitting(sittings: pd.DataFrame, rows: pd.DataFrame, command: str, timin
         "published_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "wall_clock": timing,
-        "runs_merged": str(len(rows)),
-        "runs": "; ".join(_run_name(r) for _, r in rows.iterrows()),
+        "runs_merged": str(len(_runs(rows))),
+        "runs": "; ".join(_run_name(r) for _, r in _runs(rows).iterrows()),
         "git_commit": ", ".join(sorted(rows["git_commit"].dropna().astype(str).unique())),
     }
     return pd.concat([sittings, pd.DataFrame([entry], columns=SITTING_COLUMNS)], ignore_index=True)
@@ -230,8 +242,9 @@ def _readme(name: str, m: pd.DataFrame, sittings: pd.DataFrame) -> str:
     if one:
         lines.append(f"- command: `{sittings['command'].iloc[0]}`")
     lines += [
-        f"- profile(s): {', '.join(sorted(m['profile'].astype(str).unique()))}; runs: {len(m)} "
-        f"({(m['status'] == 'ok').sum()} ok, {(m['status'] != 'ok').sum()} failed)",
+        f"- profile(s): {', '.join(sorted(m['profile'].astype(str).unique()))}; runs: {len(_runs(m))} "
+        f"({(_runs(m)['status'] == 'ok').sum()} ok, {(_runs(m)['status'] != 'ok').sum()} failed), "
+        f"{len(m)} rows (a row per deployment measured)",
         f"- data: {', '.join(sorted(m['data_source'].dropna().astype(str).unique()))}",
         f"- timed on: {', '.join(sorted(m['device'].dropna().astype(str).unique()))}, "
         f"threads {', '.join(str(int(t)) for t in sorted(m['threads'].dropna().unique()))}, "

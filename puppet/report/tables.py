@@ -15,7 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from puppet.core.io import atomic_write_csv, atomic_write_text
+from puppet.core.protocols import DEFAULT_DEPLOYMENT
 from puppet.core.registry import create_model
+from puppet.report.collate import default_rows, load_metrics
 from puppet.report.paper import RUN_TABLES, PaperTable
 from puppet.report.pde import pde_table
 from puppet.report.pde import render as render_pde
@@ -30,27 +32,19 @@ UNITS = {
     "macs_g": "Mult-Adds (G)",
     "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
     "total_params_m": "Total Params (M)",
-    "kernels_mb": "Precomputed kernels (MB)",
+    "kernels_mb": "Kernels held (MB)",
 }
 
 
-def load_metrics(path: str | Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
-    for col in ("macs", "macs_without_generation", "precomputed_macs", "precomputed_macs_without_generation"):
-        if col in df:
-            df[f"{col}_g"] = df[col] / 1e9
-    return df
-
-
-def _column(metric: str, variant: str) -> str:
-    """The metrics.csv column of a table metric for a row variant: a precomputed row reads
-    ``precomputed_<metric>`` (latency, MACs, accuracy with precomputed kernels); its stored size
-    is the model's. ``kernels_mb`` exists only for precomputed rows."""
-    if metric == "kernels_mb":
-        return "precomputed_kernels_mb" if variant == "precomputed" else "kernels_mb"
-    if variant == "precomputed" and metric not in ("param_size_mb", "total_params_m"):
-        return f"precomputed_{metric}"
-    return metric
+def deployments_of(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(deployment, description) of the rows of one model, ``default`` first, then by name."""
+    names = sorted(runs["deployment"].dropna().astype(str).unique(), key=lambda d: (d != DEFAULT_DEPLOYMENT, d))
+    out = []
+    for name in names or [DEFAULT_DEPLOYMENT]:
+        labels = runs.loc[runs["deployment"] == name, "deployment_label"] if "deployment_label" in runs else []
+        described = [str(d) for d in pd.Series(labels, dtype=object).dropna() if str(d)]
+        out.append((name, described[0] if described else name))
+    return out
 
 
 PAPER_WIDTH = 512  # the Puppet-CNN paper's max_channels: its sizes, MACs, speed and accuracy are at this width
@@ -83,51 +77,59 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
     paper-scale sizes from the model code are in ``sizes.csv``."""
     rows = []
     for prow in table.rows:
-        runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
-        ok = runs[runs["status"] == "ok"]
-        row = {
-            "table": table.name,
-            "dataset": prow.dataset,
-            "group": prow.group,
-            "label": prow.label,
-            "model": prow.model,
-            "variant": prow.variant or "on_the_fly",
-            "n_seeds": len(ok),
-        }
-        if runs.empty:
-            row["note"] = "not run"
-        elif ok.empty:
-            error = runs["error"].iloc[0]
-            row["note"] = "failed: " + (str(error)[:160] if isinstance(error, str) and error else "no message recorded")
-        else:
-            row["note"] = ""
-        for m in table.metrics:
-            col = _column(m, prow.variant)
-            values = ok[col].astype(float) if (col in ok and not ok.empty) else pd.Series(dtype=float)
-            mean = values.mean() if len(values) else math.nan
-            row[m] = mean
-            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-            paper = prow.values.get(m, math.nan)
-            row[f"paper_{m}"] = paper
-            row[f"{m}_diff"] = mean - paper if _at_paper_width(ok) else math.nan
-        if not ok.empty and not _at_paper_width(ok):
-            widths = sorted(ok["max_channels"].dropna().astype(int).unique()) if "max_channels" in ok else []
-            width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
-            row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
-            if _fixed_width(prow.model):  # its size is its own paper's at every profile; the protocol is not
-                row["note"] = (
-                    "built at its own paper's widths (16-32-64 for the CIFAR ResNets) whatever max_channels; "
-                    f"trained with the profile's protocol, paper {PAPER_WIDTH} channels: no Δ"
-                )
-        chance = _chance(prow.dataset)
-        if "top1" in table.metrics and row.get("top1", math.nan) < chance:
-            row["note"] = "; ".join(filter(None, [row["note"], f"top-1 below chance ({chance:.0f}%)"]))
-        if not ok.empty:
-            row["profile"] = ",".join(sorted(ok["profile"].astype(str).unique()))
-            row["data_source"] = ",".join(sorted(ok["data_source"].astype(str).unique()))
-            row["device"] = ",".join(sorted(ok["device"].astype(str).unique()))
-        rows.append(row)
+        model_runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
+        deployments = deployments_of(model_runs)
+        for deployment, described in deployments:
+            runs = model_runs[model_runs["deployment"] == deployment]
+            label = prow.label if len(deployments) == 1 else f"{prow.label} ({described})"
+            rows.append(_table_row(table, prow, runs, deployment, label))
     return pd.DataFrame(rows)
+
+
+def _table_row(table: PaperTable, prow, runs: pd.DataFrame, deployment: str, label: str) -> dict:
+    """One row of a paper table: the runs of one model in one deployment beside the paper's row."""
+    ok = runs[runs["status"] == "ok"]
+    row = {
+        "table": table.name,
+        "dataset": prow.dataset,
+        "group": prow.group,
+        "label": label,
+        "model": prow.model,
+        "deployment": deployment,
+        "n_seeds": len(ok),
+    }
+    if runs.empty:
+        row["note"] = "not run"
+    elif ok.empty:
+        error = runs["error"].iloc[0]
+        row["note"] = "failed: " + (str(error)[:160] if isinstance(error, str) and error else "no message recorded")
+    else:
+        row["note"] = ""
+    for m in table.metrics:
+        values = ok[m].astype(float) if (m in ok and not ok.empty) else pd.Series(dtype=float)
+        mean = values.mean() if len(values) else math.nan
+        row[m] = mean
+        row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        paper = prow.values.get(m, math.nan)
+        row[f"paper_{m}"] = paper
+        row[f"{m}_diff"] = mean - paper if _at_paper_width(ok) else math.nan
+    if not ok.empty and not _at_paper_width(ok):
+        widths = sorted(ok["max_channels"].dropna().astype(int).unique()) if "max_channels" in ok else []
+        width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
+        row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
+        if _fixed_width(prow.model):  # its size is its own paper's at every profile; the protocol is not
+            row["note"] = (
+                "built at its own paper's widths (16-32-64 for the CIFAR ResNets) whatever max_channels; "
+                f"trained with the profile's protocol, paper {PAPER_WIDTH} channels: no Δ"
+            )
+    chance = _chance(prow.dataset)
+    if "top1" in table.metrics and row.get("top1", math.nan) < chance:
+        row["note"] = "; ".join(filter(None, [row["note"], f"top-1 below chance ({chance:.0f}%)"]))
+    if not ok.empty:
+        row["profile"] = ",".join(sorted(ok["profile"].astype(str).unique()))
+        row["data_source"] = ",".join(sorted(ok["data_source"].astype(str).unique()))
+        row["device"] = ",".join(sorted(ok["device"].astype(str).unique()))
+    return row
 
 
 def _fmt(v: float, metric: str) -> str:
@@ -195,6 +197,7 @@ def runs_markdown(metrics: pd.DataFrame) -> str:
         "dataset",
         "model",
         "seed",
+        "deployment",
         "status",
         "top1",
         "top5",
@@ -331,13 +334,14 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
         "Accuracy is on the test split named below, which may be a subset: compare with care. "
         "Sizes, MACs and speed in Tables 1-4 and 6 are those of the models as run, at the profile's "
         '`max_channels` (the paper: 512); Table 5 and "Model sizes" give the paper-scale sizes from the model code. '
-        "Puppet rows of Tables 1-4 appear twice: *on the fly* (kernels generated for every batch, as the paper "
-        "describes) and *kernels precomputed* (every complexity level's kernels generated once after training; "
-        '"Precomputed kernels (MB)" is the memory they take, beside the stored size). The paper does not say '
-        "which its speed is, so its numbers stand beside both. Latency is the median over timing rounds; "
+        "A model measured in more than one deployment (a way to run the trained model: `metrics.csv`'s "
+        "`deployment` key) has one row per deployment, labelled by it: Puppet-CNN's kernels generated on the fly "
+        "for every batch, as the paper describes, and precomputed once per complexity level after training "
+        '("Kernels held (MB)" is the memory they take, beside the stored size). The paper does not say '
+        "which its speed is, so its numbers stand beside each. Latency is the median over timing rounds; "
         "`metrics.csv` has its 95% interval (`latency_ci_low/high_s_per_img`) and a `latency_noisy` flag.",
         "",
-        provenance(metrics),
+        provenance(default_rows(metrics)),
         "",
     ]
     sections: list[tuple[str, str, pd.DataFrame, tuple[str, ...]]] = []  # (name, title, frame, metrics)
@@ -357,10 +361,10 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
     sections.sort(key=lambda sec: order.index(sec[0]) if sec[0] in order else len(order))
     for _, title, frame, cols in sections:
         md.append(render_markdown(title, frame, cols))
-    frames["table_pde"] = pde_table(metrics)
+    frames["table_pde"] = pde_table(default_rows(metrics))
     atomic_write_csv(frames["table_pde"], out_dir / "table_pde.csv")
     md.append(render_pde(frames["table_pde"]))
-    frames["table_skipnet"] = skipnet_table(metrics)
+    frames["table_skipnet"] = skipnet_table(default_rows(metrics))
     atomic_write_csv(frames["table_skipnet"], out_dir / "table_skipnet.csv")
     md.append(render_skipnet(frames["table_skipnet"]))
     atomic_write_text(latex_tables(sections), out_dir / "tables.tex")
