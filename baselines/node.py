@@ -94,23 +94,50 @@ class RecurrentODE(nn.Module):
         return x
 
 
-class ConvNODE(nn.Module):
+class _Reducible:
+    """A trained Neural ODE deployed with its ODE layer reduced after training (POD-DEIM, pruning,
+    SVD truncation) at each level its measure job's options name: ``puppet.compress.deploy``
+    (``puppet.core.protocols.Deploys``). It reports the ODE layer's own numbers (level, state
+    dimension, nonlinearities, parameters, MACs beside the hand formula) as its row's columns, as
+    each reduction does (``HasDeploymentMetrics``), so the MOR study compares like with like."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images it was built for: fixes the state's shape
+
+    def deployments(self, context) -> dict[str, str]:
+        from puppet.compress.deploy import reduced_deployments
+
+        return reduced_deployments(self, context)
+
+    def deploy(self, name: str, context) -> nn.Module:
+        from puppet.compress.deploy import deploy_reduced
+
+        return deploy_reduced(self, name, context)
+
+    def deployment_metrics(self) -> dict[str, float]:
+        from puppet.compress.deploy import ode_metrics
+
+        return ode_metrics(self, self, None)
+
+
+class ConvNODE(_Reducible, nn.Module):
     """``stem`` (B, C_in, H, W) -> (B, C, H/4, W/4); ``ode``; ``head`` (flatten, linear)."""
 
-    def __init__(self, stem: nn.Module, ode: nn.Module, head: nn.Module) -> None:
+    def __init__(self, stem: nn.Module, ode: nn.Module, head: nn.Module, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.stem, self.ode, self.head = stem, ode, head
+        self.image_shape = image_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.ode(self.stem(x)))
 
 
-class RecurrentNODE(nn.Module):
+class RecurrentNODE(_Reducible, nn.Module):
     """Image rows as a sequence: (B, C_in, H, W) -> u (B, H, C_in W) -> ``ode`` -> ``head``."""
 
-    def __init__(self, ode: nn.Module, head: nn.Module) -> None:
+    def __init__(self, ode: nn.Module, head: nn.Module, image_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.ode, self.head = ode, head
+        self.image_shape = image_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x.permute(0, 2, 1, 3).flatten(2)  # (B, H, C_in * W): row i is the input on [i - 1, i]
@@ -201,7 +228,7 @@ def node_conv(
     )
     ode = ODEBlock(RHS(nn.Conv2d(c, c, 3, padding=1)), steps)
     head = nn.Sequential(nn.Flatten(), nn.Linear(c * _state_side(image_size) ** 2, num_classes))
-    return ConvNODE(stem, ode, head)
+    return ConvNODE(stem, ode, head, (in_channels, image_size, image_size))
 
 
 @register_model(
@@ -227,4 +254,4 @@ def node_rnn(
     ode = RecurrentODE(
         RHS(nn.Linear(hidden, hidden)), nn.Linear(in_channels * image_size, hidden, bias=False), steps_per_interval
     )
-    return RecurrentNODE(ode, nn.Linear(hidden, num_classes))
+    return RecurrentNODE(ode, nn.Linear(hidden, num_classes), (in_channels, image_size, image_size))

@@ -6,11 +6,11 @@ python -m puppet train   --model resnet --dataset cifar10 [--configfile F --set 
                                                     # one run by hand, in the folder the workflow would use
 python -m puppet evaluate --run-dir DIR                 # top-1/top-5 of a trained model.pt on its test split
 python -m puppet measure --spec JSON --run-dir DIR      # -> DIR/measure.json
-python -m puppet mor     --spec JSON --settings JSON --run-dir DIR   # -> DIR/mor.csv (Neural ODE runs)
 python -m puppet collate --runs A/train.json ... --out results/metrics.csv
-python -m puppet mor-report --runs A/mor.csv ... --out results/mor.csv --figures results/figures
-python -m puppet tables  --metrics results/metrics.csv --out-dir results
-python -m puppet figures --metrics results/metrics.csv --out-dir results/figures
+python -m puppet mor-report --metrics results/metrics.csv --out results/mor.csv --figures results/figures
+python -m puppet describe-models --out results/models.csv   # sizes, depths, configurations from the model code
+python -m puppet tables  --metrics results/metrics.csv --models results/models.csv --out-dir results
+python -m puppet figures --metrics results/metrics.csv --models results/models.csv --out-dir results/figures
 python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
 python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
 python -m puppet validate --configfile config/config.yaml [--config KEY=VALUE ...]   # check a config and its
@@ -76,9 +76,10 @@ def _train(args: argparse.Namespace) -> int:
     if record["status"] != "ok":
         return 1  # train_main printed the one-line error and wrote the error record
     if args.measure:  # (train_main printed the run's headline)
+        from puppet.core.config import deploy_options
         from puppet.core.measure import measure_main
 
-        measured = measure_main(spec, Path(out_dir))
+        measured = measure_main(spec, Path(out_dir), deploy_options(config, spec.model))
         if measured["status"] != "ok":
             return 1
         for row in measured["deployments"]:
@@ -117,21 +118,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     from puppet.core.measure import measure_main
 
-    measure_main(_spec(args.spec), args.run_dir)  # a failed measurement is a status=error row
-    return 0
-
-
-def _mor(args: argparse.Namespace) -> int:
-    from puppet.compress.study import MorSettings, mor_main
-
-    mor_main(_spec(args.spec), args.run_dir, MorSettings.from_dict(json.loads(args.settings)))  # failures: rows
+    options = json.loads(args.deploy_options)  # a failed measurement is a status=error row
+    measure_main(_spec(args.spec), args.run_dir, options)
     return 0
 
 
 def _mor_report(args: argparse.Namespace) -> int:
     from puppet.report.mor import write_mor
 
-    write_mor(args.runs, args.out, args.figures)
+    write_mor(args.metrics, args.out, args.figures, args.expect)
     return 0
 
 
@@ -142,17 +137,24 @@ def _collate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_models(args: argparse.Namespace) -> int:
+    from puppet.report.models import write_models
+
+    write_models(args.out)
+    return 0
+
+
 def _tables(args: argparse.Namespace) -> int:
     from puppet.report.tables import write_tables
 
-    write_tables(args.metrics, args.out_dir)
+    write_tables(args.metrics, args.out_dir, args.models)
     return 0
 
 
 def _figures(args: argparse.Namespace) -> int:
     from puppet.report.figures import write_figures
 
-    write_figures(args.metrics, args.out_dir)
+    write_figures(args.metrics, args.out_dir, args.models)
     return 0
 
 
@@ -246,27 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", _evaluate, "top-1/top-5 of a trained run's model.pt on its test split")
     p.add_argument("--run-dir", required=True, type=Path)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: the run's own device setting")
-    p = command("measure", _measure, "measure a trained run")
+    p = command("measure", _measure, "measure a trained run in each of its deployments")
     p.add_argument("--spec", required=True)
     p.add_argument("--run-dir", required=True, type=Path)
-    p = command("mor", _mor, "reduce a trained Neural ODE run at every level (POD-DEIM, pruning, SVD)")
-    p.add_argument("--spec", required=True)
-    p.add_argument("--settings", required=True, help="the config's mor block as JSON")
-    p.add_argument("--run-dir", required=True, type=Path)
-    p = command("mor-report", _mor_report, "collect runs' mor.csv into results/mor.csv and its figures")
-    p.add_argument("--runs", nargs="+", required=True, type=Path)
+    p.add_argument(
+        "--deploy-options", default="{}", help="JSON: the model's deployment options (e.g. a Neural ODE's MOR levels)"
+    )
+    p = command("mor-report", _mor_report, "the MOR study's view of metrics.csv: results/mor.csv and its figures")
+    p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--figures", required=True, type=Path)
+    p.add_argument("--expect", nargs="*", default=[], help="figure files the workflow declares (a placeholder each)")
     p = command("collate", _collate, "collect runs into results/metrics.csv")
     p.add_argument(
         "--runs", nargs="+", required=True, type=Path, help="train.json files (measure.json is read beside each)"
     )
     p.add_argument("--out", required=True, type=Path)
-    p = command("tables", _tables, "paper-layout tables and tables.md from metrics.csv")
+    p = command(
+        "describe-models", _describe_models, "describe every model as the code builds it (sizes at 512 channels, ...)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="the table to write, e.g. results/models.csv")
+    models_help = "the model descriptions describe-models wrote (results/models.csv)"
+    p = command("tables", _tables, "paper-layout tables and tables.md from metrics.csv and models.csv")
     p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--models", required=True, type=Path, help=models_help)
     p.add_argument("--out-dir", required=True, type=Path)
-    p = command("figures", _figures, "figures from metrics.csv")
+    p = command("figures", _figures, "figures from metrics.csv and models.csv")
     p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--models", required=True, type=Path, help=models_help)
     p.add_argument("--out-dir", required=True, type=Path)
     p = command("publish", _publish, "copy the collated results to results/published/NAME (a committed snapshot)")
     p.add_argument("--name", required=True, help="label: profile, machine and data, e.g. quick-cpu2-cifar10subset")

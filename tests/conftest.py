@@ -31,3 +31,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def model_descriptions():
+    """The model-description table (``results/models.csv``) as ``describe_models`` makes it: every
+    model built on the meta device, a few seconds, so once per session for the report tests."""
+    from puppet.report.models import describe_models
+
+    return describe_models()
+
+
+@pytest.fixture(scope="session")
+def models_csv(model_descriptions, tmp_path_factory) -> Path:
+    """``model_descriptions`` written where ``write_tables``/``write_figures`` read it (``--models``)."""
+    path = tmp_path_factory.mktemp("models") / "models.csv"
+    model_descriptions.to_csv(path, index=False)
+    return path

@@ -310,7 +310,7 @@ def test_mor_settings_are_validated_and_not_part_of_a_run():
     with pytest.raises(ConfigError, match="mor.levels.node_conv.svd.0"):
         validate_config(_base(mor={"levels": {"node_conv": {"svd": [0]}}}))
     a = validate_config(_base(models=["node_conv"]))
-    b = validate_config(_base(models=["node_conv"], mor={"rounds": 3}))
+    b = validate_config(_base(models=["node_conv"], mor={"snapshot_images": 3}))
     assert run_spec(a, "synthetic", "node_conv", 0).hash == run_spec(b, "synthetic", "node_conv", 0).hash
 
 

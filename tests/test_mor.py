@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -121,78 +123,96 @@ def test_levels_beyond_the_model_are_refused():
         reduce(model, "pca", 2, snaps, shape)
 
 
-def test_study_writes_every_level_and_the_full_model(tmp_path):
-    """The job end to end on synthetic data: one row per (method, level) plus the full model, each
-    with accuracy, MACs beside the formula, and a speed-up with its interval."""
-    from puppet.compress.study import MorSettings, run_study
-    from puppet.core.config import load_config, run_spec
+LEVELS = {"pod_deim": [4, 12], "prune": [6, 12], "svd": [3]}
+
+
+def _measured_study(tmp_path, levels=LEVELS):
+    """A node_rnn run measured by the measure job, its MOR levels as deployments: the run folder."""
+    from puppet.core.config import deploy_options, load_config, run_spec
+    from puppet.core.measure import measure_main
     from puppet.core.train import build_model, load_splits
 
     cfg = load_config(
-        "config/smoke.yaml", overrides={"models": ["node_rnn"], "model_kwargs": {"node_rnn": {"hidden": 12}}}
+        "config/smoke.yaml",
+        overrides={
+            "models": ["node_rnn"],
+            "model_kwargs": {"node_rnn": {"hidden": 12}},
+            "mor": {"snapshot_images": 100, "levels": {"node_rnn": levels}},
+        },
     )
     spec = run_spec(cfg, "synthetic", "node_rnn", 0)
     model = build_model(spec, load_splits(spec))
+    tmp_path.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
-    settings = MorSettings(
-        snapshot_images=64,
-        batch=16,
-        rounds=3,
-        warmup=1,
-        threads=1,
-        levels={"node_rnn": {"pod_deim": [4, 12], "prune": [6, 12], "svd": [3]}},
-    )
-    frame = run_study(spec, tmp_path, settings)
-    assert list(frame["method"]) == ["full", "pod_deim", "pod_deim", "prune", "prune", "svd"]
-    assert (frame["macs_ode"] == frame["macs_ode_formula"]).all()
-    full = frame[frame.method == "full"].iloc[0]
-    for method in ("pod_deim", "prune"):  # the full level reproduces the full model's accuracy
-        assert frame[(frame.method == method) & (frame.level == 12)]["top1"].item() == pytest.approx(full["top1"])
-    reduced = frame[frame.method != "full"]
-    assert (
-        reduced["speedup_total"].notna().all() and (reduced["speedup_total_ci_low"] <= reduced["speedup_total"]).all()
-    )
-    assert set(frame["status"]) == {"ok"} and frame["snapshots"].iloc[0] > 0
+    record = {"status": "ok", "top1": 10.0, "config_hash": spec.hash, "epochs": 1}
+    record.update(profile="smoke", dataset="synthetic", model="node_rnn", seed=0)
+    (tmp_path / "train.json").write_text(json.dumps(record))
+    measured = measure_main(spec, tmp_path, deploy_options(cfg, "node_rnn"))
+    return measured, model, spec
 
 
-def test_a_failed_study_is_an_error_row(tmp_path):
-    from puppet.compress.study import MorSettings, mor_main
-    from puppet.core.config import load_config, run_spec
+def test_every_level_is_a_deployment_measured_like_any_other(tmp_path):
+    """Each (method, level) is a deployment of the run, measured by the one measure path: its
+    accuracy, its MACs (the ODE layer's beside the hand formula), its speed-ups over the full model
+    with their intervals; the full model reports the ODE layer's numbers too."""
+    from puppet.core.data import Batches
+    from puppet.core.evaluate import evaluate
+    from puppet.core.train import load_splits
 
-    spec = run_spec(load_config("config/smoke.yaml", overrides={"models": ["node_rnn"]}), "synthetic", "node_rnn", 0)
-    (tmp_path / "train.json").write_text('{"status": "ok", "top1": 1.0, "config_hash": "h", "epochs": 1}')
-    settings = MorSettings(64, 16, 3, 1, 1, {})
-    frame = mor_main(spec, tmp_path, settings)  # no model.pt
-    assert frame["status"].item() == "error" and "model.pt" in frame["error"].item()
-    written = pd.read_csv(tmp_path / "mor.csv")
-    assert written["status"].item() == "error"
-    from puppet.core.runs import inspect_run
+    measured, model, spec = _measured_study(tmp_path)
+    assert measured["status"] == "ok", measured["error"]
+    rows = {r["deployment"]: r for r in measured["deployments"]}
+    assert list(rows) == ["default", "pod_deim@4", "pod_deim@12", "prune@6", "prune@12", "svd@3"]
+    assert rows["pod_deim@4"]["deployment_label"] == "POD-DEIM, k = m = 4"
+    for name, row in rows.items():
+        assert row["status"] == "ok" and row["macs_ode"] == row["macs_ode_formula"], name
+    full = rows["default"]
+    assert (full["level"], full["state_dim"], full["nonlinearities"]) == (12, 12, 12)
+    splits = load_splits(spec)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=False)["model"])
+    top1 = evaluate(model, Batches(splits.x_test, splits.y_test, 128, splits.mean, splits.std)).top1
+    for name in ("pod_deim@12", "prune@12"):  # the full level reproduces the full model's accuracy
+        assert rows[name]["top1"] == pytest.approx(top1)
+    for name, row in rows.items():
+        if name != "default":
+            for ratio in ("speedup_vs_default", "throughput_speedup_vs_default"):
+                assert row[f"{ratio}_ci_low"] <= row[ratio] <= row[f"{ratio}_ci_high"], (name, ratio)
+    rows_per_image = model.image_shape[1]  # one interval per image row, four RK4 stages each
+    assert rows["pod_deim@4"]["snapshots"] == 100 * rows_per_image * 4
+    assert "snapshots" not in rows["prune@6"] and rows["prune@6"]["state_dim"] == 6
 
-    state = inspect_run(tmp_path)
-    assert state.failed and state.error.startswith("mor:")
-    from puppet.core.runs import attempts
 
-    assert attempts(tmp_path, "mor") == 1 and attempts(tmp_path, "train") == 0  # the mor rule reruns, not train
-
-
-def test_report_stacks_the_runs_and_draws_one_figure_per_task(tmp_path):
+def test_the_mor_table_is_a_view_of_the_rows(tmp_path):
+    """results/mor.csv: the full model and each reduction of a run, read from metrics.csv; the
+    ratios against the full model's row; a figure per run, and one saying so for a run without rows."""
+    from puppet.report.collate import collate
     from puppet.report.mor import write_mor
 
-    rows = []
-    for method, levels in (("full", [12]), ("pod_deim", [4, 8]), ("prune", [6]), ("svd", [3])):
-        for level in levels:
-            rows.append(
-                dict(
-                    profile="quick", dataset="fashion_mnist", model="node_rnn", seed=0, status="ok", error="",
-                    method=method, level=level, top1=50.0 + level, macs_reduction_ode=12 / level,
-                    speedup_total=12 / level, speedup_total_ci_low=11 / level, speedup_total_ci_high=13 / level,
-                    device="cpu (x86_64)", threads=2, timing_batch=256,
-                )
-            )  # fmt: skip
-    good = tmp_path / "a.csv"
-    pd.DataFrame(rows).to_csv(good, index=False)
-    broken = tmp_path / "b.csv"
-    broken.write_text("")
-    frame = write_mor([good, broken], tmp_path / "mor.csv", tmp_path / "figures")
-    assert len(frame) == len(rows) + 1 and frame["status"].iloc[-1] == "error" and "b.csv" in frame["error"].iloc[-1]
-    assert (tmp_path / "figures" / "mor_fashion_mnist_node_rnn_seed0.png").stat().st_size > 10_000
+    _measured_study(tmp_path / "run")
+    metrics = collate([tmp_path / "run" / "train.json"], tmp_path / "metrics.csv")
+    expect = ["mor_synthetic_node_rnn_seed0.png", "mor_synthetic_node_conv_seed0.png"]
+    frame = write_mor(tmp_path / "metrics.csv", tmp_path / "mor.csv", tmp_path / "figures", expect)
+    assert list(frame["method"]) == ["full", "pod_deim", "pod_deim", "prune", "prune", "svd"]
+    assert list(frame["level"]) == [12, 4, 12, 6, 12, 3]
+    by = metrics.set_index("deployment").loc[frame["deployment"]]  # metrics.csv's rows in the view's order
+    assert frame["top1"].tolist() == by["top1"].tolist()
+    assert (frame["macs_reduction_ode"] == by.loc["default", "macs_ode"] / frame["macs_ode"].to_numpy()).all()
+    full = frame.iloc[0]
+    assert full["speedup_total"] == 1.0 and full["top1_full"] == 10.0  # the train job's accuracy
+    reduced = frame.iloc[1:]
+    assert (reduced["speedup_total"] == by["throughput_speedup_vs_default"].iloc[1:].to_numpy()).all()
+    assert (reduced["time_full_s_per_img"] == 1 / by.loc["default", "throughput_img_per_s"]).all()
+    assert (tmp_path / "figures" / "mor_synthetic_node_rnn_seed0.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "mor_synthetic_node_conv_seed0.png").is_file()  # the placeholder
+    assert pd.read_csv(tmp_path / "mor.csv")["method"].tolist() == frame["method"].tolist()
+
+
+def test_a_level_beyond_the_model_fails_the_measure_job_before_any_work(tmp_path):
+    from puppet.core.runs import attempts, inspect_run
+
+    measured, _, _ = _measured_study(tmp_path, levels={"prune": [13]})
+    assert measured["status"] == "error" and "mor.levels.prune: [13] exceed 12" in measured["error"]
+    assert "deployments" not in measured
+    state = inspect_run(tmp_path)
+    assert state.failed and state.error.startswith("measure:")
+    assert attempts(tmp_path, "measure") == 1 and attempts(tmp_path, "train") == 0  # measured again, not retrained

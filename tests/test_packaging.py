@@ -121,7 +121,7 @@ def test_every_benchmark_script_starts(script):
     assert result.returncode == 0, result.stderr.strip().splitlines()[-1:]
 
 
-def test_readme_baseline_sizes_are_the_models():
+def test_readme_baseline_sizes_are_the_models(model_descriptions):
     """The README's "Baselines: configurations and sizes" table: every model it names is registered, and
     its two numbers are that model's stored size at 512 channels and the paper's Params Size, as
     ``results/sizes.csv`` computes them (so the README cannot drift from the code)."""
@@ -131,7 +131,7 @@ def test_readme_baseline_sizes_are_the_models():
 
     text = (REPO / "README.md").read_text()
     section = text.split("## Baselines: configurations and sizes", 1)[1].split("\n## ", 1)[0]
-    sizes = model_sizes().set_index("model")
+    sizes = model_sizes(model_descriptions).set_index("model")
     rows = [line for line in section.splitlines() if line.startswith("|") and "`" in line]
     assert len(rows) >= 17, "the table lists every baseline of Tables 1 and 2 and each configuration"
     for line in rows:

@@ -324,10 +324,10 @@ def test_generation_macs_match_flopcounter():
     assert step_macs(512) == pytest.approx(1.23e9, rel=0.01)  # spec §11
 
 
-def test_table5_matches_paper():
+def test_table5_matches_paper(model_descriptions):
     from puppet.report.table5 import table5
 
-    frame = table5()
+    frame = table5(model_descriptions)
     assert len(frame) == 7 and list(frame.c_max) == [64, 128, 256, 512, 1024, 2048, 4096]
     assert (frame.total_params_m == frame.paper_total_params_m).all()
     assert (frame.param_size_mb == frame.paper_param_size_mb).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -86,8 +87,8 @@ def test_metrics_csv_is_tidy_with_provenance(metrics):
     assert df.loc[df.model == "mobilenet_v1", "error"].item().startswith("measure:")
 
 
-def test_table2_puts_paper_numbers_beside_ours(metrics, tmp_path):
-    frames = write_tables(metrics, tmp_path / "out")
+def test_table2_puts_paper_numbers_beside_ours(metrics, models_csv, tmp_path):
+    frames = write_tables(metrics, tmp_path / "out", models_csv)
     t2 = pd.read_csv(tmp_path / "out" / "table2.csv")
     assert list(t2["label"]) == [r.label for r in TABLE2.rows]
     alex = t2[t2.model == "alexnet"].iloc[0]
@@ -103,17 +104,17 @@ def test_table2_puts_paper_numbers_beside_ours(metrics, tmp_path):
     assert set(frames) >= {"table1", "table2", "table3", "table4", "table6"}
 
 
-def test_a_failure_without_message_is_said_so(metrics, tmp_path):
+def test_a_failure_without_message_is_said_so(metrics, models_csv, tmp_path):
     df = pd.read_csv(metrics)
     df.loc[df.model == "squeezenet", "error"] = None  # an error record with an empty message
     df.to_csv(tmp_path / "m.csv", index=False)
-    write_tables(tmp_path / "m.csv", tmp_path / "out")
+    write_tables(tmp_path / "m.csv", tmp_path / "out", models_csv)
     squeeze = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["squeezenet"]
     assert squeeze["note"] == "failed: no message recorded"
 
 
-def test_figures_are_written(metrics, tmp_path):
-    paths = write_figures(metrics, tmp_path / "fig")
+def test_figures_are_written(metrics, models_csv, tmp_path):
+    paths = write_figures(metrics, tmp_path / "fig", models_csv)
     names = {p.name for p in paths}
     assert {
         "cifar10_top1_vs_stored_params.png",
@@ -124,10 +125,10 @@ def test_figures_are_written(metrics, tmp_path):
     assert {"size_vs_depth.png", "size_vs_depth.csv"} <= names
 
 
-def test_size_vs_depth_fixed_grow_puppets_flat(tmp_path):
+def test_size_vs_depth_fixed_grow_puppets_flat(model_descriptions, tmp_path):
     from puppet.report.figures import size_vs_depth
 
-    size_vs_depth(tmp_path)
+    size_vs_depth(model_descriptions, tmp_path)
     frame = pd.read_csv(tmp_path / "size_vs_depth.csv")
     vgg = frame[frame.model == "vgg"].sort_values("depth")["param_size_mb"].tolist()
     puppet = frame[frame.model == "puppet_vgg"].sort_values("depth")["param_size_mb"].tolist()
@@ -140,15 +141,17 @@ def test_pareto_front():
     assert pareto_front(pts, "x", "y")["x"].tolist() == [1, 3]
 
 
-def test_publish_snapshot_with_provenance(metrics, tmp_path):
+def test_publish_snapshot_with_provenance(metrics, models_csv, tmp_path):
     from puppet.report.publish import publish
 
     results = metrics.parent
-    write_tables(metrics, results)
-    write_figures(metrics, results / "figures")
+    shutil.copy(models_csv, results / "models.csv")  # as the describe_models rule leaves it
+    write_tables(metrics, results, results / "models.csv")
+    write_figures(metrics, results / "figures", results / "models.csv")
     out = publish(results, "quick-test", "snakemake --cores all all", timing="1 min")
     readme = (out / "README.md").read_text()
     assert (out / "metrics.csv").read_text() == metrics.read_text()
+    assert (out / "models.csv").read_text() == models_csv.read_text()  # what the size tables were made from
     assert (out / "table2.csv").is_file() and list((out / "figures").glob("*.png"))
     assert "4 (2 ok, 2 failed)" in readme and "cpu (x86_64)" in readme and "commit(s) abc" in readme
 
@@ -160,27 +163,29 @@ def test_publish_refuses_without_results(tmp_path):
         publish(tmp_path, "x", "cmd")
 
 
-def _sitting(tmp_path, label, *runs, config_hash="h"):
-    """One sitting: its runs collated into tmp_path/results/metrics.csv, as `snakemake tables` leaves it."""
+def _sitting(tmp_path, models_csv, label, *runs, config_hash="h"):
+    """One sitting: its runs collated into tmp_path/results/metrics.csv beside the model descriptions
+    (``models_csv``), as `snakemake tables` leaves them."""
     root = tmp_path / label
     paths = [_run(root, model, seed, top1) for model, seed, top1 in runs]
     for p in paths:
         p.write_text(json.dumps({**json.loads(p.read_text()), "config_hash": config_hash}))
     results = tmp_path / "results"
     collate(paths, results / "metrics.csv")
+    shutil.copy(models_csv, results / "models.csv")
     return results
 
 
-def test_publish_merge_adds_each_sitting(tmp_path):
+def test_publish_merge_adds_each_sitting(tmp_path, models_csv):
     from puppet.report.publish import publish
 
-    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0), ("mobilenet_v1", 0, 45.0))
+    results = _sitting(tmp_path, models_csv, "s1", ("alexnet", 0, 50.0), ("mobilenet_v1", 0, 45.0))
     out = publish(
         results, "paper-x", "snakemake --cores all tables --config models='[alexnet,mobilenet_v1]'", "9 min", merge=True
     )
     assert len(pd.read_csv(out / "metrics.csv")) == 2 and (out / "table2.csv").is_file()
     # A second sitting: a new run, and alexnet redone (same spec) with another result.
-    _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0), ("alexnet", 0, 60.0))
+    _sitting(tmp_path, models_csv, "s2", ("squeezenet", 0, 40.0), ("alexnet", 0, 60.0))
     publish(
         results, "paper-x", "snakemake --cores all tables --config models='[squeezenet,alexnet]'", "7 min", merge=True
     )
@@ -203,13 +208,13 @@ def test_publish_merge_adds_each_sitting(tmp_path):
     )
 
 
-def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
+def test_publish_merge_refuses_a_changed_run_spec(tmp_path, models_csv):
     from puppet.report.publish import PublishError, publish
 
-    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
+    results = _sitting(tmp_path, models_csv, "s1", ("alexnet", 0, 50.0))
     out = publish(results, "paper-x", "sitting 1", merge=True)
     before = (out / "metrics.csv").read_text()
-    _sitting(tmp_path, "s2", ("alexnet", 0, 70.0), config_hash="other")
+    _sitting(tmp_path, models_csv, "s2", ("alexnet", 0, 70.0), config_hash="other")
     with pytest.raises(PublishError) as err:
         publish(results, "paper-x", "sitting 2", merge=True)
     assert "\n" not in str(err.value) and "quick/cifar10/alexnet/seed0" in str(err.value)
@@ -219,14 +224,14 @@ def test_publish_merge_refuses_a_changed_run_spec(tmp_path):
     assert pd.read_csv(out / "metrics.csv")["config_hash"].tolist() == ["other"]
 
 
-def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recorded(tmp_path):
+def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recorded(tmp_path, models_csv):
     from puppet.report.publish import publish
 
-    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
-    write_tables(results / "metrics.csv", results)
+    results = _sitting(tmp_path, models_csv, "s1", ("alexnet", 0, 50.0))
+    write_tables(results / "metrics.csv", results, results / "models.csv")
     out = publish(results, "quick-old", "snakemake --cores all all", timing="20 min")
     (out / "sittings.csv").unlink()  # as in snapshots published before --merge existed
-    _sitting(tmp_path, "s2", ("squeezenet", 0, 40.0))
+    _sitting(tmp_path, models_csv, "s2", ("squeezenet", 0, 40.0))
     publish(results, "quick-old", "snakemake --cores all tables --config models='[squeezenet]'", merge=True)
     sittings = pd.read_csv(out / "sittings.csv", keep_default_na=False)
     assert list(sittings["command"]) == [
@@ -239,19 +244,19 @@ def test_publish_merge_continues_a_snapshot_published_before_sittings_were_recor
     ]
 
 
-def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, capsys):
+def test_publish_merge_error_is_one_line_from_the_cli(tmp_path, models_csv, capsys):
     from puppet.cli import main
 
-    results = _sitting(tmp_path, "s1", ("alexnet", 0, 50.0))
+    results = _sitting(tmp_path, models_csv, "s1", ("alexnet", 0, 50.0))
     argv = ["publish", "--merge", "--name", "x", "--run-command", "c", "--results", str(results)]
     assert main(argv) == 0
-    _sitting(tmp_path, "s2", ("alexnet", 0, 50.0), config_hash="other")
+    _sitting(tmp_path, models_csv, "s2", ("alexnet", 0, 50.0), config_hash="other")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot merge") and "\n" not in err
 
 
-def test_a_model_measured_in_two_deployments_has_a_row_for_each(tmp_path):
+def test_a_model_measured_in_two_deployments_has_a_row_for_each(tmp_path, models_csv):
     """Tables select rows by the deployment key: a run measured as ``default`` and one more
     deployment appears twice in every table that names the model, each labelled by its
     deployment's description and beside the same paper numbers; the default row keeps the train
@@ -280,7 +285,7 @@ def test_a_model_measured_in_two_deployments_has_a_row_for_each(tmp_path):
     assert df.loc["default", "mean_depth"] == 7.0 and math.isnan(df.loc["precomputed", "mean_depth"])
     assert (df.loc["default", "top1"], df.loc["precomputed", "top1"]) == (30.0, 29.0)
     assert df["config_hash"].tolist() == ["h", "h"] and df["device"].tolist() == ["cpu (x86_64)"] * 2
-    write_tables(tmp_path / "metrics.csv", tmp_path / "out")
+    write_tables(tmp_path / "metrics.csv", tmp_path / "out", models_csv)
     for name in ("table1", "table2", "table4"):  # the tables with a CIFAR-10 Puppet-CNN row
         table = pd.read_csv(tmp_path / "out" / f"{name}.csv")
         ours = table[(table.model == "puppet_cnn") & (table.dataset == "cifar10")]
@@ -295,7 +300,7 @@ def test_a_model_measured_in_two_deployments_has_a_row_for_each(tmp_path):
     assert (fly["top1"], pre["top1"]) == (30.0, 29.0) and math.isnan(fly["kernels_mb"]) and pre["kernels_mb"] == 3.5
     assert fly["paper_latency_s_per_img"] == pre["paper_latency_s_per_img"] == 0.0039  # the paper's beside both
     # the PDE and SkipNet tables, the provenance and Fig. 3 read one row per run: the default's
-    write_figures(tmp_path / "metrics.csv", tmp_path / "figures")
+    write_figures(tmp_path / "metrics.csv", tmp_path / "figures", models_csv)
 
 
 def test_a_failed_deployment_is_a_row_of_its_own(tmp_path):
@@ -320,12 +325,12 @@ def test_a_measure_json_written_before_deployments_is_measured_again(tmp_path):
     assert row["status"] == "error" and "predates deployments" in row["error"]
 
 
-def test_tables_refuse_a_metrics_csv_without_deployments(metrics, tmp_path):
+def test_tables_refuse_a_metrics_csv_without_deployments(metrics, models_csv, tmp_path):
     from puppet.report.collate import MetricsFormatError
 
     pd.read_csv(metrics).drop(columns="deployment").to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(MetricsFormatError, match="collate the runs again"):
-        write_tables(tmp_path / "old.csv", tmp_path / "out")
+        write_tables(tmp_path / "old.csv", tmp_path / "out", models_csv)
 
 
 def _pde_metrics(train_size=4000, epochs=8):
@@ -359,10 +364,10 @@ def _pde_metrics(train_size=4000, epochs=8):
     return pd.DataFrame(rows)
 
 
-def test_pde_table_puts_the_poster_beside_ours_and_says_what_is_not_built():
+def test_pde_table_puts_the_poster_beside_ours_and_says_what_is_not_built(model_descriptions):
     from puppet.report.pde import pde_table, render
 
-    t = pde_table(_pde_metrics()).set_index(["section", "label"])
+    t = pde_table(_pde_metrics(), model_descriptions).set_index(["section", "label"])
     rg = t.loc[("CIFAR-10 comparison", "ResNet-Global")]
     assert rg["top1"] == 60.0 and math.isclose(rg["top1_std"], 2**0.5) and rg["paper_top1"] == 91.93
     assert math.isnan(rg["top1_diff"]) and not rg["comparable"]  # 8 epochs on a subset: no accuracy Δ
@@ -376,35 +381,35 @@ def test_pde_table_puts_the_poster_beside_ours_and_says_what_is_not_built():
     assert math.isclose(footprint["params_k"], 167.252)  # the poster quotes 100-class counts here
     assert footprint["top1_c10"] == 60.0 and footprint["top1_c100"] == 60.0 and footprint["paper_top1_c100"] == 68.1
     assert len(t.xs("Low model footprint")) == 8
-    md = render(pde_table(_pde_metrics()))
+    md = render(pde_table(_pde_metrics(), model_descriptions))
     assert "paper only: not built here" in md and "CIFAR-10 comparison" in md and "Low model footprint" in md
 
 
-def test_pde_table_gives_an_accuracy_difference_only_at_the_posters_protocol():
+def test_pde_table_gives_an_accuracy_difference_only_at_the_posters_protocol(model_descriptions):
     from puppet.report.pde import pde_table
 
-    t = pde_table(_pde_metrics(train_size=50_000, epochs=300)).set_index(["section", "label"])
+    t = pde_table(_pde_metrics(train_size=50_000, epochs=300), model_descriptions).set_index(["section", "label"])
     rg = t.loc[("CIFAR-10 comparison", "ResNet-Global")]
     assert rg["comparable"] and math.isclose(rg["top1_diff"], 60.0 - 91.93)
     assert math.isclose(t.loc[("Low model footprint", "ResNet-32"), "top1_c100_diff"], 65.0 - 68.6)
 
 
-def test_pde_table_says_which_runs_are_missing():
+def test_pde_table_says_which_runs_are_missing(model_descriptions):
     from puppet.report.pde import pde_table
 
     only_c10 = _pde_metrics()
     only_c10 = only_c10[only_c10.dataset == "cifar10"]
-    t = pde_table(only_c10).set_index(["section", "label"])
+    t = pde_table(only_c10, model_descriptions).set_index(["section", "label"])
     assert t.loc[("Low model footprint", "ResNet-Global"), "note"] == "CIFAR-100 not run"
     assert t.loc[("CIFAR-10 comparison", "ResNet-Global"), "note"] == ""
 
 
-def test_no_difference_across_widths_and_below_chance_is_flagged(metrics, tmp_path):
+def test_no_difference_across_widths_and_below_chance_is_flagged(metrics, models_csv, tmp_path):
     df = pd.read_csv(metrics)
     df["max_channels"] = 32  # the quick profile's width, against the paper's 512
     df.loc[df.model == "alexnet", "top1"] = 5.0  # below CIFAR-10's 10% chance
     df.to_csv(tmp_path / "m.csv", index=False)
-    write_tables(tmp_path / "m.csv", tmp_path / "out")
+    write_tables(tmp_path / "m.csv", tmp_path / "out", models_csv)
     alex = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["alexnet"]
     assert math.isnan(alex["top1_diff"]) and math.isnan(alex["param_size_mb_diff"]) and alex["paper_top1"] == 65.86
     assert "width 32, paper 512: no Δ" in alex["note"] and "below chance (10%)" in alex["note"]
@@ -439,7 +444,7 @@ def test_every_model_keeps_one_style_and_figures_say_what_they_show():
     assert describe_runs(metrics, "cifar10") == "profile quick, max_channels 32, 6/8 epochs, 2 seeds"
 
 
-def test_skipnet_table_and_tradeoff_figure(tmp_path):
+def test_skipnet_table_and_tradeoff_figure(model_descriptions, tmp_path):
     """Every SkipNet configuration that ran gets a row saying how it was built and trained; the gated
     share comes from the mean depth (1 + 2 x blocks run, the first block always runs); the figure
     draws the size-matched and the as-published runs in panels of their own."""
@@ -472,7 +477,7 @@ def test_skipnet_table_and_tradeoff_figure(tmp_path):
             for m, t, macs, depth in rows
         ]
     )
-    table = skipnet_table(metrics).set_index("model")
+    table = skipnet_table(metrics, model_descriptions).set_index("model")
     assert list(table.index) == ["skipnet", "skipnet38", "skipnet38_alpha1e-1", "skipnet_gumbel"]
     assert table.loc["skipnet", "blocks_executed"] == 50.0 and table.loc["skipnet38", "blocks_executed"] == 50.0
     assert table.loc["skipnet38", "configuration"] == "as published"

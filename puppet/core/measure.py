@@ -138,8 +138,9 @@ def _latency_record(est: timing.Estimate, calls: list[list[float]], threshold: f
 
 
 def _throughput(default: nn.Module, other: nn.Module | None, x_all: torch.Tensor, settings: MeasureSpec, device):
-    """(images/s of ``default``, images/s of ``other`` or None, batch used): at the largest batch
-    up to ``throughput_batch`` that fits, the two timed interleaved when there are two."""
+    """(images/s of ``default``, images/s of ``other``, default's time / other's, batch used; the
+    second and third None without ``other``): at the largest batch up to ``throughput_batch``
+    that fits, the two timed interleaved when there are two."""
     n, batch, rounds = len(x_all), settings.throughput_batch, settings.rounds
     while batch >= 1:
         try:
@@ -147,7 +148,7 @@ def _throughput(default: nn.Module, other: nn.Module | None, x_all: torch.Tensor
             calls = [0] * settings.throughput_iters  # one round: throughput_iters batched forwards
             if other is None:
                 est = timing.timed(lambda _: default(xb), calls, rounds=rounds, warmup=2, device=device)  # noqa: B023
-                return est.scaled_inverse(batch), None, batch
+                return est.scaled_inverse(batch), None, None, batch
             c = timing.compare(
                 lambda _: default(xb),  # noqa: B023 (called in this iteration)
                 lambda _: other(xb),  # noqa: B023
@@ -156,7 +157,7 @@ def _throughput(default: nn.Module, other: nn.Module | None, x_all: torch.Tensor
                 warmup=2,
                 device=device,
             )
-            return c.a.scaled_inverse(batch), c.b.scaled_inverse(batch), batch
+            return c.a.scaled_inverse(batch), c.b.scaled_inverse(batch), c.ratio, batch
         except torch.cuda.OutOfMemoryError:  # timm-style back-off: halve the batch and retry
             torch.cuda.empty_cache()
             batch //= 2
@@ -170,7 +171,8 @@ def measure_speed(
     """Batch-1 latency over real test images and batched throughput, each a median over
     ``rounds`` rounds with its interval (``puppet.core.timing``): ``default`` alone, or
     ``default`` and ``other`` interleaved, ``other``'s record then carrying
-    ``speedup_vs_default`` (default's latency / its own, the median of per-round ratios)."""
+    ``speedup_vs_default`` (default's latency / its own, the median of per-round ratios) and
+    ``throughput_speedup_vs_default`` (the same at the throughput batch)."""
     default.eval()
     x_all = batches.normalise(batches.x)
     n = len(x_all)
@@ -188,11 +190,13 @@ def measure_speed(
         mine = _latency_record(c.a, c.calls_a, threshold)
         theirs = _latency_record(c.b, c.calls_b, threshold)
         theirs.update(c.ratio.record("speedup_vs_default", threshold=threshold))
-    thr, thr_other, used = _throughput(default, other, x_all, settings, device)
+    thr, thr_other, thr_ratio, used = _throughput(default, other, x_all, settings, device)
     for record, est in ((mine, thr), (theirs, thr_other)):
         if record is not None:
             record.update(est.record("throughput", "img_per_s", threshold))
             record.update(throughput_batch=used, latency_rounds=rounds)
+    if theirs is not None:  # the batched speed-up, as the batch-1 one: default's time / its own, per round
+        theirs.update(thr_ratio.record("throughput_speedup_vs_default", threshold=threshold))
     return mine, theirs
 
 
@@ -312,9 +316,11 @@ def measure_model(
     return records
 
 
-def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """The measure job: load the trained ``model.pt`` and write ``measure.json``; a failure is a
-    ``status=error`` record (and a line on the console), a run whose training failed is skipped."""
+def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The measure job: load the trained ``model.pt``, measure each of its deployments and write
+    ``measure.json``; a failure is a ``status=error`` record (and a line on the console), a run
+    whose training failed is skipped. ``deploy_options``: the config's options for this model's
+    deployments (``DeployContext.options``, e.g. a Neural ODE's reduction levels)."""
     remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
     record = {"profile": spec.profile, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed}
     state = inspect_run(run_dir)
@@ -335,8 +341,12 @@ def measure_main(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                     f"delete it and rerun: the run is redone from its checkpoint"
                 ) from None
             test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
-            train = Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
-            context = DeployContext(train_images=lambda: (x for x, _ in train))
+            context = DeployContext(
+                options=dict(deploy_options or {}),
+                train_images=lambda: (
+                    x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
+                ),
+            )
             deployments = measure_model(model, test, spec.measure, device, context)
             failed = [r for r in deployments if r["status"] != "ok"]
             for r in failed:

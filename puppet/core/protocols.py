@@ -166,12 +166,15 @@ class DeployContext:
 
     ``options``: the config's deployment options for this model (e.g. a reduction's levels), empty
     when it names none. ``train_images``: called with no argument, an iterable of normalised
-    training image batches (no labels) on the model's device, for a deployment fitted on training
-    data (e.g. snapshots for POD); a deployment that needs none never calls it.
+    training image batches (no labels) on the model's device, in their stored order, for a
+    deployment fitted on training data (e.g. snapshots for POD); a deployment that needs none never
+    calls it. ``cache``: what one deployment computed and the next may reuse within the same measure
+    job (the snapshots shared by every POD level), keyed by the family that put it there.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
     train_images: Callable[[], Iterable[torch.Tensor]] = lambda: ()
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
 DEFAULT_DEPLOYMENT = "default"  # every model's own forward, the training-time path

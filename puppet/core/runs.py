@@ -57,15 +57,12 @@ class RunState:
     path: Path
     train: str = "missing"  # missing | paused | ok | error | corrupt
     measure: str = "missing"  # missing | ok | error | skipped | corrupt
-    mor: str = "none"  # none (no MOR study for this run) | ok | error | skipped
     error: str = ""  # the one-line message of a failed train or measure
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
 
     @property
     def failed(self) -> bool:
-        return self.train in ("error", "corrupt") or (
-            self.train == "ok" and (self.measure in ("error", "corrupt") or self.mor == "error")
-        )
+        return self.train in ("error", "corrupt") or (self.train == "ok" and self.measure in ("error", "corrupt"))
 
     def pending(self, stage: str) -> int:
         """Damaged files of this stage not yet set aside: counted as attempts until they are."""
@@ -137,11 +134,6 @@ def inspect_run(path: str | Path) -> RunState:
             state.measure = measure["status"]
             if measure["status"] == "error" and state.train == "ok":
                 state.error = f"measure: {measure.get('error') or 'unknown error'}"
-    mor_csv = path / "mor.csv"
-    if mor_csv.exists():  # the MOR study of a Neural ODE run (puppet.compress.study): any error row fails it
-        state.mor, message = _mor_status(mor_csv)
-        if state.mor == "error" and state.train == "ok" and not state.error:
-            state.error = f"mor: {message}"
     if state.train == "ok" and state.measure != "ok":
         # model.pt matters only while the run still has to be measured: a finished run whose
         # model.pt was deleted to save space is left alone (its numbers are all recorded)
@@ -153,23 +145,6 @@ def inspect_run(path: str | Path) -> RunState:
     elif state.train == "ok" and state.measure == "corrupt":
         state.error = "damaged measure.json"
     return state
-
-
-def _mor_status(path: Path) -> tuple[str, str]:
-    import csv
-
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error) as exc:
-        return "error", f"unreadable {path.name} ({one_line(exc, 120)})"
-    if not rows:
-        return "error", f"empty {path.name}"
-    failed = [r for r in rows if r.get("status") == "error"]
-    if failed:
-        where = f"{failed[0].get('method', '')} {failed[0].get('level', '')}".strip()
-        return "error", (f"{where}: " if where else "") + (failed[0].get("error") or "no message recorded")
-    return rows[0].get("status", "error"), ""
 
 
 def _unused(path: Path) -> Path:
@@ -219,7 +194,7 @@ def record_failure(path: str | Path, stage: str, message: str, **extra) -> None:
 
 
 def attempts(path: str | Path, stage: str | None = None) -> int:
-    """Failed attempts and set-aside files of a run (of one stage: 'train', 'measure' or 'mor').
+    """Failed attempts and set-aside files of a run (of one stage: 'train' or 'measure').
 
     The train and measure rules take this number as a parameter: it grows with each failure,
     so Snakemake's params trigger reruns a failed job at the next invocation, and it stays put

@@ -7,7 +7,8 @@
 * Fig. 3 of the paper: Puppet-CNN's realised depth against input complexity over
   the test set (from each run's ``test_stats.pt``).
 * Fig. 4 of the paper: stored size against depth for VGG/ResNet and their puppets
-  (computed from the model code at the paper's width, 512 channels).
+  (at the paper's width, 512 channels, read from ``results/models.csv``: the model code's
+  descriptions, ``puppet.report.models``; nothing here builds a model).
 
 Written as PNG (for reading) and PDF (for papers).
 """
@@ -29,6 +30,7 @@ from puppet.core.protocols import DEFAULT_DEPLOYMENT  # noqa: E402
 from puppet.core.registry import model_info  # noqa: E402
 from puppet.core.runs import archive_problem, run_dir  # noqa: E402
 from puppet.report.collate import default_rows, load_metrics  # noqa: E402
+from puppet.report.models import FIG4_FAMILIES, PAPER_WIDTH, described, load_models  # noqa: E402
 
 COST_AXES = {
     "stored_params": "stored parameters",
@@ -256,29 +258,22 @@ def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -
     return written
 
 
-# Depth variants shown in Fig. 4: (fixed model, its puppet, the depths both builders accept)
-FIG4_FAMILIES = (("vgg", "puppet_vgg", (11, 13, 16, 19)), ("resnet", "puppet_resnet", (18, 34)))
-
-
-def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10) -> list[Path]:
-    """Fig. 4: stored size (MB) against depth at the paper's width; the puppets' size stays flat."""
-    from puppet.core.measure import param_size_mb, stored_param_count
-    from puppet.core.registry import create_model
-
+def size_vs_depth(models: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Fig. 4 and its numbers (``size_vs_depth.csv``): stored size (MB) against depth at the paper's
+    width, each model's row in the descriptions ``models`` (``FIG4_FAMILIES``' builds); the puppets'
+    size stays flat. Called by ``write_figures``."""
     rows = []
     for fixed, puppet, depths in FIG4_FAMILIES:
         for depth in depths:
             for name in (fixed, puppet):
-                stored = stored_param_count(
-                    create_model(name, num_classes=num_classes, max_channels=max_channels, depth=depth)
-                )
+                built = described(models, name, depth=depth)
                 rows.append(
                     {
                         "family": fixed,
                         "model": name,
                         "depth": depth,
-                        "stored_params": stored,
-                        "param_size_mb": param_size_mb(stored),
+                        "stored_params": int(built["stored_params"]),
+                        "param_size_mb": built["param_size_mb"],
                     }
                 )
     frame = pd.DataFrame(rows)
@@ -295,17 +290,21 @@ def size_vs_depth(out_dir: Path, max_channels: int = 512, num_classes: int = 10)
         )
     ax.set_yscale("log")
     ax.set_xlabel("depth (weight layers)")
-    ax.set_ylabel(f"stored size (MB, {max_channels} channels max)")
+    ax.set_ylabel(f"stored size (MB, {PAPER_WIDTH} channels max)")
     ax.set_title("Model size vs depth (Fig. 4): fixed CNNs grow, puppets stay flat")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return save(fig, out_dir / "size_vs_depth") + [out_dir / "size_vs_depth.csv"]
 
 
-def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
+def write_figures(metrics_path: str | Path, out_dir: str | Path, models_path: str | Path) -> list[Path]:
+    """Every figure into ``out_dir``: from the runs (``metrics_path``, and Fig. 3's per-run files in
+    ``runs/`` beside it) and from the model descriptions (``models_path``: Fig. 4, the SkipNet
+    configurations). Called by ``python -m puppet figures`` (the ``plot_figures`` rule) and ``publish --merge``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = load_metrics(metrics_path)
+    models = load_models(models_path)
     summary = summarise(metrics)
     written = []
     for dataset in sorted(metrics["dataset"].dropna().astype(str).unique()):
@@ -315,14 +314,14 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
             for axis in ("cost", *COST_AXES):
                 written += placeholder(out_dir / f"{dataset}_top1_vs_{axis}", f"{dataset}: no finished run to plot")
     written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
-    written += size_vs_depth(out_dir)
-    written += skipnet_tradeoff(metrics, out_dir)
+    written += size_vs_depth(models, out_dir)
+    written += skipnet_tradeoff(metrics, models, out_dir)
     return written
 
 
-def skipnet_tradeoff(metrics: pd.DataFrame, out_dir: Path) -> list[Path]:
+def skipnet_tradeoff(metrics: pd.DataFrame, models: pd.DataFrame, out_dir: Path) -> list[Path]:
     """SkipNet's configurations: top-1 against mean MACs, the SkipNet-38 skip-reward curve joined."""
     from puppet.report.skipnet import plot_tradeoff, skipnet_table
 
-    fig = plot_tradeoff(skipnet_table(default_rows(metrics)))
+    fig = plot_tradeoff(skipnet_table(default_rows(metrics), models))
     return save(fig, out_dir / "skipnet_tradeoff")

@@ -1,7 +1,13 @@
-"""The MOR study's outputs: ``results/mor.csv`` (every run's ``mor.csv``, stacked) and, per task,
-a figure with three curves: test accuracy against wall-clock speed-up of the whole network (95 %
-interval bars) and against the MAC reduction of the ODE layer, for POD-DEIM, pruning and SVD
-truncation, the full model marked.
+"""The MOR study's view of the results: ``results/mor.csv`` and, per Neural ODE run, a figure with
+three curves: test accuracy against the wall-clock speed-up of the whole network (95 % interval
+bars) and against the MAC reduction of the ODE layer, for POD-DEIM, pruning and SVD truncation,
+the full model marked.
+
+Nothing is measured here: every number is a row of ``results/metrics.csv``, where each reduction
+of a trained run is a deployment ``<method>@<level>`` measured by the one measure path
+(``puppet.compress.deploy``), the full model being the run's ``default`` row. The view renames
+the columns the MOR study has always had: ``speedup_total`` is the throughput ratio at the measure
+job's batch (full / reduced, interleaved), ``speedup_batch1`` the batch-1 latency ratio.
 
 The paper (Lehtimäki et al., TNNLS) reports curves, not numbers we could retrieve: nothing here is
 compared with a paper number; the qualitative claims are discussed in the docs."""
@@ -16,35 +22,111 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from puppet.compress.deploy import CURVES, LEVEL_NAME, parse_deployment  # noqa: E402
 from puppet.core.io import atomic_write_csv  # noqa: E402
+from puppet.core.protocols import DEFAULT_DEPLOYMENT  # noqa: E402
+from puppet.report.collate import RUN_KEY, load_metrics  # noqa: E402
 from puppet.report.figures import placeholder, save  # noqa: E402
 
-STYLE = {
-    "pod_deim": ("POD-DEIM (k = m)", "tab:red", "o-"),
-    "prune": ("pruning (L1)", "tab:blue", "s-"),
-    "svd": ("SVD truncation", "tab:green", "^-"),
+# mor.csv column <- metrics.csv column
+RENAMED = {
+    "total_params": "params_total",
+    "macs": "macs_total",
+    "throughput_speedup_vs_default": "speedup_total",
+    "throughput_speedup_vs_default_ci_low": "speedup_total_ci_low",
+    "throughput_speedup_vs_default_ci_high": "speedup_total_ci_high",
+    "throughput_speedup_vs_default_noisy": "speedup_total_noisy",
+    "speedup_vs_default": "speedup_batch1",
+    "speedup_vs_default_ci_low": "speedup_batch1_ci_low",
+    "speedup_vs_default_ci_high": "speedup_batch1_ci_high",
+    "speedup_vs_default_noisy": "speedup_batch1_noisy",
+    "throughput_batch": "timing_batch",
+    "latency_rounds": "rounds",
 }
-LEVEL_NAME = {"pod_deim": "k", "prune": "kept", "svd": "rank"}
+COLUMNS = [
+    *RUN_KEY,
+    "method",
+    "level",
+    "deployment",
+    "status",
+    "error",
+    "state_dim",
+    "nonlinearities",
+    "top1",
+    "top1_full",
+    "params_ode",
+    "params_total",
+    "macs_ode",
+    "macs_ode_formula",
+    "macs_total",
+    "macs_reduction_ode",
+    "macs_reduction_total",
+    "speedup_total",
+    "speedup_total_ci_low",
+    "speedup_total_ci_high",
+    "speedup_total_noisy",
+    "speedup_batch1",
+    "speedup_batch1_ci_low",
+    "speedup_batch1_ci_high",
+    "speedup_batch1_noisy",
+    "time_full_s_per_img",
+    "time_s_per_img",
+    "energy_state",
+    "energy_nonlinear",
+    "deim_condition",
+    "snapshots",
+    "timing_batch",
+    "rounds",
+    "device",
+    "threads",
+    "torch_version",
+    "git_commit",
+    "config_hash",
+]
 
 
-def collect(paths: list[Path]) -> pd.DataFrame:
+def mor_view(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per reduction of every run that has reduced deployments, and the run's full model
+    (``method`` "full", its ``default`` row); the speed-ups and MAC reductions against that row."""
+    parsed = metrics["deployment"].map(parse_deployment)
+    reduced = metrics[parsed.notna()]
     frames = []
-    for path in paths:
-        try:
-            frame = pd.read_csv(path, dtype={"config_hash": str})
-        except (OSError, ValueError) as exc:  # a damaged file costs its rows, not the report
-            frame = pd.DataFrame([{"status": "error", "error": f"unreadable {path} ({exc}); delete it and rerun"}])
+    for key, _ in reduced.groupby(RUN_KEY):
+        run = metrics[(metrics[RUN_KEY] == pd.Series(dict(zip(RUN_KEY, key)))).all(axis=1)]
+        run = run[(run["deployment"] == DEFAULT_DEPLOYMENT) | run["deployment"].map(parse_deployment).notna()]
+        frame = run.rename(columns=RENAMED).copy()
+        methods = frame["deployment"].map(lambda d: (parse_deployment(d) or ("full", None))[0])
+        frame.insert(len(RUN_KEY), "method", methods)
+        full = frame[frame["method"] == "full"]
+        full_row = full.iloc[0] if len(full) else pd.Series(dtype=object)
+        for col in ("speedup_total", "speedup_batch1"):
+            if col in frame:
+                frame.loc[frame["method"] == "full", col] = 1.0
+        thr = frame.get("throughput_img_per_s")
+        if thr is not None:
+            frame["time_s_per_img"] = 1.0 / thr
+            frame["time_full_s_per_img"] = 1.0 / full_row.get("throughput_img_per_s", float("nan"))
+        frame["top1_full"] = full_row.get("top1", float("nan"))
+        for mine, col in (("macs_reduction_ode", "macs_ode"), ("macs_reduction_total", "macs_total")):
+            if col in frame:
+                frame[mine] = full_row.get(col, float("nan")) / frame[col]
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    order = {"full": 0, **{m: i + 1 for i, m in enumerate(CURVES)}}
+    out = out.assign(_order=out["method"].map(order)).sort_values([*RUN_KEY, "_order", "level"], kind="stable")
+    return out.reindex(columns=COLUMNS).reset_index(drop=True)
 
 
 def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     """Accuracy vs speed-up (whole network) and vs MAC reduction (ODE layer) for one run."""
     first = rows.iloc[0]
-    full = rows[rows["method"] == "full"]
+    ok = rows[rows["status"] == "ok"]
+    full = ok[ok["method"] == "full"]
     fig, (ax_speed, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for method, (label, colour, style) in STYLE.items():
-        g = rows[rows["method"] == method].sort_values("level")  # a curve over the levels, not the x order
+    for method, (label, colour, style) in CURVES.items():
+        g = ok[ok["method"] == method].sort_values("level")  # a curve over the levels, not the x order
         if g.empty:
             continue
         err = [g["speedup_total"] - g["speedup_total_ci_low"], g["speedup_total_ci_high"] - g["speedup_total"]]
@@ -63,38 +145,46 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
         for ax in (ax_speed, ax_macs):
             ax.axhline(float(full["top1"].iloc[0]), color="black", linestyle=":", linewidth=1, label="full model")
             ax.axvline(1.0, color="grey", linewidth=0.6)
-    ax_speed.set_xlabel("wall-clock speed-up of the whole network (full / reduced, 95% interval)")
+    batch = f"batch {int(first['timing_batch'])}" if pd.notna(first.get("timing_batch")) else "batch ?"
+    ax_speed.set_xlabel(f"wall-clock speed-up of the whole network (full / reduced, {batch}, 95% interval)")
     ax_macs.set_xlabel("MAC reduction of the ODE layer (full / reduced)")
     ax_macs.set_xscale("log")
     ax_speed.set_ylabel("test top-1 (%)")
     for ax in (ax_speed, ax_macs):
         ax.grid(alpha=0.3, which="both")
     ax_speed.legend(fontsize=8, loc="lower left")
+    n = int(first["threads"]) if pd.notna(first.get("threads")) else None
+    threads = "threads ?" if n is None else f"{n} thread{'s' if n != 1 else ''}"
     fig.suptitle(
         f"{first['model']} on {first['dataset']} ({first['profile']}): post-training compression, no fine-tuning; "
-        f"timed on {first['device']}, {int(first['threads'])} threads, batch {int(first['timing_batch'])}",
+        f"timed on {first['device']}, {threads}",
         fontsize=10,
     )
     fig.tight_layout()
     return save(fig, out_stem)
 
 
-def write_mor(paths: list[Path], out: Path, figures_dir: Path) -> pd.DataFrame:
-    frame = collect(paths)
+def figure_stem(figures_dir: Path, dataset: str, model: str, seed: int) -> Path:
+    """``mor_<dataset>_<model>_seed<N>``: the name the workflow declares for a run's MOR figure."""
+    return Path(figures_dir) / f"mor_{dataset}_{model}_seed{int(seed)}"
+
+
+def write_mor(
+    metrics_path: str | Path, out: str | Path, figures_dir: str | Path, expected: list[str] = ()
+) -> pd.DataFrame:
+    """``results/mor.csv`` and a figure per run with reductions; each of ``expected`` (figure file
+    names the workflow declares) without rows to draw gets a figure saying so."""
+    frame = mor_view(load_metrics(metrics_path))
     atomic_write_csv(frame, Path(out))
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    needed = {"status", "profile", "dataset", "model", "seed", "method"}
-    ok = frame[frame["status"] == "ok"] if needed <= set(frame.columns) else frame.iloc[0:0]
     drawn = set()
-    for (_, dataset, model, seed), rows in ok.groupby(["profile", "dataset", "model", "seed"]):
-        stem = figures_dir / f"mor_{dataset}_{model}_seed{int(seed)}"
+    for (_, dataset, model, seed), rows in frame.groupby(RUN_KEY):
+        stem = figure_stem(figures_dir, dataset, model, seed)
         plot_task(rows, stem)
         drawn.add(stem.name)
-    for path in map(Path, paths):  # a run folder's study that failed: its declared figure says so
-        if len(path.parts) >= 5 and path.parts[-3].startswith("seed"):
-            dataset, model, seed = path.parts[-5:-2]
-            stem = figures_dir / f"mor_{dataset}_{model}_{seed}"
-            if stem.name not in drawn:
-                placeholder(stem, f"{model} on {dataset} ({seed}): no finished MOR study to plot (see {path})")
+    for name in expected:
+        stem = figures_dir / Path(name).stem
+        if stem.name not in drawn:
+            placeholder(stem, f"{stem.name}: no measured reduction to plot (see results/metrics.csv)")
     return frame

@@ -66,15 +66,12 @@ def _comparable(run: pd.Series) -> bool:
     return bool(full and run.get("train_size") == full and run.get("epochs") == PROTOCOL_EPOCHS)
 
 
-def _block_depth(model: str) -> float:
-    """Residual blocks plus Global layers of the model at its default kwargs, from the model code."""
-    import torch
+def _block_depth(models: pd.DataFrame, model: str) -> float:
+    """Residual blocks plus Global layers of the model at its default kwargs: its ``block_depth`` in
+    the model descriptions ``models`` (``results/models.csv``, written from the model code)."""
+    from puppet.report.models import described
 
-    from puppet.core.registry import create_model
-
-    with torch.device("meta"):
-        built = create_model(model)
-    return float(built.block_depth()) if hasattr(built, "block_depth") else math.nan
+    return float(described(models, model)["block_depth"])
 
 
 def _ours(metrics: pd.DataFrame, model: str, dataset: str) -> tuple[dict[str, float], str, pd.DataFrame]:
@@ -136,14 +133,15 @@ def _row(section: str, label: str, model: str, paper: dict, ours: dict, metrics:
     return row
 
 
-def pde_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Both sections of the poster's CIFAR tables, one row per poster row."""
+def pde_table(metrics: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """Both sections of the poster's CIFAR tables, one row per poster row: our runs from ``metrics``,
+    the depth of the models we build from their descriptions ``models``. Called by ``write_tables``."""
     rows = []
     for label, model, paper in CIFAR10_ROWS:
         ours, note, ok = _ours(metrics, model, "cifar10")
         prov = _provenance(ok)
         if model:
-            ours["depth"] = _block_depth(model)
+            ours["depth"] = _block_depth(models, model)
         extra = {"dataset": "cifar10", "note": note, **prov, "comparable_top1": prov.get("comparable", False)}
         rows.append(_row("CIFAR-10 comparison", label, model, paper, ours, CIFAR10_METRICS, extra))
     for label, model, paper in FOOTPRINT_ROWS:

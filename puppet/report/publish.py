@@ -29,6 +29,7 @@ from puppet.report.collate import COLUMNS, KEY
 
 LIVE = [
     "metrics.csv",
+    "models.csv",  # the model descriptions the size tables and Fig. 4 were made from
     "table1.csv",
     "table2.csv",
     "table3.csv",
@@ -127,9 +128,10 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
     from puppet.report.figures import write_figures
     from puppet.report.tables import write_tables
 
-    if not (results / "metrics.csv").is_file():
+    missing = [f for f in ("metrics.csv", "models.csv") if not (results / f).is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"nothing to merge: metrics.csv missing under {results}; run `snakemake --cores all tables` first"
+            f"nothing to merge: {', '.join(missing)} missing under {results}; run `snakemake --cores all tables` first"
         )
     sitting = pd.read_csv(results / "metrics.csv", dtype={"config_hash": str})
     snapshot = (
@@ -142,7 +144,9 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(merged, out / "metrics.csv")
-    write_tables(out / "metrics.csv", out)
+    # the size tables and Fig. 4 describe this checkout's model code (the newest sitting's), as they always did
+    shutil.copy2(results / "models.csv", out / "models.csv")
+    write_tables(out / "metrics.csv", out, out / "models.csv")
     if (out / "figures").exists():  # rebuilt whole, so no figure of the previous merge lingers
         shutil.rmtree(out / "figures")
     # write_figures reads Fig. 3's per-run test_stats.pt from runs/ beside the metrics file it is
@@ -152,7 +156,7 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
     os.close(fd)
     try:
         atomic_write_csv(merged, tmp)
-        write_figures(tmp, out / "figures")
+        write_figures(tmp, out / "figures", out / "models.csv")
     finally:
         Path(tmp).unlink(missing_ok=True)
     atomic_write_csv(sittings, out / SITTINGS)

@@ -16,43 +16,43 @@ import math
 import pandas as pd
 
 
-def skipnet_models() -> list[str]:
-    """``skipnet`` and every model registered as one of its configurations."""
-    from puppet.core.registry import list_models, model_info
+def skipnet_models(models: pd.DataFrame) -> list[str]:
+    """``skipnet`` and every model registered as one of its configurations, from the model descriptions."""
+    from puppet.report.models import SKIPNET
 
-    return [m for m in list_models() if m == "skipnet" or model_info(m).base == "skipnet"]
+    is_skipnet = (models["model"] == SKIPNET) | (models["base"] == SKIPNET)
+    return sorted(set(models.loc[is_skipnet, "model"]))
 
 
-def _describe(model: str) -> dict:
-    """Backbone, training and reward of a SkipNet model as built (on the meta device: nothing allocated)."""
-    import torch
+def _describe(models: pd.DataFrame, model: str) -> dict:
+    """Backbone, training and reward of a SkipNet model as built at 512 channels: its row in the model
+    descriptions ``models`` (``results/models.csv``), put into words."""
+    from puppet.report.models import PAPER_WIDTH, described
 
-    from puppet.core.registry import create_model, model_info
-
-    with torch.device("meta"):
-        net = create_model(model, max_channels=512)
-    widths = sorted({b.conv1.out_channels for b in net.blocks})
-    gumbel = net.gate_training == "gumbel"
+    net = described(models, model)
+    gumbel = net["gate_training"] == "gumbel"
     return {
-        "configuration": model_info(model).configuration,
-        "backbone": f"{1 + 2 * len(net.blocks) + 1}-layer ResNet, widths {'-'.join(map(str, widths))}"
-        + (" (at 512 channels)" if not model_info(model).fixed_width else ""),
+        "configuration": net["configuration"],
+        "backbone": f"{1 + 2 * int(net['residual_blocks']) + 1}-layer ResNet, widths {net['block_widths']}"
+        + (f" (at {PAPER_WIDTH} channels)" if not net["fixed_width"] else ""),
         "training": "ConvNet-AIG-style (Gumbel, target rate)" if gumbel else "SkipNet (SP then HRL)",
-        "reward": f"target rate {net.target_rate:g}" if gumbel else f"alpha {net.hrl_alpha:g}",
-        "gated_blocks": len(net.blocks) - 1,
+        "reward": f"target rate {net['target_rate']:g}" if gumbel else f"alpha {net['hrl_alpha']:g}",
+        "gated_blocks": int(net["residual_blocks"]) - 1,
     }
 
 
-def skipnet_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, SkipNet model) that ran; means over seeds."""
-    names = set(skipnet_models())
+def skipnet_table(metrics: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, SkipNet model) that ran; means over seeds. ``models``: the model
+    descriptions, for how each configuration is built and trained. Called by ``write_tables`` and
+    by ``write_figures`` (the trade-off figure)."""
+    names = set(skipnet_models(models))
     if "macs" in metrics and "macs_g" not in metrics:  # metrics.csv as written; the tables add the G column
         metrics = metrics.assign(macs_g=metrics["macs"] / 1e9)
     rows = []
     runs = metrics[metrics["model"].isin(names)] if "model" in metrics else metrics.iloc[:0]
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=True):
         ok = group[group["status"] == "ok"]
-        about = _describe(str(model))
+        about = _describe(models, str(model))
         row = {"dataset": dataset, "model": model, "label": model, "group": "", **about, "n_seeds": len(ok)}
         if ok.empty:
             row["note"] = "failed: " + (str(group["error"].iloc[0])[:160] if "error" in group else "no message")

@@ -7,8 +7,9 @@ parameters registered directly on a non-leaf module. For Puppet-CNN that reads:
 * Param Size   = the puppeteer G (DW 3x3 + bias, BN, PW 1x1 + bias, BN) = C^2 + 15C floats;
 * Total Params = G + the C x C x 3 x 3 kernel template held by the model itself = 10C^2 + 15C.
 
-We build ``puppet_cnn`` at each C_max on ``torch.device("meta")`` (no memory is allocated,
-even for the 4096-channel state) and count those parameters. The puppet's BatchNorms and
+``puppet.report.models.describe_models`` builds ``puppet_cnn`` at each C_max on ``torch.device("meta")``
+(no memory is allocated, even for the 4096-channel state) and counts those parameters into
+``results/models.csv``; this module reads them from there. The puppet's BatchNorms and
 our GAP -> FC head are not in the paper's numbers (they would not fit its rows); the
 ``note`` column gives our full stored count beside them.
 """
@@ -16,28 +17,27 @@ our GAP -> FC head are not in the paper's numbers (they would not fit its rows);
 from __future__ import annotations
 
 import pandas as pd
-import torch
 
 from puppet.core.measure import param_size_mb
-from puppet.core.registry import create_model
+from puppet.report.models import NUM_CLASSES, TABLE5_MODEL, described
 from puppet.report.paper import TABLE5_PAPER
 
-MODEL = "puppet_cnn"
 
-
-def table5(num_classes: int = 10) -> pd.DataFrame:
+def table5(models: pd.DataFrame) -> pd.DataFrame:
+    """Table 5's rows, ours beside the paper's, from the model descriptions ``models``
+    (``results/models.csv``). Called by ``puppet.report.tables.extra_tables``."""
     rows = []
     for c_max, (paper_total_m, paper_size_mb) in sorted(TABLE5_PAPER.items()):
-        with torch.device("meta"):
-            model = create_model(MODEL, num_classes=num_classes, max_channels=c_max)
-        param_count = sum(p.numel() for p in model.puppeteer.parameters())  # leaf modules of G
-        total = param_count + model.template.numel()  # + the template on the model itself
+        model = described(models, TABLE5_MODEL, max_channels=c_max)
+        param_count = int(model["puppeteer_params"])  # leaf modules of G
+        template = int(model["template_params"])
+        total = param_count + template  # + the template on the model itself
         size = param_size_mb(param_count)
-        stored = model.stored_param_count()
+        stored = int(model["stored_params"])
         rows.append(
             {
                 "label": f"C_max = {c_max}",
-                "model": MODEL,
+                "model": TABLE5_MODEL,
                 "c_max": c_max,
                 "total_params_m": round(total / 1e6, 2),
                 "paper_total_params_m": paper_total_m,
@@ -48,8 +48,8 @@ def table5(num_classes: int = 10) -> pd.DataFrame:
                 "total_params": total,
                 "param_count": param_count,
                 "note": (
-                    f"puppeteer C^2+15C = {param_count:,}; template 9C^2 = {model.template.numel():,}; "
-                    f"our stored model with puppet BNs + head ({num_classes} classes): {stored:,} "
+                    f"puppeteer C^2+15C = {param_count:,}; template 9C^2 = {template:,}; "
+                    f"our stored model with puppet BNs + head ({NUM_CLASSES} classes): {stored:,} "
                     f"({param_size_mb(stored):.2f} MB), not in the paper's count"
                 ),
             }

@@ -1,5 +1,9 @@
 """The paper's tables, from ``results/metrics.csv``, with the paper's numbers beside ours.
 
+What the tables quote of the model code (sizes at the paper's width, Table 5, the PDE depths, the
+SkipNet backbones) comes from ``results/models.csv`` (``puppet.report.models``), a declared input
+of the workflow's ``paper_tables`` rule: nothing here builds a model.
+
 Every table CSV has one row per paper row: our mean over seeds (``top1``), its
 standard deviation (``top1_std``), the paper's number (``paper_top1``) and the
 difference (``top1_diff`` = ours - paper). A row whose model has not run, or
@@ -16,8 +20,8 @@ import pandas as pd
 
 from puppet.core.io import atomic_write_csv, atomic_write_text
 from puppet.core.protocols import DEFAULT_DEPLOYMENT
-from puppet.core.registry import create_model
 from puppet.report.collate import default_rows, load_metrics
+from puppet.report.models import PAPER_WIDTH, load_models
 from puppet.report.paper import RUN_TABLES, PaperTable
 from puppet.report.pde import pde_table
 from puppet.report.pde import render as render_pde
@@ -47,21 +51,16 @@ def deployments_of(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-PAPER_WIDTH = 512  # the Puppet-CNN paper's max_channels: its sizes, MACs, speed and accuracy are at this width
-
-
 def _at_paper_width(ok: pd.DataFrame) -> bool:
     """Every run of the row was made at the paper's width (an older metrics.csv without the column: no)."""
     return "max_channels" in ok and not ok.empty and bool((ok["max_channels"] == PAPER_WIDTH).all())
 
 
-def _fixed_width(model: str) -> bool:
-    from puppet.core.registry import UnknownModelError, model_info
-
-    try:
-        return model_info(model).fixed_width
-    except UnknownModelError:
-        return False
+def _fixed_width(models: pd.DataFrame, model: str) -> bool:
+    """Whether ``model`` is built at its own paper's widths whatever max_channels (its row in the model
+    descriptions ``models``; a model not described there: no)."""
+    rows = models[models["model"] == model]
+    return bool(rows["fixed_width"].iloc[0]) if len(rows) else False
 
 
 def _chance(dataset: str) -> float:
@@ -71,10 +70,11 @@ def _chance(dataset: str) -> float:
     return 100.0 / info.num_classes if info else math.nan
 
 
-def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
+def build_table(table: PaperTable, metrics: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
     """One row per paper row. Δ (``*_diff``) only where our runs are at the paper's width
     (``max_channels`` 512): a width-32 run beside a 512-channel number is no comparison; the
-    paper-scale sizes from the model code are in ``sizes.csv``."""
+    paper-scale sizes from the model code are in ``sizes.csv``. ``models``: the model descriptions,
+    for which models are built at fixed widths (their rows say so)."""
     rows = []
     for prow in table.rows:
         model_runs = metrics[(metrics["model"] == prow.model) & (metrics["dataset"] == prow.dataset)]
@@ -82,11 +82,11 @@ def build_table(table: PaperTable, metrics: pd.DataFrame) -> pd.DataFrame:
         for deployment, described in deployments:
             runs = model_runs[model_runs["deployment"] == deployment]
             label = prow.label if len(deployments) == 1 else f"{prow.label} ({described})"
-            rows.append(_table_row(table, prow, runs, deployment, label))
+            rows.append(_table_row(table, prow, runs, deployment, label, _fixed_width(models, prow.model)))
     return pd.DataFrame(rows)
 
 
-def _table_row(table: PaperTable, prow, runs: pd.DataFrame, deployment: str, label: str) -> dict:
+def _table_row(table: PaperTable, prow, runs: pd.DataFrame, deployment: str, label: str, fixed_width: bool) -> dict:
     """One row of a paper table: the runs of one model in one deployment beside the paper's row."""
     ok = runs[runs["status"] == "ok"]
     row = {
@@ -117,7 +117,7 @@ def _table_row(table: PaperTable, prow, runs: pd.DataFrame, deployment: str, lab
         widths = sorted(ok["max_channels"].dropna().astype(int).unique()) if "max_channels" in ok else []
         width = f"width {','.join(map(str, widths))}" if widths else "width not recorded (an older metrics.csv)"
         row["note"] = f"{width}, paper {PAPER_WIDTH}: no Δ (paper-scale sizes: the Model sizes section)"
-        if _fixed_width(prow.model):  # its size is its own paper's at every profile; the protocol is not
+        if fixed_width:  # its size is its own paper's at every profile; the protocol is not
             row["note"] = (
                 "built at its own paper's widths (16-32-64 for the CIFAR ResNets) whatever max_channels; "
                 f"trained with the profile's protocol, paper {PAPER_WIDTH} channels: no Δ"
@@ -232,54 +232,47 @@ def paper_sizes() -> dict[str, float]:
     return sizes
 
 
-def model_sizes(max_channels: int = 512, num_classes: int = 10) -> pd.DataFrame:
-    """Every registered model's stored size at the paper's width, beside the paper's Params Size.
-
-    Built on the meta device: nothing is allocated, however large the model."""
-    import torch
-
-    from puppet.core.measure import param_size_mb, stored_param_count, total_param_count
-    from puppet.core.registry import list_models, model_info
-
+def model_sizes(models: pd.DataFrame) -> pd.DataFrame:
+    """Every registered model's stored size at the paper's width (its row in the model descriptions
+    ``models`` at 512 channels and its default depth), beside the paper's Params Size: ``sizes.csv``."""
     paper = paper_sizes()
+    at_paper_width = models[(models["max_channels"] == PAPER_WIDTH) & models["depth"].isna()]
     rows = []
-    for name in list_models():
-        with torch.device("meta"):
-            model = create_model(name, num_classes=num_classes, max_channels=max_channels)
-        stored = stored_param_count(model)
-        info = model_info(name)
+    for _, info in at_paper_width.sort_values("model").iterrows():
+        name, configuration, stored = info["model"], info["configuration"], int(info["stored_params"])
         rows.append(
             {
-                "label": f"{info.paper_name} ({info.configuration}): {name}" if info.configuration else info.paper_name,
+                "label": f"{info['paper_name']} ({configuration}): {name}" if configuration else info["paper_name"],
                 "model": name,
-                "family": info.family,
-                "configuration": info.configuration,
+                "family": info["family"],
+                "configuration": configuration,
                 "stored_params": stored,
-                "total_params": total_param_count(model),
-                "param_size_mb": param_size_mb(stored),
+                "total_params": int(info["total_params"]),
+                "param_size_mb": info["param_size_mb"],
                 "paper_param_size_mb": paper.get(name, math.nan),
-                "param_size_mb_diff": param_size_mb(stored) - paper.get(name, math.nan),
-                "note": "paper counts the puppeteer only (Table 5)" if info.family == "puppet" else "",
+                "param_size_mb_diff": info["param_size_mb"] - paper.get(name, math.nan),
+                "note": "paper counts the puppeteer only (Table 5)" if info["family"] == "puppet" else "",
             }
         )
     return pd.DataFrame(rows)
 
 
-def extra_tables() -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
-    """Tables computed from model code rather than runs: Table 5 and the paper-scale sizes."""
+def extra_tables(models: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, tuple[str, ...]]]:
+    """Tables of the model code rather than runs, from its descriptions ``models``: Table 5 and the
+    paper-scale sizes. Called by ``write_tables``."""
     from puppet.report.table5 import table5
 
     return [
         (
             "table5",
             "Table 5: Puppet-CNN size vs maximum output channel (from the model code)",
-            table5(),
+            table5(models),
             ("total_params_m", "param_size_mb"),
         ),
         (
             "sizes",
             "Model sizes at the paper's width (max_channels 512, 10 classes), from the model code",
-            model_sizes(),
+            model_sizes(models),
             ("param_size_mb",),
         ),
     ]
@@ -319,9 +312,13 @@ def latex_tables(sections: list[tuple[str, str, pd.DataFrame, tuple[str, ...]]])
     return header + "\n".join(latex_table(title, frame, cols) for _, title, frame, cols in sections)
 
 
-def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.DataFrame]:
+def write_tables(metrics_path: str | Path, out_dir: str | Path, models_path: str | Path) -> dict[str, pd.DataFrame]:
+    """Every table into ``out_dir``: the run tables from ``metrics_path`` (``results/metrics.csv``), the
+    numbers of the model code from ``models_path`` (``results/models.csv``), both declared inputs of
+    the workflow's ``paper_tables`` rule (``python -m puppet tables``); ``publish --merge`` too."""
     out_dir = Path(out_dir)
     metrics = load_metrics(metrics_path)
+    models = load_models(models_path)
     frames: dict[str, pd.DataFrame] = {}
     md = [
         "# puppet-bench tables",
@@ -346,13 +343,13 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
     ]
     sections: list[tuple[str, str, pd.DataFrame, tuple[str, ...]]] = []  # (name, title, frame, metrics)
     for table in RUN_TABLES:
-        frame = build_table(table, metrics)
+        frame = build_table(table, metrics, models)
         frames[table.name] = frame
         atomic_write_csv(frame, out_dir / f"{table.name}.csv")
         for dataset, sub in frame.groupby("dataset", sort=False):
             title = table.title if frame["dataset"].nunique() == 1 else f"{table.title} — {dataset}"
             sections.append((table.name, title, sub, table.metrics))
-    for name, title, frame, cols in extra_tables():
+    for name, title, frame, cols in extra_tables(models):
         frames[name] = frame
         atomic_write_csv(frame, out_dir / f"{name}.csv")
         sections.append((name, title, frame.assign(note=""), cols))
@@ -361,10 +358,10 @@ def write_tables(metrics_path: str | Path, out_dir: str | Path) -> dict[str, pd.
     sections.sort(key=lambda sec: order.index(sec[0]) if sec[0] in order else len(order))
     for _, title, frame, cols in sections:
         md.append(render_markdown(title, frame, cols))
-    frames["table_pde"] = pde_table(default_rows(metrics))
+    frames["table_pde"] = pde_table(default_rows(metrics), models)
     atomic_write_csv(frames["table_pde"], out_dir / "table_pde.csv")
     md.append(render_pde(frames["table_pde"]))
-    frames["table_skipnet"] = skipnet_table(default_rows(metrics))
+    frames["table_skipnet"] = skipnet_table(default_rows(metrics), models)
     atomic_write_csv(frames["table_skipnet"], out_dir / "table_skipnet.csv")
     md.append(render_skipnet(frames["table_skipnet"]))
     atomic_write_text(latex_tables(sections), out_dir / "tables.tex")

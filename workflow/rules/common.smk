@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from puppet.core.config import ConfigError, preflight, run_grid, run_spec, validate_config
+from puppet.core.config import ConfigError, deploy_options, preflight, run_grid, run_spec, validate_config
 from puppet.core.data import DataError
 from puppet.core.registry import model_info
 from puppet.core.runs import attempts, failure_lines, inspect_run, set_aside
@@ -25,22 +25,23 @@ RUN_PATHS = [
     RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash) for (d, m, s), spec in SPECS.items()
 ]
 # The figures each grid gives (rules/report.smk): accuracy-vs-cost per dataset, Fig. 3 per dataset
-# with a Puppet run; MOR curves per Neural ODE run (rules/mor.smk).
+# with a Puppet run; MOR curves per Neural ODE run with reduction levels (rules/mor.smk).
 GRID_DATASETS = sorted({d for d, _, _ in RUNS})
 PUPPET_DATASETS = sorted({d for d, m, _ in RUNS if model_info(m).family == "puppet"})
 COST_AXES = ["cost", "stored_params", "macs", "latency_s_per_img"]
-# Runs of a Neural ODE (family "node"): the MOR study reduces each (rules/mor.smk).
-def mor_figure(run_path):
-    """results/figures/mor_<dataset>_<model>_seed<N>.png of a run folder (puppet/report/mor.py names it)."""
-    dataset, model, seed = Path(run_path).parts[3:6]
-    return f"results/figures/mor_{dataset}_{model}_{seed}.png"
+# The measure job's deployment options per model (puppet.core.config.deploy_options): a Neural ODE's
+# MOR levels make its reductions deployments of its own; its run gets a MOR figure (rules/mor.smk).
+def deploy_options_json(wildcards):
+    return json.dumps(deploy_options(config, wildcards.model), sort_keys=True)
 
 
 MOR_RUN_PATHS = [
     RUN_DIR.format(profile=PROFILE, dataset=d, model=m, seed=s, chash=spec.hash)
     for (d, m, s), spec in SPECS.items()
-    if model_info(m).family == "node"
+    if model_info(m).family == "node" and deploy_options(config, m)
 ]
+# results/figures/mor_<dataset>_<model>_seed<N>.png per such run (puppet/report/mor.py names it)
+MOR_FIGURES = [f"results/figures/mor_{'_'.join(Path(p).parts[3:6])}.png" for p in MOR_RUN_PATHS]
 
 
 wildcard_constraints:
@@ -72,6 +73,11 @@ TIME_LIMIT_FLAG = (
 # A job's stderr goes to its log (this attempt: Snakemake deletes it before the next) and is
 # appended to LOG.history as it is written, so the history survives a killed job too.
 STDERR_TO_LOG = " 2> >(tee -a {log}.history > {log})"
+
+
+def run_folder(wildcards, output):
+    """A job's run folder, from its first output (run folders are never hard-coded in params)."""
+    return str(Path(output[0]).parent)
 
 
 def grid(filename):

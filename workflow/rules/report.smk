@@ -1,4 +1,4 @@
-# Collation: the tidy table, the paper's tables and the figures.
+# Collation: the tidy table, the model descriptions, the paper's tables and the figures.
 
 
 rule collate:
@@ -15,9 +15,48 @@ rule collate:
         "python -m puppet collate --runs {input.train} --out {output} 2> {log}"
 
 
+# The code that decides the numbers in results/models.csv: the model builders (baselines/, puppet/models/,
+# puppet/layers.py), the registry that names and configures them, the parameter counts (puppet/core/measure.py),
+# and the description itself (puppet/report/models.py, which builds Table 5's widths listed in paper.py).
+# They are the rule's inputs so that a change to a model remakes its description and, through it, every table
+# and figure that quotes it (sizes.csv, Table 5, the PDE and SkipNet tables, Fig. 4): the report reads no
+# number of the model code that is not a declared input. The globs are evaluated when the workflow is parsed,
+# so a new model module is an input change too. (Snakemake 9 checks a newer input's checksum against the one
+# it recorded: an edit remakes the description, a touch alone does not.)
+CODE_ROOT = Path(workflow.basedir).parent
+MODEL_CODE = sorted(
+    str(path)
+    for pattern in ("baselines/*.py", "puppet/models/*.py")
+    for path in CODE_ROOT.glob(pattern)
+) + [
+    str(CODE_ROOT / path)
+    for path in (
+        "puppet/layers.py",
+        "puppet/core/registry.py",
+        "puppet/core/measure.py",
+        "puppet/report/models.py",
+        "puppet/report/paper.py",
+    )
+]
+
+
+rule describe_models:
+    input:
+        MODEL_CODE,
+    output:
+        report("results/models.csv", category="Tables", subcategory="Models", caption="../report/models.rst"),
+    log:
+        "results/logs/describe_models.log",
+    conda:
+        ENV_FILE
+    shell:
+        "python -m puppet describe-models --out {output} 2> {log}"
+
+
 rule paper_tables:
     input:
-        "results/metrics.csv",
+        metrics="results/metrics.csv",
+        models="results/models.csv",
     output:
         "results/tables.md",
         report(
@@ -35,12 +74,14 @@ rule paper_tables:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet tables --metrics {input} --out-dir results 2> {log}"
+        "python -m puppet tables --metrics {input.metrics} --models {input.models} --out-dir results 2> {log}"
 
 
 rule plot_figures:
     input:
         metrics="results/metrics.csv",
+        # Fig. 4 and the SkipNet figure's configurations
+        models="results/models.csv",
         # Fig. 3 reads the per-image depths the train jobs of depth-adaptive runs leave beside train.json
         runs=grid("train.json"),
     output:
@@ -73,4 +114,4 @@ rule plot_figures:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet figures --metrics {input.metrics} --out-dir results/figures 2> {log}"
+        "python -m puppet figures --metrics {input.metrics} --models {input.models} --out-dir results/figures 2> {log}"

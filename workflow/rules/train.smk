@@ -1,4 +1,5 @@
-# One training job and one measurement job per (dataset, model, seed).
+# One training job and one measurement job per (dataset, model, seed); the measure job measures the
+# trained model in each of its deployments (its own forward, and any its family builds from it).
 
 
 rule train:
@@ -6,6 +7,7 @@ rule train:
         f"{RUN_DIR}/train.json",
     params:
         spec=spec_json,
+        # a plain string, as when finished runs recorded it: a changed param retrains (params trigger)
         out_dir=RUN_DIR,
         failed_attempts=failed_attempts("train"),
     log:
@@ -19,7 +21,7 @@ rule train:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet train --spec {params.spec:q} --out-dir {params.out_dir}" + TIME_LIMIT_FLAG + STDERR_TO_LOG
+        f"python -m puppet train --spec {{params.spec:q}} --out-dir {{params.out_dir}}{TIME_LIMIT_FLAG}{STDERR_TO_LOG}"
 
 
 rule measure:
@@ -31,8 +33,10 @@ rule measure:
         f"{RUN_DIR}/measure.json",
     params:
         spec=spec_json,
-        run_dir=RUN_DIR,
+        run_dir=run_folder,
         failed_attempts=failed_attempts("measure"),
+        # what the model's deployments need (a Neural ODE's MOR levels); changing it measures again
+        deploy_options=deploy_options_json,
     log:
         f"{RUN_DIR}/measure.log",
     threads: config["measure"]["threads"]
@@ -42,4 +46,5 @@ rule measure:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet measure --spec {params.spec:q} --run-dir {params.run_dir}" + STDERR_TO_LOG
+        f"python -m puppet measure --spec {{params.spec:q}} --run-dir {{params.run_dir}} "
+        f"--deploy-options {{params.deploy_options:q}}{STDERR_TO_LOG}"
