@@ -20,7 +20,8 @@ import torch
 
 from puppet import create_model
 from puppet.core import timing
-from puppet.core.data import Batches, load_dataset
+from puppet.core.data import Batches
+from puppet.core.datasets import load_dataset
 from puppet.core.measure import count_macs
 
 MODELS = ("branchynet", "skipnet", "drnn")

@@ -88,12 +88,13 @@ import torch
 import torch.nn as nn
 
 from puppet.core.config import load_config, run_spec
-from puppet.core.data import Batches, Splits, load_dataset, make_splits
+from puppet.core.data import Batches, Splits, make_splits
+from puppet.core.datasets import load_dataset
 from puppet.core.io import atomic_write, atomic_write_csv, git_commit
 from puppet.core.memory import GIB, StepMemory, training_step_memory
+from puppet.core.optim import make_optimizer
 from puppet.core.registry import create_model, list_models, model_info
 from puppet.core.specs import RunSpec
-from puppet.core.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10_subset.npz"

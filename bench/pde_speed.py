@@ -35,7 +35,8 @@ import torch.nn as nn
 from baselines.pde_global import GlobalLayer
 from puppet import create_model
 from puppet.core import timing
-from puppet.core.data import Batches, load_dataset, make_splits
+from puppet.core.data import Batches, make_splits
+from puppet.core.datasets import load_dataset
 from puppet.core.io import atomic_write, atomic_write_csv
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,10 +34,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from puppet.core.assemble import build_model, load_splits
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
 from puppet.core.specs import RunSpec
-from puppet.core.train import build_model, load_splits
 
 
 def _variance_ratios(model: nn.Module, batches: Batches, min_group: int = 32) -> list[float]:

@@ -35,7 +35,8 @@ import torch
 
 from puppet import create_model
 from puppet.core import timing
-from puppet.core.data import Batches, load_dataset, make_splits
+from puppet.core.data import Batches, make_splits
+from puppet.core.datasets import load_dataset
 from puppet.core.io import atomic_write_csv
 from puppet.core.protocols import DeployContext
 from puppet.models.complexity import image_complexity

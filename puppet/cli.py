@@ -91,19 +91,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from puppet.core.assemble import materialise
     from puppet.core.data import Batches
     from puppet.core.evaluate import evaluate
     from puppet.core.specs import RunSpec
-    from puppet.core.train import build_model, load_splits, pick_device
 
     path = Path(args.run_dir) / "model.pt"
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist; train the run first (its train job writes model.pt)")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     spec = RunSpec.from_dict(saved["spec"])
-    device = pick_device(args.device or spec.device)
-    splits = load_splits(spec)
-    model = build_model(spec, splits).to(device)
+    device, splits, model = materialise(spec, device=args.device)
     model.load_state_dict(saved["model"])
     result = evaluate(
         model, Batches(splits.x_test, splits.y_test, spec.train.eval_batch_size, splits.mean, splits.std, device=device)
@@ -154,7 +152,7 @@ def _tables(args: argparse.Namespace) -> int:
 def _figures(args: argparse.Namespace) -> int:
     from puppet.report.figures import write_figures
 
-    write_figures(args.metrics, args.out_dir, args.models)
+    write_figures(args.metrics, args.out_dir, args.models, args.runs)
     return 0
 
 
@@ -277,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--models", required=True, type=Path, help=models_help)
     p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument(
+        "--runs", nargs="*", default=[], type=Path, help="train.json of the runs whose per-image records Fig. 3 reads"
+    )
     p = command("publish", _publish, "copy the collated results to results/published/NAME (a committed snapshot)")
     p.add_argument("--name", required=True, help="label: profile, machine and data, e.g. quick-cpu2-cifar10subset")
     p.add_argument("--run-command", required=True, help="the command that produced the results")
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from puppet.core.config import ConfigError
-    from puppet.core.data import DataError
+    from puppet.core.datasets import DataError
     from puppet.core.registry import UnknownModelError
     from puppet.core.specs import SpecError
 

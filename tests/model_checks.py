@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from puppet.core.data import load_npz
+from puppet.core.datasets import load_npz
 from puppet.core.train import compute_loss
 from puppet.models.complexity import image_complexity
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from baselines._resnet_parts import softmax_entropy
 from baselines.drnn import masked_batch_norm
 from puppet import create_model
-from puppet.core.data import Batches, load_dataset, make_splits
+from puppet.core.data import Batches, make_splits
+from puppet.core.datasets import load_dataset
 from puppet.core.measure import count_macs, count_macs_flopcounter
 
 SMALL = dict(num_classes=10, in_channels=3, image_size=32, max_channels=16)

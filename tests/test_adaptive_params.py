@@ -15,7 +15,7 @@ from baselines._generated_conv import GeneratedConv2d
 from baselines.ddfn_sw import _filter_norm
 from baselines.weightnet import WeightNetConv2d
 from puppet import create_model
-from puppet.core.data import load_dataset
+from puppet.core.datasets import load_dataset
 from puppet.core.measure import param_size_mb, stored_param_count
 from puppet.core.registry import model_info
 from puppet.layers import per_sample_conv2d_loop

@@ -29,7 +29,7 @@ def test_shipped_profiles_validate(name):
 def test_paper_subset_profile_fits_the_offline_cifar10_subset(cifar10_npz):
     """Its train_size + val_size fit the 5,438 training images of ../shared/data/cifar10_subset.npz,
     which its data_sources names relative to the repository root (where snakemake runs)."""
-    from puppet.core.train import load_splits
+    from puppet.core.assemble import load_splits
 
     cfg = load_config(REPO / "config" / "paper_subset.yaml")
     assert (REPO / cfg["data_sources"]["cifar10"]).resolve() == cifar10_npz.resolve()
@@ -269,7 +269,7 @@ def test_keys_added_later_keep_old_run_hashes():
 def test_multistep_schedule_steps_at_the_milestones():
     import torch
 
-    from puppet.core.train import make_schedule
+    from puppet.core.optim import make_schedule
 
     spec = run_spec(validate_config(_with_recipe()[0]), "synthetic", list_models()[0], 0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=spec.train.lr)

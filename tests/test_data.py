@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from puppet.core.data import Batches, DataError, load_dataset, load_npz, make_splits
+from puppet.core.data import Batches, make_splits
+from puppet.core.datasets import DataError, load_dataset, load_npz
 
 
 def _write_npz(path, n_train=60, n_test=20, classes=3, size=8, channels=3):
@@ -85,7 +86,7 @@ def test_offline_torchvision_dataset_names_files_and_fix(tmp_path):
 
 
 def test_data_root_env_overrides_config(tmp_path, monkeypatch):
-    from puppet.core.data import resolve_data_root
+    from puppet.core.datasets import resolve_data_root
 
     monkeypatch.setenv("PUPPET_DATA_ROOT", str(tmp_path))
     assert resolve_data_root("elsewhere") == tmp_path

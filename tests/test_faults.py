@@ -6,7 +6,7 @@ exactly what is missing, a finished result is never lost or overwritten, bad dat
 before training with one line naming the file and the fix.
 
 The workflow cases run Snakemake on the smoke profile (synthetic data, tiny models) from the
-repository root, as the README does. ``PUPPET_FAILPOINT`` (puppet/core/train.py) kills or fails one
+repository root, as the README does. ``PUPPET_FAILPOINT`` (puppet/core/job.py) kills or fails one
 chosen training job; everything else is the real thing.
 """
 
@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from puppet.core.config import ConfigError, load_config, preflight, run_grid, validate_config
-from puppet.core.data import DataError, check_npz, load_dataset, make_splits
+from puppet.core.data import make_splits
+from puppet.core.datasets import DataError, check_npz, load_dataset
 from puppet.core.runs import attempts, inspect_run, record_failure, set_aside
 from puppet.core.specs import RunSpec
 from puppet.core.train import train_main

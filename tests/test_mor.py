@@ -128,9 +128,9 @@ LEVELS = {"pod_deim": [4, 12], "prune": [6, 12], "svd": [3]}
 
 def _measured_study(tmp_path, levels=LEVELS):
     """A node_rnn run measured by the measure job, its MOR levels as deployments: the run folder."""
+    from puppet.core.assemble import build_model, load_splits
     from puppet.core.config import deploy_options, load_config, run_spec
     from puppet.core.measure import measure_main
-    from puppet.core.train import build_model, load_splits
 
     cfg = load_config(
         "config/smoke.yaml",
@@ -155,9 +155,9 @@ def test_every_level_is_a_deployment_measured_like_any_other(tmp_path):
     """Each (method, level) is a deployment of the run, measured by the one measure path: its
     accuracy, its MACs (the ODE layer's beside the hand formula), its speed-ups over the full model
     with their intervals; the full model reports the ODE layer's numbers too."""
+    from puppet.core.assemble import load_splits
     from puppet.core.data import Batches
     from puppet.core.evaluate import evaluate
-    from puppet.core.train import load_splits
 
     measured, model, spec = _measured_study(tmp_path)
     assert measured["status"] == "ok", measured["error"]

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from baselines.pde_global import GlobalLayer, global_layer_params, ops_per_element, solve
 from puppet import create_model
-from puppet.core.data import load_npz
+from puppet.core.datasets import load_npz
 from puppet.core.measure import count_macs, count_macs_flopcounter, stored_param_count
 
 # --------------------------------------------------------------------------- sizes

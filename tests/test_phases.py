@@ -12,12 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-import puppet.core.train
+from puppet.core import assemble, train
 from puppet.core.config import ConfigError, run_spec, validate_config
+from puppet.core.optim import describe_phases
 from puppet.core.protocols import TrainsInPhases
 from puppet.core.registry import create_model
 from puppet.core.specs import Phase, RunSpec, SpecError
-from puppet.core.train import describe_phases, train_run
 
 # 192 training images in batches of 32: 6 optimizer steps per epoch, 18 in 3 epochs.
 STEPS_PER_EPOCH, EPOCHS = 6, 3
@@ -88,18 +88,18 @@ def log(monkeypatch) -> Log:
     records the lr each optimizer step really uses (a step pre-hook: after the trainer set it)."""
     log = Log()
     log.phase_names = ("sp", "hrl")
-    real_make_optimizer = puppet.core.train.make_optimizer
+    real_make_optimizer = train.make_optimizer
 
     def build_model(spec, splits):
         return PhasedNet(splits.num_classes, splits.in_channels, log, log.phase_names)
 
-    def make_optimizer(model, train):
-        opt = real_make_optimizer(model, train)
+    def make_optimizer(model, train_spec):
+        opt = real_make_optimizer(model, train_spec)
         opt.register_step_pre_hook(lambda o, args, kwargs: log.lrs.append(o.param_groups[0]["lr"]))
         return opt
 
-    monkeypatch.setattr(puppet.core.train, "build_model", build_model)
-    monkeypatch.setattr(puppet.core.train, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(assemble, "build_model", build_model)
+    monkeypatch.setattr(train, "make_optimizer", make_optimizer)
     return log
 
 
@@ -110,7 +110,7 @@ def _checkpoint(path):
 def _plain_run(log, tmp_path) -> tuple[dict, list[float]]:
     """The same run without phases (a PhasedNet that needs none right now): its lr per step."""
     log.phase_names = ()
-    record = train_run(make_spec(), tmp_path / "plain")
+    record = train.main(make_spec(), tmp_path / "plain")
     lrs = list(log.lrs)
     log.phase_names = ("sp", "hrl")
     log.clear()
@@ -120,7 +120,7 @@ def _plain_run(log, tmp_path) -> tuple[dict, list[float]]:
 def test_the_phase_switches_at_its_step_with_its_lr_and_the_schedule_is_untouched(tmp_path, log):
     plain, plain_lrs = _plain_run(log, tmp_path)
     assert len(set(plain_lrs)) == EPOCHS, "the cosine schedule changes the lr every epoch"
-    record = train_run(make_spec(phases=SWITCH), tmp_path / "phased")
+    record = train.main(make_spec(phases=SWITCH), tmp_path / "phased")
 
     assert log.set_phase == [(0, "sp"), (9, "hrl")]  # told before step 0 and before step 9, nothing else
     assert log.steps == ["sp"] * 9 + ["hrl"] * 9
@@ -144,7 +144,7 @@ def test_the_phase_switches_at_its_step_with_its_lr_and_the_schedule_is_untouche
 
 def test_a_constant_lr_phase(tmp_path, log):
     phases = [{"name": "sp", "end": 0.5}, {"name": "hrl", "lr": 1e-4}]
-    record = train_run(make_spec(phases=phases), tmp_path)
+    record = train.main(make_spec(phases=phases), tmp_path)
     assert log.lrs[9:] == [1e-4] * 9 and log.lrs[0] == 0.003
     assert record["phases"] == "sp[0,9) x1; hrl[9,18) lr=0.0001"
     assert record["phase_steps"][1] == {"name": "hrl", "first_step": 9, "last_step": 17, "lr": 1e-4, "lr_mult": None}
@@ -155,11 +155,11 @@ def test_resume_across_the_switch_is_bit_identical(tmp_path, log, stop_after_epo
     """Interrupted before the switch (epoch 1) or after it (epoch 2, the switch being at step 9):
     the resumed sitting is told its phase before its first step and ends with the same weights."""
     spec = make_spec(phases=SWITCH)
-    straight = train_run(spec, tmp_path / "straight")
+    straight = train.main(spec, tmp_path / "straight")
     log.clear()
-    assert train_run(spec, tmp_path / "resumed", stop_after_epoch=stop_after_epoch)["status"] == "interrupted"
+    assert train.main(spec, tmp_path / "resumed", stop_after_epoch=stop_after_epoch)["status"] == "interrupted"
     log.clear()
-    resumed = train_run(spec, tmp_path / "resumed")
+    resumed = train.main(spec, tmp_path / "resumed")
     assert log.set_phase[0] == (0, resumes_in)
     assert log.steps == (["sp"] * 9 + ["hrl"] * 9)[stop_after_epoch * STEPS_PER_EPOCH :]
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["model"]
@@ -171,9 +171,9 @@ def test_resume_across_the_switch_is_bit_identical(tmp_path, log, stop_after_epo
 
 def test_a_run_resumed_after_its_last_epoch_evaluates_in_the_last_phase(tmp_path, log):
     spec = make_spec(phases=SWITCH)
-    first = train_run(spec, tmp_path)
+    first = train.main(spec, tmp_path)
     log.clear()
-    again = train_run(spec, tmp_path)  # checkpoint at the last epoch: no step left, straight to the evaluation
+    again = train.main(spec, tmp_path)  # checkpoint at the last epoch: no step left, straight to the evaluation
     assert log.steps == [] and log.set_phase == [(0, "hrl")]
     assert again["test_loss"] == first["test_loss"] and again["history"] == first["history"]
 
@@ -204,7 +204,7 @@ def test_a_run_resumed_after_its_last_epoch_evaluates_in_the_last_phase(tmp_path
 def test_a_model_and_phases_that_do_not_fit_are_refused_before_training(tmp_path, log, phase_names, phases, message):
     log.phase_names = phase_names
     with pytest.raises(ValueError) as err:
-        train_run(make_spec(phases=phases), tmp_path)
+        train.main(make_spec(phases=phases), tmp_path)
     assert str(err.value) == message
     assert log.steps == [] and not (tmp_path / "checkpoint.pt").exists()
 
@@ -219,7 +219,7 @@ def test_a_model_that_does_not_train_in_phases_refuses_them(tmp_path):
     assert not isinstance(create_model("alexnet", max_channels=16), TrainsInPhases)
     assert isinstance(PhasedNet(10, 3, Log()), TrainsInPhases)
     with pytest.raises(ValueError) as err:
-        train_run(make_spec(phases=SWITCH), tmp_path)
+        train.main(make_spec(phases=SWITCH), tmp_path)
     assert str(err.value) == "alexnet does not train in phases; remove train.phases from its recipe"
     assert not (tmp_path / "checkpoint.pt").exists()
 
@@ -364,21 +364,21 @@ def test_skipnet_trains_sp_then_hrl_at_its_own_lr_as_the_profiles_say(tmp_path, 
 
     seen: list[tuple[str, float]] = []  # (phase of each compute_loss, lr of the step that follows)
     modes: list[str] = []
-    original_loss, original_optimizer = SkipNet.compute_loss, puppet.core.train.make_optimizer
+    original_loss, original_optimizer = SkipNet.compute_loss, train.make_optimizer
 
     def compute_loss(self, x, y):
         modes.append(self._mode())
         return original_loss(self, x, y)
 
-    def make_optimizer(model, train):
-        opt = original_optimizer(model, train)
+    def make_optimizer(model, train_spec):
+        opt = original_optimizer(model, train_spec)
         opt.register_step_pre_hook(lambda o, *_: seen.append((modes[-1], o.param_groups[0]["lr"])))
         return opt
 
     monkeypatch.setattr(SkipNet, "compute_loss", compute_loss)
-    monkeypatch.setattr(puppet.core.train, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(train, "make_optimizer", make_optimizer)
     phases = [{"name": "sp", "end": 0.5}, {"name": "hrl", "lr": 1e-4}]
-    record = train_run(make_spec("skipnet", phases=phases), tmp_path / "skipnet")
+    record = train.main(make_spec("skipnet", phases=phases), tmp_path / "skipnet")
     assert [m for m, _ in seen] == ["sp"] * 9 + ["hrl"] * 9
     assert all(lr > 1e-3 for _, lr in seen[:9]) and all(lr == 1e-4 for _, lr in seen[9:])
     assert record["phases"] == "sp[0,9) x1; hrl[9,18) lr=0.0001"

@@ -473,7 +473,8 @@ def test_one_interpreter_skips_pools_that_do_not_fit():
 
 
 def test_puppet_cnn_learns_synthetic_data():
-    from puppet.core.data import Batches, load_dataset, make_splits
+    from puppet.core.data import Batches, make_splits
+    from puppet.core.datasets import load_dataset
 
     torch.manual_seed(0)
     splits = make_splits(load_dataset("synthetic"), train_size=600, test_size=300)

@@ -490,3 +490,22 @@ def test_skipnet_table_and_tradeoff_figure(model_descriptions, tmp_path):
     assert [ax.get_title().split(",")[1].split(":")[0].strip() for ax in fig.axes] == ["size-matched", "as published"]
     paths = save(fig, tmp_path / "skipnet_tradeoff")
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_mor_table_has_a_row_per_reduction_in_level_order():
+    from puppet.report import engine
+    from puppet.report.mor import TABLE
+
+    rows = [("default", "full model", 80.0)] + [(f"pod_deim@{k}", f"POD-DEIM, k = {k}", 50.0 + k) for k in (16, 4, 8)]
+    metrics = pd.DataFrame(
+        [
+            {"profile": "quick", "dataset": "fashion_mnist", "model": "node_conv", "seed": 0, "status": "ok",
+             "error": "", "deployment": d, "deployment_label": label, "top1": top1, "macs": 1e6, "macs_ode": 5e5,
+             "speedup_vs_default": 1.5, "throughput_speedup_vs_default": 2.0}
+            for d, label, top1 in rows
+        ]
+    )  # fmt: skip
+    frame = engine.build(TABLE, metrics, pd.DataFrame())
+    assert list(frame["deployment"]) == ["default", "pod_deim@4", "pod_deim@8", "pod_deim@16"]  # 4 < 8 < 16
+    assert list(frame["top1"]) == [80.0, 54.0, 58.0, 66.0] and frame["macs_ode_m"].iloc[0] == 0.5
+    assert "node_conv (POD-DEIM, k = 4)" in engine.markdown(TABLE, frame)

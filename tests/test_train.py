@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-import puppet.core.train
 from puppet.cli import main as cli_main
+from puppet.core import train
 from puppet.core.config import run_spec, validate_config
-from puppet.core.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main, train_run
+from puppet.core.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
@@ -35,27 +35,27 @@ def make_spec(model="alexnet", dataset="synthetic", **over):
 
 def test_resume_gives_the_same_final_metrics(tmp_path):
     spec = make_spec(epochs=3)
-    straight = train_run(spec, tmp_path / "straight")
-    partial = train_run(spec, tmp_path / "resumed", stop_after_epoch=1)
+    straight = train.main(spec, tmp_path / "straight")
+    partial = train.main(spec, tmp_path / "resumed", stop_after_epoch=1)
     assert partial["status"] == "interrupted"
     assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.pt").exists()
-    resumed = train_run(spec, tmp_path / "resumed")
+    resumed = train.main(spec, tmp_path / "resumed")
     assert resumed["top1"] == straight["top1"] and resumed["test_loss"] == straight["test_loss"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
 
 
 class EpochClock:
-    """Fake time for train_run: each training epoch takes ``epoch_s`` seconds, nothing else does."""
+    """Fake time for train.main: each training epoch takes ``epoch_s`` seconds, nothing else does."""
 
     def __init__(self, monkeypatch, epoch_s: float):
         self.now = 0.0
-        real = puppet.core.train.train_one_epoch
+        real = train.train_one_epoch
 
         def timed_epoch(*args, **kwargs):
             self.now += epoch_s
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(puppet.core.train, "train_one_epoch", timed_epoch)
+        monkeypatch.setattr(train, "train_one_epoch", timed_epoch)
 
     def __call__(self) -> float:
         return self.now
@@ -65,10 +65,10 @@ def test_time_limit_pauses_and_resumes_to_the_same_metrics(tmp_path, monkeypatch
     """40 s epochs under a 1-minute limit: one epoch per sitting (the second would end at 80 s),
     three sittings for three epochs, and the same result as one uninterrupted run."""
     spec = make_spec(epochs=3)
-    straight = train_run(spec, tmp_path / "straight")
+    straight = train.main(spec, tmp_path / "straight")
     sittings = []
     for _ in range(3):
-        record = train_run(spec, tmp_path / "paused", time_limit_min=1, clock=EpochClock(monkeypatch, 40.0))
+        record = train.main(spec, tmp_path / "paused", time_limit_min=1, clock=EpochClock(monkeypatch, 40.0))
         sittings.append(record)
         if record["status"] != "paused":
             break
@@ -84,7 +84,7 @@ def test_time_limit_pauses_and_resumes_to_the_same_metrics(tmp_path, monkeypatch
 
 
 def test_time_limit_that_fits_changes_nothing(tmp_path, monkeypatch):
-    record = train_run(make_spec(epochs=2), tmp_path, time_limit_min=1, clock=EpochClock(monkeypatch, 20.0))
+    record = train.main(make_spec(epochs=2), tmp_path, time_limit_min=1, clock=EpochClock(monkeypatch, 20.0))
     assert record["status"] == "ok" and record["epochs"] == 2
 
 
@@ -109,22 +109,22 @@ def test_same_seed_same_metrics_on_cpu(tmp_path, model):
     """Bit-identical with several threads too (puppet_cnn_param's kernel indexing once was not)."""
     torch.set_num_threads(2)
     spec = make_spec(model=model, epochs=2, max_channels=16)
-    a = train_run(spec, tmp_path / "a")
-    b = train_run(spec, tmp_path / "b")
+    a = train.main(spec, tmp_path / "a")
+    b = train.main(spec, tmp_path / "b")
     assert a["top1"] == b["top1"] and a["test_loss"] == b["test_loss"]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
 
 
 def test_checkpoint_of_another_config_is_kept_aside(tmp_path):
-    train_run(make_spec(epochs=1), tmp_path)
-    record = train_run(make_spec(epochs=1, train={"lr": 0.001}), tmp_path)
+    train.main(make_spec(epochs=1), tmp_path)
+    record = train.main(make_spec(epochs=1, train={"lr": 0.001}), tmp_path)
     assert record["status"] == "ok"
     assert list(tmp_path.glob("checkpoint.*.pt")), "the other config's checkpoint must not be destroyed"
 
 
 def test_nonfinite_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(NonFiniteLossError, match="lower train.lr"):
-        train_run(make_spec(epochs=1, train={"lr": 1e30, "optimizer": "sgd"}), tmp_path)
+        train.main(make_spec(epochs=1, train={"lr": 1e30, "optimizer": "sgd"}), tmp_path)
 
 
 def test_failed_run_becomes_an_error_record(tmp_path):
@@ -153,6 +153,6 @@ def test_learns_real_cifar10_clearly_above_chance(tmp_path, cifar10_npz):
         train={"batch_size": 64, "lr": 0.003},
     ).replace(data_source=str(cifar10_npz))
     torch.manual_seed(0)
-    record = train_run(spec, tmp_path)
+    record = train.main(spec, tmp_path)
     assert record["test_size"] == 1017
     assert record["top1"] > 25.0, record["top1"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from puppet.core.data import DATASETS, DataError, check_npz, default_source_problem
+from puppet.core.datasets import DATASETS, DataError, check_npz, default_source_problem
 from puppet.core.registry import did_you_mean, list_models, model_info
 from puppet.core.specs import RUN_CONTROL_KEYS, DataSpec, MeasureSpec, RunSpec, TrainSpec, as_phases
 

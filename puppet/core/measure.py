@@ -41,9 +41,11 @@ import torch
 import torch.nn as nn
 
 from puppet.core import timing
+from puppet.core.assemble import materialise
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
-from puppet.core.io import atomic_write_json, one_line
+from puppet.core.io import one_line
+from puppet.core.job import run_job
 from puppet.core.protocols import (
     DEFAULT_DEPLOYMENT,
     CountsStoredParams,
@@ -55,7 +57,6 @@ from puppet.core.protocols import (
 )
 from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
 from puppet.core.specs import MeasureSpec, RunSpec
-from puppet.core.train import build_model, load_splits, pick_device
 
 
 def trainable_param_count(model: nn.Module) -> int:
@@ -318,48 +319,43 @@ def measure_model(
 
 def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The measure job: load the trained ``model.pt``, measure each of its deployments and write
-    ``measure.json``; a failure is a ``status=error`` record (and a line on the console), a run
+    ``measure.json``; a failure is a ``status=error`` record (``puppet.core.job.run_job``), a run
     whose training failed is skipped. ``deploy_options``: the config's options for this model's
     deployments (``DeployContext.options``, e.g. a Neural ODE's reduction levels)."""
     remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
-    record = {"profile": spec.profile, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed}
     state = inspect_run(run_dir)
-    if state.train != "ok":
-        why = state.error or f"train.json is {state.train}"
-        record.update(status="skipped", error=f"training failed: {why}")
-    else:
+
+    def job() -> dict[str, Any]:
+        record = {"profile": spec.profile, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed}
+        if state.train != "ok":
+            why = state.error or f"train.json is {state.train}"
+            record.update(status="skipped", error=f"training failed: {why}")
+            return record
+        device, splits, model = materialise(spec)
         try:
-            device = pick_device(spec.device)
-            splits = load_splits(spec)
-            model = build_model(spec, splits).to(device)
-            try:
-                saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
-                model.load_state_dict(saved["model"])
-            except Exception as exc:
-                raise RuntimeError(
-                    f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
-                    f"delete it and rerun: the run is redone from its checkpoint"
-                ) from None
-            test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
-            context = DeployContext(
-                options=dict(deploy_options or {}),
-                train_images=lambda: (
-                    x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
-                ),
-            )
-            deployments = measure_model(model, test, spec.measure, device, context)
-            failed = [r for r in deployments if r["status"] != "ok"]
-            for r in failed:
-                print(f"measure failed: {spec.label} ({r['deployment']}): {r['error']}", flush=True)
-            error = "; ".join(f"{r['deployment']}: {r['error']}" for r in failed)
-            record.update(status="error" if failed else "ok", error=error, deployments=deployments)
-            record["measure_slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
-            if failed:
-                record_failure(run_dir, "measure", error)
-        except Exception as exc:  # recorded in the row, never a silent None
-            record.update(status="error", error=one_line(exc))
-            print(f"measure failed: {record['error']}", file=sys.stderr)
-            print(f"measure failed: {spec.label}: {record['error']}", flush=True)
-            record_failure(run_dir, "measure", record["error"])
-    atomic_write_json(record, run_dir / "measure.json")
-    return record
+            saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
+            model.load_state_dict(saved["model"])
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot load {run_dir / 'model.pt'} ({one_line(exc, 160)}); "
+                f"delete it and rerun: the run is redone from its checkpoint"
+            ) from None
+        test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
+        context = DeployContext(
+            options=dict(deploy_options or {}),
+            train_images=lambda: (
+                x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
+            ),
+        )
+        deployments = measure_model(model, test, spec.measure, device, context)
+        failed = [r for r in deployments if r["status"] != "ok"]
+        for r in failed:
+            print(f"measure failed: {spec.label} ({r['deployment']}): {r['error']}", flush=True)
+        error = "; ".join(f"{r['deployment']}: {r['error']}" for r in failed)
+        record.update(status="error" if failed else "ok", error=error, deployments=deployments)
+        record["measure_slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
+        if failed:
+            record_failure(run_dir, "measure", error)
+        return record
+
+    return run_job("measure", job, spec=spec, run_dir=run_dir, failed="measure failed")

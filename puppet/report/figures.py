@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from puppet.core.io import atomic_write, atomic_write_csv  # noqa: E402
 from puppet.core.protocols import DEFAULT_DEPLOYMENT  # noqa: E402
 from puppet.core.registry import model_info  # noqa: E402
-from puppet.core.runs import archive_problem, run_dir  # noqa: E402
+from puppet.core.runs import archive_problem  # noqa: E402
 from puppet.report.collate import default_rows, load_metrics  # noqa: E402
 from puppet.report.models import FIG4_FAMILIES, PAPER_WIDTH, described, load_models  # noqa: E402
 
@@ -204,25 +204,31 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: 
     return written
 
 
-def depth_vs_complexity(metrics: pd.DataFrame, runs_root: Path, out_dir: Path) -> list[Path]:
-    """Fig. 3: per test image, the puppet's realised depth against its complexity H (bits)."""
+def run_folders(records: list[str | Path]) -> dict[tuple[str, ...], Path]:
+    """(profile, dataset, model, seedN, config_hash) -> run folder, of the records (``train.json``
+    files or run folders) the caller declares: the only run files a figure reads."""
+    folders = [Path(p).parent if Path(p).suffix == ".json" else Path(p) for p in records]
+    return {tuple(folder.parts[-5:]): folder for folder in folders}
+
+
+def depth_vs_complexity(metrics: pd.DataFrame, runs: dict[tuple[str, ...], Path], out_dir: Path) -> list[Path]:
+    """Fig. 3: per test image, the puppet's realised depth against its complexity H (bits), from the
+    ``test_stats.pt`` each train job leaves beside its ``train.json`` (``runs``: ``run_folders`` of
+    the declared records; a run not among them draws no panel)."""
     import torch
 
     ok = default_rows(metrics[metrics["status"] == "ok"])  # the train job's test_stats.pt: its own forward
     panels = []
     for _, r in ok.iterrows():
-        path = (
-            run_dir(
-                runs_root.parent,
-                str(r["profile"]),
-                str(r["dataset"]),
-                str(r["model"]),
-                int(r["seed"]),
-                str(r.get("config_hash", "")),
-            )
-            / "test_stats.pt"
+        key = (
+            str(r["profile"]),
+            str(r["dataset"]),
+            str(r["model"]),
+            f"seed{int(r['seed'])}",
+            str(r.get("config_hash")),
         )
-        if path.is_file():
+        path = runs[key] / "test_stats.pt" if key in runs else None
+        if path is not None and path.is_file():
             problem = archive_problem(path)
             if problem:  # a damaged per-sample record costs one panel, not the figures
                 print(f"warning: skipping {path} in Fig. 3: {problem}", file=sys.stderr)
@@ -297,10 +303,13 @@ def size_vs_depth(models: pd.DataFrame, out_dir: Path) -> list[Path]:
     return save(fig, out_dir / "size_vs_depth") + [out_dir / "size_vs_depth.csv"]
 
 
-def write_figures(metrics_path: str | Path, out_dir: str | Path, models_path: str | Path) -> list[Path]:
-    """Every figure into ``out_dir``: from the runs (``metrics_path``, and Fig. 3's per-run files in
-    ``runs/`` beside it) and from the model descriptions (``models_path``: Fig. 4, the SkipNet
-    configurations). Called by ``python -m puppet figures`` (the ``plot_figures`` rule) and ``publish --merge``."""
+def write_figures(
+    metrics_path: str | Path, out_dir: str | Path, models_path: str | Path, records: list[str | Path] = ()
+) -> list[Path]:
+    """Every figure into ``out_dir``: from the runs (``metrics_path``, and Fig. 3's per-image files
+    beside the ``train.json`` ``records`` given, the ``plot_figures`` rule's declared inputs) and from
+    the model descriptions (``models_path``: Fig. 4, the SkipNet configurations). Called by
+    ``python -m puppet figures`` and ``publish --merge``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = load_metrics(metrics_path)
@@ -313,7 +322,7 @@ def write_figures(metrics_path: str | Path, out_dir: str | Path, models_path: st
         else:  # every run of the dataset failed: the failures are in metrics.csv and the console
             for axis in ("cost", *COST_AXES):
                 written += placeholder(out_dir / f"{dataset}_top1_vs_{axis}", f"{dataset}: no finished run to plot")
-    written += depth_vs_complexity(metrics, Path(metrics_path).parent / "runs", out_dir)
+    written += depth_vs_complexity(metrics, run_folders(list(records)), out_dir)
     written += size_vs_depth(models, out_dir)
     written += skipnet_tradeoff(metrics, models, out_dir)
     return written

@@ -26,6 +26,7 @@ from puppet.compress.deploy import CURVES, LEVEL_NAME, parse_deployment  # noqa:
 from puppet.core.io import atomic_write_csv  # noqa: E402
 from puppet.core.protocols import DEFAULT_DEPLOYMENT  # noqa: E402
 from puppet.report.collate import RUN_KEY, load_metrics  # noqa: E402
+from puppet.report.engine import Metric, Row, Table  # noqa: E402
 from puppet.report.figures import placeholder, save  # noqa: E402
 
 # mor.csv column <- metrics.csv column
@@ -83,6 +84,41 @@ COLUMNS = [
     "git_commit",
     "config_hash",
 ]
+
+
+def _reduced_runs(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
+    """A row per (dataset, model) with reduced deployments; the engine makes one per deployment."""
+    reduced = metrics[metrics["deployment"].map(parse_deployment).notna()] if "deployment" in metrics else metrics
+    pairs = sorted(set(zip(reduced["dataset"].astype(str), reduced["model"].astype(str))))
+    return tuple(Row(model, model, dataset) for dataset, model in pairs)
+
+
+def _per_run(column: str, scale: float = 1.0):
+    return lambda ok, row: ok[column].astype(float) / scale
+
+
+# The MOR study in tables.md (and table_mor.csv): every reduction of each Neural ODE run beside its
+# full model, read from the same rows as mor.csv; no paper column (the paper gives curves).
+TABLE = Table(
+    "table_mor",
+    "MOR study: Neural ODEs reduced after training (Lehtimäki et al.), no fine-tuning",
+    (
+        Metric("top1", "Top-1 (%)"),
+        Metric("macs_ode_m", "ODE layer MACs (M)", _per_run("macs_ode", 1e6)),
+        Metric("macs_m", "MACs (M)", _per_run("macs", 1e6)),
+        Metric("throughput_speedup_vs_default", "Speed-up, batched (x)"),
+        Metric("speedup_vs_default", "Speed-up, batch 1 (x)"),
+    ),
+    _reduced_runs,
+    caption=(
+        "Each Neural ODE run in its full form (`default`) and reduced by POD-DEIM, L1 pruning and SVD "
+        "truncation at every level (a deployment each, `metrics.csv`); speed-ups are full / reduced, timed "
+        "interleaved with the full model (batched: throughput at the measure job's batch; batch 1: latency), "
+        "their 95% intervals in `mor.csv` and the figures `figures/mor_*.png`. One seed."
+    ),
+    compared=False,
+    per_deployment=True,
+)
 
 
 def mor_view(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -15,10 +15,8 @@ the sitting (command, wall-clock, runs) to ``sittings.csv`` and the README.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -42,7 +40,7 @@ LIVE = [
     "tables.tex",
 ]
 # Copied when present: the MOR study's table exists only when the grid has Neural ODE runs.
-OPTIONAL = ["mor.csv", "table_skipnet.csv"]
+OPTIONAL = ["mor.csv", "table_skipnet.csv", "table_mor.csv"]
 SITTINGS = "sittings.csv"
 SITTING_COLUMNS = ["sitting", "published_utc", "command", "wall_clock", "runs_merged", "runs", "git_commit"]
 
@@ -149,16 +147,10 @@ def _publish_merged(results: Path, out: Path, name: str, command: str, timing: s
     write_tables(out / "metrics.csv", out, out / "models.csv")
     if (out / "figures").exists():  # rebuilt whole, so no figure of the previous merge lingers
         shutil.rmtree(out / "figures")
-    # write_figures reads Fig. 3's per-run test_stats.pt from runs/ beside the metrics file it is
-    # given, so the merged rows go through a temporary copy in results/: every sitting run in this
-    # checkout left its run folder in results/runs/ (resuming needs it anyway).
-    fd, tmp = tempfile.mkstemp(prefix=".merged-metrics.", suffix=".csv", dir=results)
-    os.close(fd)
-    try:
-        atomic_write_csv(merged, tmp)
-        write_figures(tmp, out / "figures", out / "models.csv")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # Fig. 3 reads the per-image records every sitting run in this checkout left in its run folder
+    # under results/runs/ (resuming needs them anyway)
+    records = sorted((results / "runs").glob("*/*/*/seed*/*/train.json"))
+    write_figures(out / "metrics.csv", out / "figures", out / "models.csv", records)
     atomic_write_csv(sittings, out / SITTINGS)
     atomic_write_text(_readme(out.name, merged, sittings), out / "README.md")
     return out

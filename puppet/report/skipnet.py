@@ -11,9 +11,9 @@ several target rates are the trade-off curves
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
+
+from puppet.report.engine import Metric, Row, Table, build, markdown, sections
 
 
 def skipnet_models(models: pd.DataFrame) -> list[str]:
@@ -41,62 +41,42 @@ def _describe(models: pd.DataFrame, model: str) -> dict:
     }
 
 
-def skipnet_table(metrics: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, SkipNet model) that ran; means over seeds. ``models``: the model
-    descriptions, for how each configuration is built and trained. Called by ``write_tables`` and
-    by ``write_figures`` (the trade-off figure)."""
+def _rows(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
+    """A row per (dataset, SkipNet model) that ran, described from ``models``; the phases its
+    finished runs really trained in."""
     names = set(skipnet_models(models))
-    if "macs" in metrics and "macs_g" not in metrics:  # metrics.csv as written; the tables add the G column
-        metrics = metrics.assign(macs_g=metrics["macs"] / 1e9)
-    rows = []
     runs = metrics[metrics["model"].isin(names)] if "model" in metrics else metrics.iloc[:0]
+    rows = []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=True):
         ok = group[group["status"] == "ok"]
-        about = _describe(models, str(model))
-        row = {"dataset": dataset, "model": model, "label": model, "group": "", **about, "n_seeds": len(ok)}
-        if ok.empty:
-            row["note"] = "failed: " + (str(group["error"].iloc[0])[:160] if "error" in group else "no message")
-            rows.append(row)
-            continue
-        row["note"] = ""
-        row["phases"] = ",".join(sorted(ok["phases"].fillna("").astype(str).unique())) if "phases" in ok else ""
-        for m in ("top1", "top5", "macs_g", "latency_s_per_img", "mean_depth"):
-            row[m] = ok[m].astype(float).mean() if m in ok else math.nan
-        # depth = 1 + 2 x executed blocks (stem + two convs per block); the first block always runs
-        executed = (row["mean_depth"] - 1) / 2 - 1
-        row["blocks_executed"] = 100.0 * executed / about["gated_blocks"] if about["gated_blocks"] else math.nan
-        rows.append(row)
-    columns = ["dataset", "model", "label", "group", "configuration", "backbone", "training", "reward", "phases"]
-    return pd.DataFrame(
-        rows,
-        columns=[
-            *columns,
-            "n_seeds",
-            "top1",
-            "top5",
-            "macs_g",
-            "blocks_executed",
-            "latency_s_per_img",
-            "mean_depth",
-            "note",
-            "gated_blocks",
-        ],
-    )
+        phases = ",".join(sorted(ok["phases"].fillna("").astype(str).unique())) if "phases" in ok else ""
+        rows.append(
+            Row(str(model), str(model), str(dataset), known={**_describe(models, str(model)), "phases": phases})
+        )
+    return tuple(rows)
 
 
-def _cell(value: float, digits: int) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _blocks_executed(ok: pd.DataFrame, row: Row) -> pd.Series:
+    """The share of gated blocks run: depth = 1 + 2 x executed blocks (stem + two convs per block),
+    the first block always runs."""
+    gated = row.known["gated_blocks"]
+    executed = (ok["mean_depth"].astype(float) - 1) / 2 - 1
+    return 100.0 * executed / gated if gated else executed * float("nan")
 
 
-def render(frame: pd.DataFrame) -> str:
-    """The markdown section: one table per dataset, a row per SkipNet model that ran (no paper column:
-    the Puppet-CNN paper reports one SkipNet row, in Table 1)."""
-    head = "## SkipNet: configurations and trade-off"
-    if frame.empty:
-        return f"{head}\n\nNo SkipNet model ran in this profile.\n"
-    lines = [
-        head,
-        "",
+TABLE = Table(
+    "table_skipnet",
+    "SkipNet: configurations and trade-off",
+    (
+        Metric("top1", "Top-1 (%)"),
+        Metric("top5", "Top-5 (%)"),
+        Metric("macs_m", "Mult-Adds (M)", lambda ok, row: ok["macs"].astype(float) / 1e6),
+        Metric("blocks_executed", "Gated blocks run (%)", _blocks_executed),
+        Metric("latency_s_per_img", "Speed (ms/img)"),
+        Metric("mean_depth", "Mean depth (layers)"),
+    ),
+    _rows,
+    caption=(
         "Every SkipNet configuration that ran: size-matched (ResNet-18 widths, chosen for the Puppet-CNN paper's "
         "size) and as published (SkipNet-38/74/110, widths 16-32-64), trained SkipNet's way (supervised "
         "pre-training, then hybrid RL at its own learning rate; *phases* gives the steps of each) or "
@@ -104,32 +84,30 @@ def render(frame: pd.DataFrame) -> str:
         "Gumbel-trained rows at target rates 0.3, 0.5 and 0.7 are the trade-off curves "
         "(`figures/skipnet_tradeoff.png`); alpha acts through HRL, so its curve needs the paper's 10k HRL "
         "iterations: with a short HRL phase its points can coincide. *Gated blocks run*: the test split's mean "
-        "share of the blocks a gate decides; Mult-Adds per image by ptflops at batch 1.",
-    ]
-    for dataset, sub in frame.groupby("dataset", sort=False):
-        lines += [
-            "",
-            f"**{dataset}**",
-            "",
-            "| Model | Configuration | Backbone | Training | Reward | Top-1 (%) | Mult-Adds (M) | Gated blocks run (%) "
-            "| Speed (ms/img) | Phases |",
-            "|---|---|---|---|---|---:|---:|---:|---:|---|",
-        ]
-        for _, r in sub.iterrows():
-            cells = [
-                r["model"],
-                r["configuration"],
-                r["backbone"],
-                r["training"],
-                r["reward"],
-                _cell(r.get("top1"), 2),
-                _cell(r.get("macs_g", math.nan) * 1e3, 2),
-                _cell(r.get("blocks_executed"), 1),
-                _cell(r.get("latency_s_per_img", math.nan) * 1e3, 2),
-                str(r.get("phases") or "") + (f" {r['note']}" if r.get("note") else ""),
-            ]
-            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        "share of the blocks a gate decides; Mult-Adds per image by ptflops at batch 1. No paper column: the "
+        "Puppet-CNN paper reports one SkipNet row, in Table 1."
+    ),
+    text=(
+        ("configuration", "Configuration"),
+        ("backbone", "Backbone"),
+        ("training", "Training"),
+        ("reward", "Reward"),
+        ("phases", "Phases"),
+    ),
+    compared=False,
+)
+
+
+def skipnet_table(metrics: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, SkipNet model) that ran; means over seeds. ``models``: the model
+    descriptions, for how each configuration is built and trained. Called by ``write_tables`` and
+    by ``write_figures`` (the trade-off figure)."""
+    return build(TABLE, metrics, models)
+
+
+def render(frame: pd.DataFrame) -> str:
+    """The Markdown section(s), one per dataset."""
+    return "\n".join(markdown(TABLE, part, title) for title, part in sections(TABLE, frame))
 
 
 # The trade-off curves: (model-name prefix, the reward's label prefix, colour, legend)
@@ -149,15 +127,13 @@ def _panel(ax, sub: pd.DataFrame, title: str) -> None:
             curve["knob"] = curve["reward"].str.removeprefix(knob).astype(float)
             curve = curve.sort_values("knob")
             values = ", ".join(f"{k:g}" for k in curve["knob"])
-            ax.plot(
-                curve["macs_g"] * 1e3, curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=f"{label} {values}"
-            )
+            ax.plot(curve["macs_m"], curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=f"{label} {values}")
             joined += 1
     for _, r in sub.iterrows():
         gumbel = r["training"].startswith("ConvNet")
         colour = "tab:orange" if gumbel else "tab:blue"
-        ax.scatter(r["macs_g"] * 1e3, r["top1"], marker="s" if gumbel else "o", color=colour, zorder=2)
-    places = sub.assign(x=(sub["macs_g"] * 1e3).round(3), y=sub["top1"].round(2))
+        ax.scatter(r["macs_m"], r["top1"], marker="s" if gumbel else "o", color=colour, zorder=2)
+    places = sub.assign(x=sub["macs_m"].round(3), y=sub["top1"].round(2))
     for (x, y), group in places.groupby(["x", "y"], sort=False):
         text = "\n".join(f"{m} ({w})" for m, w in zip(group["model"], group["reward"]))
         ax.annotate(text, (x, y), fontsize=7, xytext=(5, -4), textcoords="offset points", va="top")
@@ -177,7 +153,7 @@ def plot_tradeoff(frame: pd.DataFrame):
     (``puppet.report.figures.save`` writes it)."""
     import matplotlib.pyplot as plt
 
-    ran = frame.dropna(subset=["top1", "macs_g"]) if not frame.empty else frame
+    ran = frame.dropna(subset=["top1", "macs_m"]) if not frame.empty else frame
     datasets = list(dict.fromkeys(ran["dataset"])) if not ran.empty else []
     kinds = ("size-matched", "as published")
     fig, axes = plt.subplots(max(1, len(datasets)), 2, figsize=(12.8, 4.8 * max(1, len(datasets))), squeeze=False)

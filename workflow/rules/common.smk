@@ -1,12 +1,14 @@
-# Config validation, the run grid, and the state of every planned run. Helper functions only.
+# Config validation, the run grid, and the state of every planned run: wiring only, the decisions
+# are functions of puppet/core/invocation.py and puppet/core/runs.py.
 import json
 import sys
 from pathlib import Path
 
 from puppet.core.config import ConfigError, deploy_options, preflight, run_grid, run_spec, validate_config
-from puppet.core.data import DataError
+from puppet.core.datasets import DataError
 from puppet.core.registry import model_info
-from puppet.core.runs import attempts, failure_lines, inspect_run, set_aside
+from puppet.core import invocation
+from puppet.core.runs import inspect_run
 
 try:
     config = validate_config(config)
@@ -98,37 +100,16 @@ def spec_json(wildcards):
 
 
 def failed_attempts(stage):
-    """A rule parameter that counts the run's failed attempts (puppet/core/runs.py), damaged files
-    not yet set aside included: it grows when the job fails or a file of it is damaged, so
-    Snakemake's params trigger redoes exactly those jobs next time (a dry run shows them)."""
+    """The params value: the run's failed attempts of ``stage`` (puppet/core/invocation.py)."""
 
     def count(wildcards):
-        path = RUN_DIR.format(**dict(wildcards.items()))
-        return attempts(path, stage) + STATES[path].pending(stage)
+        return invocation.failed_attempts(STATES[RUN_DIR.format(**dict(wildcards.items()))], stage)
 
     return count
 
 
 def run_states():
     return {path: inspect_run(path) for path in RUN_PATHS}
-
-
-def short(state):
-    return "/".join(state.path.parts[-5:-1])
-
-
-def tabulated_runs(metrics_csv):
-    """profile/dataset/model/seedN -> config_hashes with a row in metrics.csv (csv, not pandas:
-    this runs on every invocation)."""
-    import csv
-
-    found = {}
-    if Path(metrics_csv).is_file():
-        with open(metrics_csv, newline="") as f:
-            for row in csv.DictReader(f):
-                key = f"{row.get('profile')}/{row.get('dataset')}/{row.get('model')}/seed{row.get('seed')}"
-                found.setdefault(key, set()).add(row.get("config_hash", ""))
-    return found
 
 
 # Before any job (read only, so dry runs and --unlock change nothing): the state of every planned
@@ -138,60 +119,19 @@ STATES = run_states()
 if workflow.is_main_process:
     unfinished = {Path(p).parts[3] for p, s in STATES.items() if s.train != "ok"}
     try:
-        for warning in preflight(config, datasets=unfinished):
-            print(f"warning: {warning}", file=sys.stderr)
+        invocation.say(f"warning: {warning}" for warning in preflight(config, datasets=unfinished))
     except DataError as exc:
         raise WorkflowError(f"data pre-flight: {exc}") from None
-    for state in STATES.values():
-        for path, why in state.damaged:
-            print(f"warning: {path} is damaged ({why}); it will be kept aside and its job rerun", file=sys.stderr)
-    retry = [s for s in STATES.values() if s.failed]
-    if retry:
-        print(f"{len(retry)} run(s) failed or were damaged before and are retried:", file=sys.stderr)
-        for line in failure_lines(retry):
-            print(f"  {line}", file=sys.stderr)
-        if not Path(".snakemake/metadata").is_dir():
-            paths = " ".join(f"{s.path}/train.json" for s in retry)
-            print(f"warning: Snakemake has no record of earlier runs here (.snakemake/metadata), so it cannot see that "
-                  f"these failed (and may end with 'Nothing to be done', exit 0); redo them with --forcerun {paths}",
-                  file=sys.stderr)
-    # Deleted records of runs metrics.csv still reports: Snakemake would not remake them.
-    tabulated = tabulated_runs("results/metrics.csv")
-    gone = [s for s in STATES.values() if s.path.name in tabulated.get(short(s), ()) and "missing" in (s.train, s.measure)]
-    if gone:
-        paths = " ".join(f"{s.path}/{'train' if s.train == 'missing' else 'measure'}.json" for s in gone)
-        print(f"warning: {len(gone)} run(s) in results/metrics.csv lost their train.json or measure.json; Snakemake "
-              f"does not remake files of an up-to-date table: redo them with --forcerun {paths}", file=sys.stderr)
+    invocation.say(invocation.startup_warnings(list(STATES.values()), "results/metrics.csv", Path(".snakemake/metadata").is_dir()))
 
 
 def set_aside_damaged():
-    """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside.
-    From then on the kept file carries the count (failed_attempts of jobs whose params are
-    evaluated later, downstream ones, must not count it twice)."""
-    for state in STATES.values():
-        for path, why in state.damaged:
-            kept = set_aside(path, why, keep_original=path.name != "model.pt")
-            print(f"kept {path} as {kept.name}", file=sys.stderr)
-        state.damaged = []
+    """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside."""
+    invocation.say(invocation.set_aside_damaged(list(STATES.values())))
 
 
 def report_failures(crashed_ok):
     """The end-of-invocation summary: one line per failed run; True when any failed."""
-    states = list(run_states().values())
-    lines = failure_lines(states)
-    if crashed_ok:
-        unfinished = []
-    else:  # a job that crashed (killed, out of memory on the host) or paused leaves no train.json
-        unfinished = [s for s in states if s.train in ("missing", "paused")]
-    if lines or unfinished:
-        what = f"{len(lines)} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")
-        print(f"\n{what} of {len(states)} run(s):", file=sys.stderr)
-        for line in lines:
-            print(f"  {line}", file=sys.stderr)
-        for s in unfinished[:20]:
-            print(f"  UNFINISHED {short(s)}: {s.describe()}; see {s.path / 'train.log'}", file=sys.stderr)
-        if len(unfinished) > 20:
-            print(f"  ... and {len(unfinished) - 20} more unfinished", file=sys.stderr)
-        print("Fix the cause and rerun the same command: only these runs are redone"
-              + (" (the tables mark the failed ones)." if crashed_ok else "."), file=sys.stderr)
-    return bool(lines)
+    lines, failed = invocation.end_summary(list(run_states().values()), crashed_ok)
+    invocation.say(lines)
+    return failed

@@ -68,6 +68,7 @@ rule paper_tables:
         report("results/sizes.csv", category="Tables", subcategory="Puppet-CNN paper", caption="../report/sizes.rst"),
         report("results/table_pde.csv", category="Tables", subcategory="PDE Global layer", caption="../report/pde.rst"),
         report("results/table_skipnet.csv", category="Tables", subcategory="SkipNet", caption="../report/skipnet.rst"),
+        report("results/table_mor.csv", category="Tables", subcategory="MOR study", caption="../report/mor.rst"),
         "results/tables.tex",
     log:
         "results/logs/tables.log",
@@ -114,4 +115,5 @@ rule plot_figures:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet figures --metrics {input.metrics} --models {input.models} --out-dir results/figures 2> {log}"
+        "python -m puppet figures --metrics {input.metrics} --models {input.models} --out-dir results/figures "
+        "--runs {input.runs} 2> {log}"

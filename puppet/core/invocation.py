@@ -1,0 +1,114 @@
+"""What the workflow says and does around its jobs: at parse time, when jobs start, at the end.
+
+The Snakemake files only wire (``workflow/rules/common.smk`` calls these); everything an invocation
+decides about the runs it plans lives here, as plain functions of the run folders
+(``puppet.core.runs``) that the tests call without Snakemake:
+
+* ``startup_warnings``: read only (dry runs and ``--unlock`` change nothing): the damaged files that
+  will be kept aside, the runs that failed before and are retried, a missing Snakemake record
+  (without which a failed run is not redone by itself), and runs that ``results/metrics.csv`` still
+  lists but whose record was deleted (Snakemake would not remake them);
+* ``failed_attempts``: the rule parameter that makes Snakemake's params trigger redo exactly the
+  failed jobs;
+* ``set_aside_damaged``: ``onstart``, inside Snakemake's lock: each damaged file kept aside;
+* ``end_summary``: ``onsuccess`` / ``onerror``: one line per failed or unfinished run.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from puppet.core.runs import RunState, attempts, failure_lines, set_aside
+
+
+def say(lines) -> None:
+    """Print each line to stderr (where Snakemake's own messages go)."""
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def short(state: RunState) -> str:
+    """profile/dataset/model/seedN of a run folder (its name less the config hash)."""
+    return "/".join(state.path.parts[-5:-1])
+
+
+def failed_attempts(state: RunState, stage: str) -> int:
+    """Failed attempts of one stage of a run, damaged files not yet set aside included: it grows
+    when the job fails or a file of it is damaged, so Snakemake's params trigger redoes exactly
+    those jobs next time (a dry run shows them)."""
+    return attempts(state.path, stage) + state.pending(stage)
+
+
+def tabulated_runs(metrics_csv: str | Path) -> dict[str, set[str]]:
+    """profile/dataset/model/seedN -> config hashes with a row in ``metrics_csv`` (csv, not pandas:
+    this runs on every invocation)."""
+    found: dict[str, set[str]] = {}
+    if Path(metrics_csv).is_file():
+        with open(metrics_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                key = f"{row.get('profile')}/{row.get('dataset')}/{row.get('model')}/seed{row.get('seed')}"
+                found.setdefault(key, set()).add(row.get("config_hash", ""))
+    return found
+
+
+def startup_warnings(states: list[RunState], metrics_csv: str | Path, has_metadata: bool) -> list[str]:
+    """The lines an invocation prints before any job, about runs it will redo or cannot see."""
+    lines = [
+        f"warning: {path} is damaged ({why}); it will be kept aside and its job rerun"
+        for state in states
+        for path, why in state.damaged
+    ]
+    retry = [s for s in states if s.failed]
+    if retry:
+        lines.append(f"{len(retry)} run(s) failed or were damaged before and are retried:")
+        lines += [f"  {line}" for line in failure_lines(retry)]
+        if not has_metadata:
+            paths = " ".join(f"{s.path}/train.json" for s in retry)
+            lines.append(
+                "warning: Snakemake has no record of earlier runs here (.snakemake/metadata), so it cannot see that "
+                f"these failed (and may end with 'Nothing to be done', exit 0); redo them with --forcerun {paths}"
+            )
+    tabulated = tabulated_runs(metrics_csv)
+    gone = [s for s in states if s.path.name in tabulated.get(short(s), ()) and "missing" in (s.train, s.measure)]
+    if gone:
+        paths = " ".join(f"{s.path}/{'train' if s.train == 'missing' else 'measure'}.json" for s in gone)
+        lines.append(
+            f"warning: {len(gone)} run(s) in {metrics_csv} lost their train.json or measure.json; Snakemake "
+            f"does not remake files of an up-to-date table: redo them with --forcerun {paths}"
+        )
+    return lines
+
+
+def set_aside_damaged(states: list[RunState]) -> list[str]:
+    """Keep each damaged file aside (``onstart``: inside Snakemake's lock, never in a dry run); the
+    lines saying so. From then on the kept file carries the count (``failed_attempts`` of jobs whose
+    params are evaluated later, downstream ones, must not count it twice)."""
+    lines = []
+    for state in states:
+        for path, why in state.damaged:
+            kept = set_aside(path, why, keep_original=path.name != "model.pt")
+            lines.append(f"kept {path} as {kept.name}")
+        state.damaged = []
+    return lines
+
+
+def end_summary(states: list[RunState], crashed_ok: bool) -> tuple[list[str], bool]:
+    """The end-of-invocation summary: (its lines, whether any run failed). ``crashed_ok``: the
+    invocation succeeded, so a run without ``train.json`` is not a crashed one."""
+    failed = failure_lines(states)
+    # a job that crashed (killed, out of memory on the host) or paused leaves no train.json
+    unfinished = [] if crashed_ok else [s for s in states if s.train in ("missing", "paused")]
+    if not (failed or unfinished):
+        return [], False
+    what = f"{len(failed)} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")
+    lines = [f"\n{what} of {len(states)} run(s):", *(f"  {line}" for line in failed)]
+    lines += [f"  UNFINISHED {short(s)}: {s.describe()}; see {s.path / 'train.log'}" for s in unfinished[:20]]
+    if len(unfinished) > 20:
+        lines.append(f"  ... and {len(unfinished) - 20} more unfinished")
+    lines.append(
+        "Fix the cause and rerun the same command: only these runs are redone"
+        + (" (the tables mark the failed ones)." if crashed_ok else ".")
+    )
+    return lines, bool(failed)

@@ -1,0 +1,88 @@
+"""The frame a job of a run works in: a failure recorded rather than raised, and the tests' hook
+that makes a job fail.
+
+``run_job`` is what the train and measure jobs each did by hand around their work: run it, and
+on failure print one loud line, append the failure to the run's ``failures.jsonl`` and write a
+one-line ``status=error`` record, so one bad run never stops the tables. Separate from
+``puppet.core.train`` and ``puppet.core.measure`` so both jobs fail the same way, and so the one
+fault-injection hook (``failpoint``) has one home.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from puppet.core.io import atomic_write_json, one_line
+from puppet.core.runs import record_failure
+from puppet.core.specs import RunSpec
+
+FAILPOINT_ENV = "PUPPET_FAILPOINT"
+
+
+def failpoint(spec: RunSpec, event: str, epoch: int | None = None) -> None:
+    """Fault injection for the test suite (``tests/test_faults.py``), off unless ``$PUPPET_FAILPOINT``
+    is set. The train job (``puppet.core.train.main``) fires the only two events:
+
+    * ``start``, before it reads any data: ``raise[:RUN]`` fails the job there with a RuntimeError;
+    * ``epoch``, right after an epoch's checkpoint is saved (``epoch``: that epoch's number, from 1):
+      ``kill-after-epoch:N[:RUN]`` SIGKILLs the job after epoch N's.
+
+    RUN is a model name or ``model/seedS``; without it every job is hit."""
+    point = os.environ.get(FAILPOINT_ENV, "")
+    if not point:
+        return
+    kind, *args = point.split(":")
+    target = args[-1] if (kind == "raise" and args) or (kind == "kill-after-epoch" and len(args) > 1) else None
+    if target not in (None, spec.model, f"{spec.model}/seed{spec.seed}"):
+        return
+    if kind == "raise" and event == "start":
+        raise RuntimeError(f"injected failure ({FAILPOINT_ENV}={point})")
+    if kind == "kill-after-epoch" and event == "epoch" and epoch == int(args[0]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_job(
+    stage: str,
+    fn: Callable[[], dict[str, Any]],
+    *,
+    spec: RunSpec,
+    run_dir: Path,
+    failed: str,
+    log: Path | None = None,
+    provenance: dict[str, Any] | None = None,
+    oom_hint: str | None = None,
+) -> dict[str, Any]:
+    """Run ``fn``, one job of the run (``stage``: ``train`` or ``measure``), and write the record it
+    returns to ``run_dir/<stage>.json`` atomically, with the run's identity (profile, dataset, model,
+    seed) added; return the record. A record with status ``paused`` is returned unwritten: the job is
+    to be run again.
+
+    A failure is recorded, not raised: ``fn``'s exception becomes the record ``{"status": "error",
+    "error": <one line>, **provenance}``, is appended to the run's ``failures.jsonl``
+    (``record_failure``, with ``provenance``) and is printed loud, ``<failed>: <message>`` on stderr
+    (the run's log) and ``<failed>: <label>: <message>`` on stdout (the console), which names ``log``
+    where given. With ``oom_hint``, running out of memory reads ``out of memory: <oom_hint> (...)``.
+    Ctrl-C is no failure: it propagates."""
+    try:
+        record = fn()
+    except Exception as exc:  # recorded, not swallowed: the row says what failed
+        message = one_line(exc)
+        if oom_hint and (isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()):
+            message = f"out of memory: {oom_hint} ({message[:200]})"
+        print(f"{failed}: {message}", file=sys.stderr)
+        where = f" (log: {log})" if log is not None else ""
+        print(f"{failed}: {spec.label}: {message}{where}", flush=True)  # stdout: the console
+        record_failure(run_dir, stage, message, **(provenance or {}))
+        record = {"status": "error", "error": message, **(provenance or {})}
+    if record["status"] == "paused":
+        return record
+    record.update(profile=spec.profile, dataset=spec.dataset, model=spec.model, seed=spec.seed)
+    atomic_write_json(record, Path(run_dir) / f"{stage}.json")
+    return record
