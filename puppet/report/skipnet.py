@@ -110,25 +110,26 @@ def render(frame: pd.DataFrame) -> str:
     return "\n".join(markdown(TABLE, part, title) for title, part in sections(TABLE, frame))
 
 
-# The trade-off curves: (model-name prefix, the reward's label prefix, colour, legend)
-CURVES = (
-    ("skipnet38", "alpha ", "tab:blue", "SkipNet-38 (SP then HRL), skip reward alpha"),
-    ("skipnet_gumbel", "target rate ", "tab:orange", "size-matched, Gumbel-trained, target rate"),
-)
+def _knob(reward: str) -> float:
+    """The number of a reward's label ("alpha 0.01", "target rate 0.5")."""
+    return float(str(reward).rsplit(" ", 1)[-1])
 
 
 def _panel(ax, sub: pd.DataFrame, title: str) -> None:
-    """One panel: the runs of one configuration kind, their curves joined, points at the same place
-    labelled together (SkipNet-38's alpha runs can coincide)."""
+    """One panel: the runs of one configuration kind, points at the same place labelled together
+    (SkipNet-38's alpha runs can coincide). A curve joins the runs of one network (backbone) trained
+    one way (SkipNet's, or Gumbel) at different rewards: what the model descriptions say, not names."""
     joined = 0
-    for prefix, knob, colour, label in CURVES:
-        curve = sub[sub["model"].str.startswith(prefix)].copy()
-        if len(curve) > 1:
-            curve["knob"] = curve["reward"].str.removeprefix(knob).astype(float)
-            curve = curve.sort_values("knob")
-            values = ", ".join(f"{k:g}" for k in curve["knob"])
-            ax.plot(curve["macs_m"], curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=f"{label} {values}")
-            joined += 1
+    for (backbone, training), curve in sub.groupby(["backbone", "training"], sort=True):
+        if curve["reward"].nunique() < 2:
+            continue
+        curve = curve.assign(knob=curve["reward"].map(_knob)).sort_values("knob")
+        colour = "tab:orange" if training.startswith("ConvNet") else "tab:blue"
+        knob = str(curve["reward"].iloc[0]).rsplit(" ", 1)[0]
+        values = ", ".join(f"{k:g}" for k in curve["knob"])
+        label = f"{backbone.split(',')[0]}, {training.split(' (')[0]}, {knob} {values}"
+        ax.plot(curve["macs_m"], curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=label)
+        joined += 1
     for _, r in sub.iterrows():
         gumbel = r["training"].startswith("ConvNet")
         colour = "tab:orange" if gumbel else "tab:blue"
