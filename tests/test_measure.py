@@ -169,3 +169,13 @@ def test_puppet_is_measured_on_the_fly_and_precomputed():
     assert pre["speedup_vs_default_ci_low"] <= pre["speedup_vs_default"] <= pre["speedup_vs_default_ci_high"]
     on_the_fly = evaluate(model, Batches(x, torch.arange(12) % 10, 4, (0.5,) * 3, (0.25,) * 3))
     assert (pre["top1"], pre["top5"]) == (on_the_fly.top1, on_the_fly.top5)
+
+
+def test_the_cpu_is_named_in_every_timing_record():
+    """The model of the CPU, not only its architecture: runs retrained on another CPU can differ."""
+    import platform
+
+    from puppet.core.measure import cpu_name, environment
+
+    device = environment(torch.device("cpu"), 1)["device"]
+    assert device.startswith("cpu (") and platform.machine() in device and cpu_name() in device

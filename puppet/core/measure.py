@@ -228,11 +228,28 @@ def measure_macs(model: nn.Module, batches: Batches, n_images: int) -> dict[str,
     return record
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what the platform says. Recorded with
+    every timing, and worth it beyond speed: float32 training differs in its last bits between CPUs,
+    so a run retrained on another CPU can end points of accuracy away (docs/results.md)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:  # the CPU's model where the system names it: "cpu (AMD EPYC, x86_64)"
+        cpu, machine = cpu_name(), platform.machine()
+        name = f"cpu ({cpu}, {machine})" if cpu != machine else f"cpu ({machine})"
     return {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()})",
+        "device": name,
         "device_type": device.type,
         "threads": threads,
         "torch_version": torch.__version__,
