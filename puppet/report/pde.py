@@ -48,8 +48,6 @@ FOOTPRINT_ROWS = (
     ("DARTS", "", {"top1_c10": 97.1, "top1_c100": 82.5, "params_k": 3400, "macs_m": 539}),
     ("DARTS-Global", "", {"top1_c10": 96.9, "top1_c100": 81.9, "params_k": 835, "macs_m": 213}),
 )
-# Metrics whose difference is meaningful whatever the training protocol (properties of the architecture).
-ARCHITECTURE_METRICS = ("params_k", "macs_m")
 
 
 def poster_protocol(ok: pd.DataFrame) -> bool:

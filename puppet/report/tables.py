@@ -105,9 +105,9 @@ def _size_rows(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
     """Every registered model at the paper's width (its description at 512 channels and its default
     depth) beside the paper's Params Size."""
     paper = paper_sizes()
-    at_paper_width = models[(models["max_channels"] == PAPER_WIDTH) & models["depth"].isna()]
+    builds = models[(models["max_channels"] == PAPER_WIDTH) & models["depth"].isna()]
     rows = []
-    for _, info in at_paper_width.sort_values("model").iterrows():
+    for _, info in builds.sort_values("model").iterrows():
         name, configuration = info["model"], info["configuration"]
         label = f"{info['paper_name']} ({configuration}): {name}" if configuration else info["paper_name"]
         known = {
