@@ -107,10 +107,33 @@ def test_macs_and_parameters_of_the_reduced_layer_match_the_formulas(name, metho
         ("node_conv", "svd"): c * 9 * level + level * c + c,
         ("node_rnn", "full"): n * n + n + d_in * n,
         ("node_rnn", "pod_deim"): (level * level + level) + level * level + d_in * level + level * n,
-        ("node_rnn", "prune"): level * level + level + d_in * level,
+        ("node_rnn", "prune"): level * level + level + d_in * level + d_in * (n - level),  # + Z's pruned rows
         ("node_rnn", "svd"): n * level + level * n + n + d_in * n,
     }[(name, method)]
     assert params == expected
+
+
+@pytest.mark.parametrize("name", ["node_conv", "node_rnn"])
+def test_pruning_removes_a_neurons_right_hand_side_not_its_state(name):
+    """A pruned neuron keeps what the ODE gives it without its nonlinearity: the conv model's pruned
+    channels leave the layer at their initial value (the stem's output); the recurrent model's pruned
+    neurons at their integrated drive sum_i Z u_i (from x(0) = 0). The kept ones follow A[S, S]."""
+    model, x, snaps, shape = trained_like(name)
+    reduced = reduce(model, "prune", 1, snaps, shape).model.ode
+    kept = reduced.kept
+    with torch.no_grad():
+        if name == "node_conv":
+            x0 = model.stem(x)
+            out = reduced(x0)
+            pruned = [c for c in range(shape[0]) if c not in kept.tolist()]
+            torch.testing.assert_close(out[:, pruned], x0[:, pruned])
+            assert not torch.allclose(out[:, kept], x0[:, kept])
+        else:
+            u = x.permute(0, 2, 1, 3).flatten(2)
+            out = reduced(u)
+            pruned = [j for j in range(shape[0]) if j not in kept.tolist()]
+            drive = model.ode.drive.weight[pruned]  # (n - k, d_in)
+            torch.testing.assert_close(out[:, pruned], u.sum(1) @ drive.T)
 
 
 def test_levels_beyond_the_model_are_refused():
@@ -137,7 +160,7 @@ def _measured_study(tmp_path, levels=LEVELS):
         overrides={
             "models": ["node_rnn"],
             "model_kwargs": {"node_rnn": {"hidden": 12}},
-            "mor": {"snapshot_images": 100, "levels": {"node_rnn": levels}},
+            "mor": {"snapshot_images": 100, "levels": {"node_rnn": levels}, "finetune_steps": 3, "finetune_batch": 32},
         },
     )
     spec = run_spec(cfg, "synthetic", "node_rnn", 0)
@@ -162,8 +185,16 @@ def test_every_level_is_a_deployment_measured_like_any_other(tmp_path):
     measured, model, spec = _measured_study(tmp_path)
     assert measured["status"] == "ok", measured["error"]
     rows = {r["deployment"]: r for r in measured["deployments"]}
-    assert list(rows) == ["default", "pod_deim@4", "pod_deim@12", "prune@6", "prune@12", "svd@3"]
+    reduced = ["pod_deim@4", "pod_deim@12", "prune@6", "prune@12", "svd@3"]
+    assert list(rows) == ["default", *(n for name in reduced for n in (name, f"{name}+ft"))]
     assert rows["pod_deim@4"]["deployment_label"] == "POD-DEIM, k = m = 4"
+    assert rows["pod_deim@4+ft"]["deployment_label"] == "POD-DEIM, k = m = 4, fine-tuned 3 x 32 images"
+    for name in reduced:  # the same budget for every method and level, and it changed the model
+        tuned = rows[f"{name}+ft"]
+        assert (tuned["finetune_steps"], tuned["finetune_images"], tuned["finetune_lr"]) == (3, 96, 1e-3), name
+        assert "finetune_steps" not in rows[name]
+    assert rows["prune@6+ft"]["top1"] != rows["prune@6"]["top1"] or rows["svd@3+ft"]["top1"] != rows["svd@3"]["top1"]
+    assert {r["device"].split(" ")[0] for r in rows.values()} == {"cpu"}  # mor.device: timed on the CPU
     for name, row in rows.items():
         assert row["status"] == "ok" and row["macs_ode"] == row["macs_ode_formula"], name
     full = rows["default"]
@@ -192,8 +223,9 @@ def test_the_mor_table_is_a_view_of_the_rows(tmp_path):
     metrics = collate([tmp_path / "run" / "train.json"], tmp_path / "metrics.csv")
     expect = ["mor_synthetic_node_rnn_seed0.png", "mor_synthetic_node_conv_seed0.png"]
     frame = write_mor(tmp_path / "metrics.csv", tmp_path / "mor.csv", tmp_path / "figures", expect)
-    assert list(frame["method"]) == ["full", "pod_deim", "pod_deim", "prune", "prune", "svd"]
-    assert list(frame["level"]) == [12, 4, 12, 6, 12, 3]
+    assert list(frame["method"]) == ["full", *["pod_deim"] * 4, *["prune"] * 4, *["svd"] * 2]
+    assert list(frame["level"]) == [12, 4, 12, 4, 12, 6, 12, 6, 12, 3, 3]
+    assert list(frame["finetuned"]) == [False, False, False, True, True, False, False, True, True, False, True]
     by = metrics.set_index("deployment").loc[frame["deployment"]]  # metrics.csv's rows in the view's order
     assert frame["top1"].tolist() == by["top1"].tolist()
     assert (frame["macs_reduction_ode"] == by.loc["default", "macs_ode"] / frame["macs_ode"].to_numpy()).all()

@@ -12,17 +12,27 @@ formula) is reported by the deployed module's ``deployment_metrics`` and becomes
 row; the full model reports the same for itself. ``results/mor.csv`` and the MOR figures are a
 view of those rows (``puppet.report.mor``).
 
+Each reduction is measured twice: as reduced, and after a short fine-tune (``<method>@<level>+ft``)
+of the same budget for every method and level: ``finetune_steps`` Adam steps at ``finetune_lr`` on
+``finetune_batch`` training images each, drawn shuffled (a fixed seed: the same images in the same
+order for every reduction), every parameter of the reduced model trained (stem, reduced ODE layer,
+head). Pruning's reference method (Li et al. 2017) retrains after pruning; a comparison without it
+handicaps the methods whose error a few steps repair.
+
 Options (``DeployContext.options``, from the config's ``mor`` block for this model): ``levels``
-(method -> levels) and ``snapshot_images`` (training images whose trajectories give the POD and
-DEIM snapshots, collected once per measure job and shared by every POD-DEIM level).
+(method -> levels), ``snapshot_images`` (training images whose trajectories give the POD and
+DEIM snapshots, collected once per measure job and shared by every POD-DEIM level) and the
+fine-tuning budget (``finetune_steps``, 0: no fine-tuned deployments; ``finetune_batch``,
+``finetune_lr``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from puppet.compress.reduce import (
     METHODS,
@@ -49,16 +59,26 @@ DESCRIPTION = {
     "svd": "SVD truncation, rank {level}",
 }
 SEPARATOR = "@"
+FINETUNED = "+ft"  # the suffix of a reduction measured after its fine-tune
+FINETUNE_SEED = 0  # the fine-tuning images' order: the same for every method and level
 
 
-def deployment_name(method: str, level: int) -> str:
-    return f"{method}{SEPARATOR}{int(level)}"
+class Reduced(NamedTuple):
+    method: str
+    level: int
+    finetuned: bool = False
 
 
-def parse_deployment(name: str) -> tuple[str, int] | None:
-    """(method, level) of a reduced deployment's name; None for any other deployment."""
+def deployment_name(method: str, level: int, finetuned: bool = False) -> str:
+    return f"{method}{SEPARATOR}{int(level)}{FINETUNED if finetuned else ''}"
+
+
+def parse_deployment(name: str) -> Reduced | None:
+    """(method, level, finetuned) of a reduced deployment's name; None for any other deployment."""
     method, sep, level = str(name).partition(SEPARATOR)
-    return (method, int(level)) if sep and method in METHODS and level.isdigit() else None
+    finetuned = level.endswith(FINETUNED)
+    level = level.removesuffix(FINETUNED)
+    return Reduced(method, int(level), finetuned) if sep and method in METHODS and level.isdigit() else None
 
 
 def _ode_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -99,14 +119,18 @@ def ode_metrics(model: nn.Module, full: nn.Module, reduction: Reduction | None) 
 
 
 class ReducedNODE(nn.Module):
-    """A trained Neural ODE with its ODE layer reduced (a snapshot: the reduction holds copies)."""
+    """A trained Neural ODE with its ODE layer reduced (a snapshot: the reduction holds copies);
+    ``extra``: more columns of its row (a fine-tune's budget)."""
 
-    def __init__(self, full: nn.Module, reduction: Reduction, snapshots: int | None) -> None:
+    def __init__(
+        self, full: nn.Module, reduction: Reduction, snapshots: int | None, extra: dict[str, float] | None = None
+    ) -> None:
         super().__init__()
         self.model = reduction.model.eval()
         self._metrics = ode_metrics(reduction.model, full, reduction)
         if snapshots is not None:  # POD-DEIM: the snapshot vectors its bases were fitted on
             self._metrics["snapshots"] = snapshots
+        self._metrics.update(extra or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -129,13 +153,62 @@ def _levels(model: nn.Module, options: dict[str, Any]) -> dict[str, list[int]]:
     return {method: [int(v) for v in levels.get(method, [])] for method in METHODS}
 
 
+def _finetune_budget(options: dict[str, Any]) -> tuple[int, int, float]:
+    """(steps, batch, lr) of the fine-tune every reduction also gets; steps 0: none."""
+    return (
+        int(options.get("finetune_steps", 0)),
+        int(options.get("finetune_batch", 64)),
+        float(options.get("finetune_lr", 1e-3)),
+    )
+
+
 def reduced_deployments(model: nn.Module, context: DeployContext) -> dict[str, str]:
-    """The full model (``default``) and one deployment per (method, level) the options name."""
+    """The full model (``default``) and, per (method, level) the options name, the reduction as
+    reduced and (with a fine-tuning budget) after its fine-tune."""
     names = {DEFAULT_DEPLOYMENT: "full model"}
+    steps, batch, _ = _finetune_budget(dict(context.options))
     for method, values in _levels(model, dict(context.options)).items():
         for level in values:
-            names[deployment_name(method, level)] = DESCRIPTION[method].format(level=level)
+            described = DESCRIPTION[method].format(level=level)
+            names[deployment_name(method, level)] = described
+            if steps:
+                names[deployment_name(method, level, True)] = f"{described}, fine-tuned {steps} x {batch} images"
     return names
+
+
+def finetune(model: nn.Module, batches: Any, steps: int, lr: float) -> dict[str, float]:
+    """Train every parameter of ``model`` for ``steps`` Adam steps (constant ``lr``, cross-entropy) on
+    ``batches`` (``epoch(e)`` gives epoch e's labelled batches), in place; returns the budget and the
+    mean training loss over the first and the last 10 % of the steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses: list[float] = []
+    model.train()
+    with torch.enable_grad():
+        epoch = 0
+        while len(losses) < steps:
+            before = len(losses)
+            for x, y in batches.epoch(epoch):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if len(losses) == steps:
+                    break
+            if len(losses) == before:
+                raise ValueError(
+                    "fine-tuning needs a training batch: the training split is smaller than finetune_batch"
+                )
+            epoch += 1
+    model.eval()
+    tenth = max(1, steps // 10)
+    return {
+        "finetune_steps": steps,
+        "finetune_images": steps * batches.batch_size,
+        "finetune_lr": lr,
+        "finetune_loss_first": sum(losses[:tenth]) / tenth,
+        "finetune_loss_last": sum(losses[-tenth:]) / tenth,
+    }
 
 
 def _first_images(batches: Iterable[torch.Tensor], count: int) -> Iterator[torch.Tensor]:
@@ -151,12 +224,11 @@ def _first_images(batches: Iterable[torch.Tensor], count: int) -> Iterator[torch
 
 def deploy_reduced(model: nn.Module, name: str, context: DeployContext) -> nn.Module:
     """Build the reduced deployment ``name`` (``<method>@<level>``) of the trained ``model``."""
+    known = [n for n in reduced_deployments(model, context) if n != DEFAULT_DEPLOYMENT]
     parsed = parse_deployment(name)
-    levels = _levels(model, dict(context.options))
-    if parsed is None or parsed[1] not in levels[parsed[0]]:
-        known = [n for n in reduced_deployments(model, context) if n != DEFAULT_DEPLOYMENT]
+    if parsed is None or name not in known:
         raise ValueError(f"unknown deployment {name!r}: this model deploys {known}")
-    method, level = parsed
+    method, level, finetuned = parsed
     shape = state_shape(model, model.image_shape)
     snaps = None
     if method == "pod_deim":  # the snapshots are collected once and shared by every level
@@ -165,4 +237,10 @@ def deploy_reduced(model: nn.Module, name: str, context: DeployContext) -> nn.Mo
             count = int(context.options.get("snapshot_images", 1000))
             context.cache[key] = collect_snapshots(model.eval(), _first_images(context.train_images(), count))
         snaps = context.cache[key]
-    return ReducedNODE(model, reduce(model.eval(), method, level, snaps, shape), snaps.count if snaps else None)
+    reduction = reduce(model.eval(), method, level, snaps, shape)
+    extra = None
+    if finetuned:
+        steps, batch, lr = _finetune_budget(dict(context.options))
+        # in place: the reduction's model is its own copy of the trained one
+        extra = finetune(reduction.model, context.train_batches(batch, FINETUNE_SEED), steps, lr)
+    return ReducedNODE(model, reduction, snaps.count if snaps else None, extra)

@@ -14,14 +14,20 @@
   snapshot correlation matrices X X^T and F F^T (the method of snapshots), accumulated and
   eigendecomposed in float64, without centring.
 * **Pruning**: keep the k neurons (recurrent model) or channels (conv model) with the largest L1
-  norm of their row of A (for a conv: the output filter, Li et al. 2017); A[S, S], b[S], Z[S, :],
-  with pruned entries read as zero by the head. It is the special case V = U = P = [e_i, i in S].
+  norm of their row of A (for a conv: the output filter, Li et al. 2017); the kept state follows
+  A[S, S], b[S], Z[S, :]. A pruned neuron loses its nonlinear right-hand side, not its state: it
+  keeps what the ODE adds to it without a nonlinearity, its initial value x_j(0) (the conv model's
+  stem output; POD keeps the initial state too, through its projection) and, in the recurrent
+  model, its integrated drive sum_i (Z u_i)_j. Zeroing the pruned state instead would throw the
+  stem's features away and handicap pruning against POD (the harness did until revision 1 of the
+  study: the recurrent model at 16 neurons fell below chance).
 * **SVD truncation**: A replaced by its best rank-r factorisation; for the conv, the kernel matrix
   (C_out x C_in 9) is factorised into a 3x3 conv C -> r and a 1x1 conv r -> C (Denton et al. 2014).
   The state and its n nonlinearities are unchanged.
 
-All three are post-training and without fine-tuning. What stays outside the ODE layer (stem, head)
-is unchanged, so the comparison is the ODE layer's.
+All three are post-training; what stays outside the ODE layer (stem, head) is unchanged, so the
+comparison is the ODE layer's. ``puppet.compress.deploy`` also measures each one after a short
+fine-tune of the same budget (its ``+ft`` deployment).
 """
 
 from __future__ import annotations
@@ -160,29 +166,42 @@ class Lift(nn.Module):
         return self.map(z).reshape(len(z), *self.state_shape)
 
 
-class ScatterChannels(nn.Module):
-    """(B, k, ...) -> (B, n, ...): the kept entries in place, zeros elsewhere (the pruned neurons)."""
+class PrunedConvODE(nn.Module):
+    """The conv model's ODE layer pruned to the ``kept`` channels: they follow the pruned ODE block;
+    the pruned channels keep their initial state (their right-hand side is gone, not their value)."""
 
-    def __init__(self, kept: torch.Tensor, n: int) -> None:
+    def __init__(self, kept: torch.Tensor, block: ODEBlock) -> None:
         super().__init__()
         self.register_buffer("kept", kept.clone())
-        self.n = n
+        self.block = block
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = z.new_zeros(len(z), self.n, *z.shape[2:])
-        out[:, self.kept] = z
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        out = x0.clone()
+        out[:, self.kept] = self.block(x0[:, self.kept])
         return out
 
 
-class GatherChannels(nn.Module):
-    """(B, n, ...) -> (B, k, ...): the kept neurons or channels."""
+class PrunedRecurrentODE(nn.Module):
+    """The recurrent model's ODE layer pruned to the ``kept`` neurons: they follow the pruned ODE;
+    each pruned neuron j keeps its linear part, the drive integrated over the unit intervals,
+    x_j(L) = sum_i (Z u_i)_j (from x(0) = 0), by ``drive_pruned`` (Z's pruned rows) on sum_i u_i."""
 
-    def __init__(self, kept: torch.Tensor) -> None:
+    def __init__(
+        self, kept: torch.Tensor, pruned: torch.Tensor, block: RecurrentODE, drive_pruned: nn.Linear | None
+    ) -> None:
         super().__init__()
         self.register_buffer("kept", kept.clone())
+        self.register_buffer("pruned", pruned.clone())
+        self.block, self.drive_pruned = block, drive_pruned
+        self.n = len(kept) + len(pruned)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, self.kept]
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z = self.block(u)  # (B, k)
+        out = z.new_empty(len(z), self.n)
+        out[:, self.kept] = z
+        if self.drive_pruned is not None:  # None: every neuron kept
+            out[:, self.pruned] = self.drive_pruned(u.sum(1))
+        return out
 
 
 class ReducedConvODE(nn.Module):
@@ -281,20 +300,20 @@ def prune(model: nn.Module, kept_count: int, shape: tuple[int, ...]) -> Reductio
     if not 1 <= kept_count <= total:
         raise ValueError(f"prune: keeping {kept_count} of {total} neurons/channels is not possible")
     score = weight.abs().reshape(total, -1).sum(1)  # L1 norm of each output row / filter
-    kept = score.argsort(descending=True)[:kept_count].sort().values
+    order = score.argsort(descending=True)
+    kept, pruned = order[:kept_count].sort().values, order[kept_count:].sort().values
     with torch.no_grad():
         if isinstance(model, ConvNODE):
             conv = nn.Conv2d(kept_count, kept_count, pre.kernel_size, padding=pre.padding)
             conv.weight.copy_(weight[kept][:, kept])
             conv.bias.copy_(pre.bias[kept])
-            ode = ReducedConvODE(
-                GatherChannels(kept), ODEBlock(RHS(conv), model.ode.steps), ScatterChannels(kept, total)
-            )
+            ode = PrunedConvODE(kept, ODEBlock(RHS(conv), model.ode.steps))
             dim = kept_count * shape[1] * shape[2]
         else:
             rhs = RHS(_linear(weight[kept][:, kept], pre.bias.detach()[kept]))
-            drive = _linear(model.ode.drive.weight.detach()[kept])
-            ode = ReducedRecurrentODE(RecurrentODE(rhs, drive, model.ode.steps), ScatterChannels(kept, total))
+            z = model.ode.drive.weight.detach()
+            block = RecurrentODE(rhs, _linear(z[kept]), model.ode.steps)
+            ode = PrunedRecurrentODE(kept, pruned, block, _linear(z[pruned]) if len(pruned) else None)
             dim = kept_count
     return Reduction(_replace_ode(model, ode), "prune", kept_count, dim, dim)
 
@@ -378,4 +397,5 @@ def ode_macs_formula(model: nn.Module, reduction: Reduction | None, shape: tuple
     }[method]
     state = {"full": n, "pod_deim": level, "prune": level, "svd": n}[method]
     lift = n * level if method == "pod_deim" else 0
-    return length * (d_in * state + evals * per_eval) + lift
+    held = d_in * (n - level) if method == "prune" else 0  # the pruned neurons' integrated drive, once
+    return length * (d_in * state + evals * per_eval) + lift + held

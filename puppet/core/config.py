@@ -320,10 +320,14 @@ def preflight(config: dict, datasets: set[str] | None = None) -> list[str]:
 
 def deploy_options(config: dict, model: str) -> dict[str, Any]:
     """The measure job's deployment options for ``model`` (``DeployContext.options``): the MOR
-    study's levels and snapshot count for a model the config's ``mor.levels`` names (its reduced
+    study's levels, snapshot count, fine-tuning budget and timing device for a model the config's
+    ``mor.levels`` names (its reduced
     deployments, ``puppet.compress.deploy``), none for any other model. Not part of a run's
     identity: changing them measures the run again, never retrains it."""
     levels = (config.get("mor") or {}).get("levels", {}).get(model)
     if not levels:
         return {}
-    return {"levels": levels, "snapshot_images": config["mor"]["snapshot_images"]}
+    mor = config["mor"]
+    keys = ("snapshot_images", "finetune_steps", "finetune_batch", "finetune_lr")
+    pinned = {} if mor["device"] == "run" else {"device": mor["device"]}  # "run": the run's own device
+    return {"levels": levels, **{k: mor[k] for k in keys}, **pinned}

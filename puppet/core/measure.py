@@ -348,7 +348,9 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
             why = state.error or f"train.json is {state.train}"
             record.update(status="skipped", error=f"training failed: {why}")
             return record
-        device, splits, model = materialise(spec)
+        # a family's options may pin the device its deployments are measured on (the MOR study times on
+        # the CPU by default: its small layers are launch-bound on a GPU); every row names the device
+        device, splits, model = materialise(spec, device=(deploy_options or {}).get("device"))
         try:
             saved = torch.load(run_dir / "model.pt", map_location=device, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -362,6 +364,17 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
             options=dict(deploy_options or {}),
             train_images=lambda: (
                 x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
+            ),
+            train_batches=lambda batch_size, seed: Batches(
+                splits.x_train,
+                splits.y_train,
+                batch_size,
+                splits.mean,
+                splits.std,
+                shuffle=True,
+                seed=seed,
+                device=device,
+                drop_last=True,
             ),
         )
         deployments = measure_model(model, test, spec.measure, device, context)

@@ -168,12 +168,16 @@ class DeployContext:
     when it names none. ``train_images``: called with no argument, an iterable of normalised
     training image batches (no labels) on the model's device, in their stored order, for a
     deployment fitted on training data (e.g. snapshots for POD); a deployment that needs none never
-    calls it. ``cache``: what one deployment computed and the next may reuse within the same measure
-    job (the snapshots shared by every POD level), keyed by the family that put it there.
+    calls it. ``train_batches``: called with ``(batch_size, seed)``, the labelled training split in
+    shuffled batches of that size (the last partial one dropped), the same for the same seed, with
+    ``epoch(e)`` for further epochs: for a deployment fine-tuned after it is built. ``cache``: what
+    one deployment computed and the next may reuse within the same measure job (the snapshots
+    shared by every POD level), keyed by the family that put it there.
     """
 
     options: Mapping[str, Any] = field(default_factory=dict)
     train_images: Callable[[], Iterable[torch.Tensor]] = lambda: ()
+    train_batches: Callable[[int, int], Any] = lambda batch_size, seed: ()
     cache: dict[Any, Any] = field(default_factory=dict)
 
 

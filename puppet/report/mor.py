@@ -1,10 +1,11 @@
 """The MOR study's view of the results: ``results/mor.csv`` and, per Neural ODE run, a figure with
-three curves: test accuracy against the wall-clock speed-up of the whole network (95 % interval
-bars) and against the MAC reduction of the ODE layer, for POD-DEIM, pruning and SVD truncation,
+three pairs of curves: test accuracy against the wall-clock speed-up of the whole network (95 %
+interval bars) and against the MAC reduction of the ODE layer, for POD-DEIM, pruning and SVD
+truncation, each as reduced (solid) and after the same short fine-tune (dashed, hollow markers),
 the full model marked.
 
 Nothing is measured here: every number is a row of ``results/metrics.csv``, where each reduction
-of a trained run is a deployment ``<method>@<level>`` measured by the one measure path
+of a trained run is a deployment ``<method>@<level>`` (``+ft``: fine-tuned) measured by the one measure path
 (``puppet.compress.deploy``), the full model being the run's ``default`` row. The view renames
 the columns the MOR study has always had: ``speedup_total`` is the throughput ratio at the measure
 job's batch (full / reduced, interleaved), ``speedup_batch1`` the batch-1 latency ratio.
@@ -48,6 +49,7 @@ COLUMNS = [
     *RUN_KEY,
     "method",
     "level",
+    "finetuned",
     "deployment",
     "status",
     "error",
@@ -76,6 +78,11 @@ COLUMNS = [
     "energy_nonlinear",
     "deim_condition",
     "snapshots",
+    "finetune_steps",
+    "finetune_images",
+    "finetune_lr",
+    "finetune_loss_first",
+    "finetune_loss_last",
     "timing_batch",
     "rounds",
     "device",
@@ -101,7 +108,7 @@ def _per_run(column: str, scale: float = 1.0):
 # full model, read from the same rows as mor.csv; no paper column (the paper gives curves).
 TABLE = Table(
     "table_mor",
-    "MOR study: Neural ODEs reduced after training (Lehtimäki et al.), no fine-tuning",
+    "MOR study: Neural ODEs reduced after training (Lehtimäki et al.), as reduced and fine-tuned",
     (
         Metric("top1", "Top-1 (%)"),
         Metric("macs_ode_m", "ODE layer MACs (M)", _per_run("macs_ode", 1e6)),
@@ -112,9 +119,11 @@ TABLE = Table(
     _reduced_runs,
     caption=(
         "Each Neural ODE run in its full form (`default`) and reduced by POD-DEIM, L1 pruning and SVD "
-        "truncation at every level (a deployment each, `metrics.csv`); speed-ups are full / reduced, timed "
-        "interleaved with the full model (batched: throughput at the measure job's batch; batch 1: latency), "
-        "their 95% intervals in `mor.csv` and the figures `figures/mor_*.png`. One seed."
+        "truncation at every level (a deployment each, `metrics.csv`), each as reduced and after the same "
+        "short fine-tune (`+ft`: the steps, images and learning rate in `mor.csv`); speed-ups are full / "
+        "reduced, timed interleaved with the full model on the device in `mor.csv` (batched: throughput at "
+        "the measure job's batch; batch 1: latency), their 95% intervals in `mor.csv` and the figures "
+        "`figures/mor_*.png`. One seed."
     ),
     compared=False,
     per_deployment=True,
@@ -131,8 +140,9 @@ def mor_view(metrics: pd.DataFrame) -> pd.DataFrame:
         run = metrics[(metrics[RUN_KEY] == pd.Series(dict(zip(RUN_KEY, key)))).all(axis=1)]
         run = run[(run["deployment"] == DEFAULT_DEPLOYMENT) | run["deployment"].map(parse_deployment).notna()]
         frame = run.rename(columns=RENAMED).copy()
-        methods = frame["deployment"].map(lambda d: (parse_deployment(d) or ("full", None))[0])
-        frame.insert(len(RUN_KEY), "method", methods)
+        parsed_run = frame["deployment"].map(lambda d: parse_deployment(d) or ("full", None, False))
+        frame.insert(len(RUN_KEY), "method", parsed_run.map(lambda p: p[0]))
+        frame["finetuned"] = parsed_run.map(lambda p: bool(p[2]))
         full = frame[frame["method"] == "full"]
         full_row = full.iloc[0] if len(full) else pd.Series(dtype=object)
         for col in ("speedup_total", "speedup_batch1"):
@@ -151,7 +161,8 @@ def mor_view(metrics: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     out = pd.concat(frames, ignore_index=True)
     order = {"full": 0, **{m: i + 1 for i, m in enumerate(CURVES)}}
-    out = out.assign(_order=out["method"].map(order)).sort_values([*RUN_KEY, "_order", "level"], kind="stable")
+    out = out.assign(_order=out["method"].map(order))
+    out = out.sort_values([*RUN_KEY, "_order", "finetuned", "level"], kind="stable")
     return out.reindex(columns=COLUMNS).reset_index(drop=True)
 
 
@@ -161,13 +172,22 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     ok = rows[rows["status"] == "ok"]
     full = ok[ok["method"] == "full"]
     fig, (ax_speed, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for method, (label, colour, style) in CURVES.items():
-        g = ok[ok["method"] == method].sort_values("level")  # a curve over the levels, not the x order
+    tuned = ok["finetuned"].fillna(False).astype(bool)
+    steps = ok.loc[tuned, "finetune_steps"].dropna()
+    for (method, (label, colour, style)), finetuned in ((c, f) for c in CURVES.items() for f in (False, True)):
+        g = ok[(ok["method"] == method) & (tuned == finetuned)].sort_values("level")  # a curve over the levels
         if g.empty:
             continue
+        if finetuned:  # dashed, hollow markers: the same reductions after the fine-tune
+            style, label = style.rstrip("-") + "--", f"{label}, fine-tuned"
+        face = "none" if finetuned else colour
         err = [g["speedup_total"] - g["speedup_total_ci_low"], g["speedup_total_ci_high"] - g["speedup_total"]]
-        ax_speed.errorbar(g["speedup_total"], g["top1"], xerr=err, fmt=style, color=colour, capsize=2, label=label)
-        ax_macs.plot(g["macs_reduction_ode"], g["top1"], style, color=colour, label=label)
+        ax_speed.errorbar(
+            g["speedup_total"], g["top1"], xerr=err, fmt=style, color=colour, mfc=face, capsize=2, label=label
+        )
+        ax_macs.plot(g["macs_reduction_ode"], g["top1"], style, color=colour, mfc=face, label=label)
+        if finetuned:  # the levels are labelled once, on the curve as reduced
+            continue
         for _, r in g.iterrows():  # the level beside each point
             ax_macs.annotate(
                 f"{LEVEL_NAME[method]}={int(r['level'])}",
@@ -192,8 +212,9 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     n = int(first["threads"]) if pd.notna(first.get("threads")) else None
     threads = "threads ?" if n is None else f"{n} thread{'s' if n != 1 else ''}"
     fig.suptitle(
-        f"{first['model']} on {first['dataset']} ({first['profile']}): post-training compression, no fine-tuning; "
-        f"timed on {first['device']}, {threads}",
+        f"{first['model']} on {first['dataset']} ({first['profile']}): post-training compression"
+        + (f" (dashed: after {int(steps.iloc[0])} fine-tuning steps)" if len(steps) else ", no fine-tuning")
+        + f";\ntimed on {first['device']}, {threads}",
         fontsize=10,
     )
     fig.tight_layout()
