@@ -16,7 +16,9 @@ thresholds in ``calibrate(batches)`` on the validation split; thresholds live in
 buffers, so they are saved with the checkpoint.
 
 Initialisation: every model built on these parts calls ``puppet.layers.torchvision_init`` (torchvision's
-ResNet rule), so "ResNet vs BranchyNet / SkipNet / DRNN" compares methods, not initialisations.
+ResNet rule), so "ResNet vs BranchyNet / SkipNet / DRNN" compares methods, not initialisations. The one
+exception is the official B-ResNet-110 (``branchynet_resnet110``, built of ``OptionABlock``), which starts
+from the official code's Chainer initialisation, as published.
 
 Calibration: one rule for all three (``pick_threshold``): among the candidate thresholds, the one with
 the fewest mean MACs per validation image whose top-1 is within ``calib_tolerance`` pp of the best
@@ -64,6 +66,46 @@ class ResidualBlock(BasicBlock):
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
+
+
+def option_a_shortcut(x: torch.Tensor, c_out: int, stride: int = 1) -> torch.Tensor:
+    """He et al. 2016's parameter-free shortcut ("option A"), as the official BranchyNet code writes it
+    (``branchynet/links/resnet.py``): zero channels concatenated *before* x up to ``c_out`` channels
+    (``F.concat((p, x))``), and with a stride every ``stride``-th pixel (Chainer's ``average_pooling_2d(x, 1, 2)``:
+    a 1x1 window, so no averaging). Subsampled first here, which gives the same tensor with less padding."""
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride]
+    pad = c_out - x.shape[1]
+    if pad > 0:
+        x = torch.cat([x.new_zeros(x.shape[0], pad, *x.shape[2:]), x], 1)
+    return x
+
+
+class OptionABlock(nn.Module):
+    """A basic block with the option-A shortcut (``option_a_shortcut``): conv3x3 (stride) -> BN -> ReLU ->
+    conv3x3 -> BN, plus the shortcut, then ReLU; no parameter outside the residual branch. ``bias`` and
+    ``eps`` let it be the official BranchyNet ``ResBlock`` (Chainer convs with bias, BN eps 2e-5).
+    ``residual`` and ``shortcut`` are callable on their own, as in ``ResidualBlock``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, *, bias: bool = False, eps: float = 1e-5):
+        super().__init__()
+        if c_out < c_in:
+            raise ValueError(f"an option-A shortcut pads channels, it cannot drop them: {c_in} -> {c_out}")
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(c_out, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(c_out, eps=eps)
+        self.c_out, self.stride = c_out, stride
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return option_a_shortcut(x, self.c_out, self.stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
 
 
 def stage_plan_widths(widths: Sequence[int] | None, blocks: Sequence[int], max_channels: int) -> list[int]:

@@ -8,26 +8,31 @@ samples are gathered apart and scattered back.
 
 Configurations: ``skipnet`` (size-matched: ResNet-18 widths 64-512 scaled, stage depths (2, 3, 1, 2),
 picked by the Puppet-CNN paper's Table 1 size) and, as published, ``skipnet38`` / ``skipnet74`` /
-``skipnet110`` (CIFAR ResNet-(6n+2), widths 16-32-64, FFGate-I for 38 and 74, FFGate-II for 110).
-``skipnet38_alpha1e-1`` / ``skipnet38_alpha1e-3`` are SkipNet-38 at the paper's other skip rewards
-(the trade-off curve); ``skipnet_gumbel`` is the size-matched model trained ConvNet-AIG-style, and
-``skipnet_gumbel_rate30`` / ``skipnet_gumbel_rate50`` the same at target rates 0.3 and 0.5 (its curve).
+``skipnet110`` (CIFAR ResNet-(6n+2), widths 16-32-64, FFGate-I for 38 and 74, FFGate-II for 110), all
+at the official ``train_rl.py`` default skip reward alpha = 0.1. ``skipnet38_alpha1e-2`` /
+``skipnet38_alpha1e-3`` are SkipNet-38 at the paper's other skip rewards (the trade-off curve);
+``skipnet_gumbel`` is the size-matched model trained ConvNet-AIG-style, and ``skipnet_gumbel_rate30`` /
+``skipnet_gumbel_rate50`` the same at target rates 0.3 and 0.5 (its curve).
 
 Training (``gate_training``): ``"sp_hrl"`` (default; the paper's supervised pre-training, then hybrid
-reinforcement learning). The model trains in two phases, ``sp`` and ``hrl``, which the trainer sets
-from the recipe's ``train.phases`` (where SP ends as a fraction of the run's steps, and HRL's own
-learning rate). ``"gumbel"``: ConvNet-AIG-style training (Veit & Belongie 2018), hard straight-through
-Gumbel-softmax gates with a target-rate loss, one phase; a documented alternative, not SkipNet's.
+reinforcement learning; the REINFORCE term summed over the batch as the official ``action.reinforce``
+applies it, beside the batch-mean cross-entropy). The model trains in two phases, ``sp`` and ``hrl``,
+which the trainer sets from the recipe's ``train.phases`` (where SP ends as a fraction of the run's
+steps, and HRL's own learning rate). ``"gumbel"``: ConvNet-AIG-style training (Veit & Belongie 2018),
+hard straight-through Gumbel-softmax gates with a target-rate loss, one phase; a documented
+alternative, not SkipNet's.
 
 ``calibrate`` picks the test-time threshold on p(execute) among 0.1..0.9 on the validation split by
 the adaptive-depth rule (``_resnet_parts.pick_threshold``: fewest mean MACs within ``calib_tolerance``
-pp of the best candidate).
+pp of the best candidate): the ``default`` deployment. SkipNet's own rule, a block runs when
+p(execute) > 0.5, is the deployment ``fixed_0.5`` of the same trained model, measured beside it.
 
-Deviations: no RNN gate; no unused gate after the last block; a calibrated rather than fixed 0.5 threshold.
+Deviations: no RNN gate; no unused gate after the last block.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Iterable, Sequence
 
 import torch
@@ -52,10 +57,14 @@ from baselines._resnet_parts import (
     stage_widths,
     stem,
 )
+from puppet.core.protocols import DEFAULT_DEPLOYMENT, DeployContext
 from puppet.core.registry import register_model, register_variant
 from puppet.layers import torchvision_init
 
 SKIP_DEFAULTS = dict(blocks=(2, 3, 1, 2), gate="I", widths=None)
+OFFICIAL_ALPHA = 0.1  # the skip reward's default in the official cifar/train_rl.py (--alpha)
+OFFICIAL_THRESHOLD = 0.5  # the official gates execute a block when p(execute) > 0.5 at test time
+FIXED_RULE = "fixed_0.5"  # the deployment that applies it
 
 
 class FFGate(nn.Module):
@@ -102,7 +111,7 @@ class SkipNet(nn.Module):
         gate_training: str = "sp_hrl",
         target_rate: float = 0.7,
         rate_weight: float = 1.0,
-        hrl_alpha: float = 0.01,
+        hrl_alpha: float = OFFICIAL_ALPHA,
         rl_weight: float = 0.01,
         default_threshold: float = 0.5,
         calib_tolerance: float = 0.5,
@@ -180,7 +189,12 @@ class SkipNet(nn.Module):
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """gumbel: CE + rate_weight * sum_l (mean_b g_l - target_rate)^2 (ConvNet-AIG's target-rate loss).
         sp_hrl: CE alone in phase "sp", then CE + REINFORCE in phase "hrl" with per-gate reward
-        (hrl_alpha / N_gates) * (1 - a_l), terminal reward -CE, gamma = 1, scaled by rl_weight."""
+        (hrl_alpha / N_gates) * (1 - a_l), terminal reward -CE, gamma = 1, scaled by rl_weight.
+
+        The REINFORCE term is summed over the batch's samples while the CE is their mean: the
+        official ``action.reinforce(rl_weight * R)`` on ``multinomial()`` samples passes each
+        sample's reward to its log-probability's gradient unnormalised, beside ``CrossEntropyLoss``'s
+        batch mean (``cifar/train_rl.py``)."""
         mode = self._mode()
         logits, gates, log_probs = self._train_forward(x, mode)
         ce = F.cross_entropy(logits, y, reduction="none")  # (B,)
@@ -191,7 +205,7 @@ class SkipNet(nn.Module):
             skip_reward = torch.stack([(self.hrl_alpha / len(gates)) * (1 - g) for g in gates], 1)  # (B, N)
             # return of gate l: its own and later skip rewards plus the terminal -CE (gamma = 1)
             returns = skip_reward.flip(1).cumsum(1).flip(1) - ce.detach()[:, None]  # (B, N)
-            loss = loss - self.rl_weight * (torch.stack(log_probs, 1) * returns).sum(1).mean()
+            loss = loss - self.rl_weight * (torch.stack(log_probs, 1) * returns).sum()
         return loss, logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,6 +267,21 @@ class SkipNet(nn.Module):
         ran = stats["blocks_run"][:, 1:].to(torch.float64).cpu()  # (B, N-1)
         return prices[0] + ran @ prices[1:]
 
+    def deployments(self, context: DeployContext) -> dict[str, str]:
+        """``default``: the threshold calibrated on validation data; ``fixed_0.5``: SkipNet's own rule."""
+        return {
+            DEFAULT_DEPLOYMENT: "threshold calibrated on validation",
+            FIXED_RULE: f"SkipNet's rule: a block runs when p(execute) > {OFFICIAL_THRESHOLD:g}",
+        }
+
+    def deploy(self, name: str, context: DeployContext) -> "SkipNet":
+        """A copy of the trained model whose gates use SkipNet's fixed threshold (``fixed_0.5``)."""
+        if name != FIXED_RULE:
+            raise ValueError(f"unknown deployment {name!r}: SkipNet deploys {[FIXED_RULE]}")
+        fixed = copy.deepcopy(self).eval()
+        fixed.gate_threshold.fill_(OFFICIAL_THRESHOLD)
+        return fixed
+
     @torch.no_grad()
     def calibrate(self, batches: Iterable) -> dict:
         """Choose the gate threshold on p(execute) on the validation split: among 0.1, 0.2, ..., 0.9,
@@ -285,6 +314,7 @@ def _spread_paths(model: SkipNet, x: torch.Tensor) -> None:
     param_formula=skipnet_params,
     spread_paths=_spread_paths,
     configuration="size-matched",
+    revision=1,  # 1: REINFORCE summed over the batch (official strength), skip reward 0.1 (official default)
 )
 def skipnet(
     num_classes: int = 10, in_channels: int = 3, image_size: int = 32, max_channels: int = 512, **kwargs
@@ -314,9 +344,12 @@ for _depth, _gate in ((38, "I"), (74, "I"), (110, "II")):  # the paper's CIFAR c
         "skipnet",
         kwargs={"widths": CIFAR_WIDTHS, "blocks": cifar_resnet_blocks(_depth), "gate": f"{_gate}"},
         fixed_width=True,
-        description=f"SkipNet-{_depth} as published: CIFAR ResNet-{_depth} (16-32-64), FFGate-{_gate}, SP then HRL.",
+        description=(
+            f"SkipNet-{_depth} as published: CIFAR ResNet-{_depth} (16-32-64), FFGate-{_gate}, SP then HRL at the "
+            f"official skip reward alpha = {OFFICIAL_ALPHA:g}."
+        ),
     )
-for _alpha, _tag in ((0.1, "1e-1"), (0.001, "1e-3")):  # the paper's other skip rewards (0.01 is the default)
+for _alpha, _tag in ((0.01, "1e-2"), (0.001, "1e-3")):  # the paper's other skip rewards (0.1 is the official default)
     register_variant(
         f"skipnet38_alpha{_tag}",
         "skipnet",

@@ -230,6 +230,54 @@ def test_skipnet_sp_then_hrl_follows_the_phase_it_is_given():
     assert gumbel.phase_names == () and gumbel.gate_training == "gumbel"
 
 
+def test_skipnet_reinforce_gradient_has_the_official_per_batch_scale():
+    """In HRL the gates learn from REINFORCE alone (the sampled decision carries no CE gradient). The
+    official code calls ``action.reinforce(rl_weight * R)`` on each sample's multinomial draw, which
+    back-propagates -rl_weight * R_b * d log pi(a_b) for every sample b, summed over the batch (not
+    averaged). Derived here from that formula for the last gate's logit bias, on the decisions the
+    model drew: R_b = alpha / N_gates * (1 - a_b) - CE_b (the last gate's return, gamma = 1)."""
+    torch.manual_seed(0)
+    model = create_model("skipnet", **SMALL).train()
+    model.set_phase("hrl")
+    last = model.gates[-1]
+    with torch.no_grad():
+        last.logits.bias.zero_()  # p(execute) near 0.5: both decisions in the batch
+    seen: dict[str, torch.Tensor] = {}
+    last.register_forward_hook(lambda _m, _i, out: seen.__setitem__("logits", out.detach()))
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    torch.manual_seed(3)
+    loss, logits = model.compute_loss(x, y)
+    loss.backward()
+    action = model.last_stats["blocks_run"][:, -1].long()  # (B,) 1 = the last gated block ran
+    ce = F.cross_entropy(logits.detach(), y, reduction="none")
+    reward = model.hrl_alpha / len(model.gates) * (1 - action.double()) - ce.double()  # (B,)
+    dlogp = F.one_hot(action, 2).double() - F.softmax(seen["logits"].double(), 1)  # d log pi(a_b) / d logits
+    expected = -model.rl_weight * (reward[:, None] * dlogp).sum(0)  # summed over the batch
+    assert model.hrl_alpha == 0.1  # the official train_rl.py default
+    assert 0 < action.sum() < len(action), "the test needs both decisions in the batch"
+    torch.testing.assert_close(last.logits.bias.grad.double(), expected, rtol=1e-4, atol=1e-7)
+    # a batch mean would be 1/16 of it
+    assert not torch.allclose(last.logits.bias.grad.double(), expected / len(x), rtol=1e-2)
+
+
+def test_skipnet_fixed_rule_is_a_deployment_beside_the_calibrated_threshold():
+    """SkipNet's own test-time rule (a block runs when p(execute) > 0.5) is the deployment ``fixed_0.5``
+    of the same trained model: same weights, threshold 0.5, the calibrated model left as it was."""
+    from puppet.core.protocols import DeployContext
+
+    model = _model("skipnet")
+    model.gate_threshold.fill_(0.75)
+    assert set(model.deployments(DeployContext())) == {"default", "fixed_0.5"}
+    fixed = model.deploy("fixed_0.5", DeployContext())
+    assert float(fixed.gate_threshold) == 0.5 and float(model.gate_threshold) == 0.75
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model.gate_threshold.fill_(0.5)
+        torch.testing.assert_close(fixed(x), model(x))
+    with pytest.raises(ValueError, match="unknown deployment"):
+        model.deploy("fixed_0.7", DeployContext())
+
+
 @pytest.mark.parametrize("name", ("skipnet", "drnn", "branchynet", "skipnet38"))
 def test_calibration_prices_each_path_as_ptflops_counts_it(name):
     """The calibration's per-sample MACs (path prices from forced passes) equal ptflops on that sample,

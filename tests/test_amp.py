@@ -23,7 +23,7 @@ from puppet import create_model, list_models, model_info
 # at another depth or with another reward): left out to keep the suite fast, their base stays in.
 COVERED = {
     "skipnet74": "skipnet38",
-    "skipnet38_alpha1e-1": "skipnet38",
+    "skipnet38_alpha1e-2": "skipnet38",
     "skipnet38_alpha1e-3": "skipnet38",
     "skipnet_gumbel_rate30": "skipnet_gumbel",
     "skipnet_gumbel_rate50": "skipnet_gumbel",

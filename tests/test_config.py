@@ -334,4 +334,4 @@ def test_a_model_revision_renames_only_its_own_runs(monkeypatch):
     assert type(after).from_dict(after.to_dict()) == after
     assert type(before).from_dict(before.to_dict()) == before  # a stored spec without the key reads as 0
     assert run_spec(config, "cifar10", "resnet", 0).model_revision == 0  # another model's runs keep their folders
-    assert registry.model_info("branchynet").revision == 1 == registry.model_info("branchynet_resnet110").revision
+    assert registry.model_info("branchynet").revision == 1 and registry.model_info("branchynet_resnet110").revision == 2

@@ -445,26 +445,30 @@ def test_every_model_keeps_one_style_and_figures_say_what_they_show():
 
 
 def test_skipnet_table_and_tradeoff_figure(model_descriptions, tmp_path):
-    """Every SkipNet configuration that ran gets a row saying how it was built and trained; the gated
-    share comes from the mean depth (1 + 2 x blocks run, the first block always runs); the figure
-    draws the size-matched and the as-published runs in panels of their own."""
+    """Every SkipNet configuration that ran gets a row per threshold rule (deployment) saying how it was
+    built and trained; the gated share comes from the mean depth (1 + 2 x blocks run, the first block
+    always runs); the figure draws the size-matched and the as-published runs in panels of their own."""
     import pandas as pd
 
     from puppet.report.figures import save
     from puppet.report.skipnet import plot_tradeoff, render, skipnet_table
 
     rows = [
-        ("skipnet", 40.0, 2.0e6, 1 + 2 * (1 + 3.5)),  # 3.5 of 7 gated blocks run
-        ("skipnet38", 41.0, 7.7e7, 1 + 2 * (1 + 8.5)),  # 8.5 of 17
-        ("skipnet38_alpha1e-1", 40.5, 7.0e7, 1 + 2 * (1 + 6.8)),
-        ("skipnet_gumbel", 34.0, 2.1e6, 1 + 2 * (1 + 7)),
-        ("resnet", 35.0, 2.3e6, float("nan")),  # not a SkipNet: no row
+        ("skipnet", "default", 40.0, 2.0e6, 1 + 2 * (1 + 3.5)),  # 3.5 of 7 gated blocks run
+        ("skipnet38", "default", 41.0, 7.7e7, 1 + 2 * (1 + 8.5)),  # 8.5 of 17
+        ("skipnet38", "fixed_0.5", 41.2, 8.5e7, 1 + 2 * (1 + 17)),  # every gated block runs
+        ("skipnet38_alpha1e-2", "default", 40.5, 7.0e7, 1 + 2 * (1 + 6.8)),
+        ("skipnet38_alpha1e-2", "fixed_0.5", 40.6, 8.0e7, 1 + 2 * (1 + 13.6)),
+        ("skipnet_gumbel", "default", 34.0, 2.1e6, 1 + 2 * (1 + 7)),
+        ("resnet", "default", 35.0, 2.3e6, float("nan")),  # not a SkipNet: no row
     ]
     metrics = pd.DataFrame(
         [
             {
                 "dataset": "cifar10",
                 "model": m,
+                "deployment": d,
+                "deployment_label": "calibrated" if d == "default" else "SkipNet's rule",
                 "seed": 0,
                 "status": "ok",
                 "top1": t,
@@ -474,19 +478,32 @@ def test_skipnet_table_and_tradeoff_figure(model_descriptions, tmp_path):
                 "mean_depth": depth,
                 "phases": "",
             }
-            for m, t, macs, depth in rows
+            for m, d, t, macs, depth in rows
         ]
     )
-    table = skipnet_table(metrics, model_descriptions).set_index("model")
-    assert list(table.index) == ["skipnet", "skipnet38", "skipnet38_alpha1e-1", "skipnet_gumbel"]
+    built = skipnet_table(metrics, model_descriptions)
+    both = built.set_index(["model", "deployment"])
+    assert list(both.index) == [
+        ("skipnet", "default"),
+        ("skipnet38", "default"),
+        ("skipnet38", "fixed_0.5"),
+        ("skipnet38_alpha1e-2", "default"),
+        ("skipnet38_alpha1e-2", "fixed_0.5"),
+        ("skipnet_gumbel", "default"),
+    ]
+    assert both.loc[("skipnet38", "fixed_0.5"), "blocks_executed"] == 100.0
+    assert both.loc[("skipnet38", "fixed_0.5"), "label"] == "skipnet38 (SkipNet's rule)"
+    table = built[built["deployment"] == "default"].set_index("model")
     assert table.loc["skipnet", "blocks_executed"] == 50.0 and table.loc["skipnet38", "blocks_executed"] == 50.0
     assert table.loc["skipnet38", "configuration"] == "as published"
-    assert table.loc["skipnet38_alpha1e-1", "reward"] == "alpha 0.1"
+    assert table.loc["skipnet38_alpha1e-2", "reward"] == "alpha 0.01"
     assert table.loc["skipnet_gumbel", "training"].startswith("ConvNet-AIG")
     assert table.loc["skipnet", "training"] == "SkipNet (SP then HRL)"
     text = render(table.reset_index())
-    assert "skipnet38_alpha1e-1" in text and "| 40.50 |" in text
-    fig = plot_tradeoff(table.reset_index())
+    assert "skipnet38_alpha1e-2" in text and "| 40.50 |" in text
+    fig = plot_tradeoff(built)
+    dashed = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1  # the alpha curve under SkipNet's fixed rule, beside the calibrated one
     assert [ax.get_title().split(",")[1].split(":")[0].strip() for ax in fig.axes] == ["size-matched", "as published"]
     paths = save(fig, tmp_path / "skipnet_tradeoff")
     assert all(p.stat().st_size > 0 for p in paths)

@@ -332,5 +332,5 @@ def skipnet_tradeoff(metrics: pd.DataFrame, models: pd.DataFrame, out_dir: Path)
     """SkipNet's configurations: top-1 against mean MACs, the SkipNet-38 skip-reward curve joined."""
     from puppet.report.skipnet import plot_tradeoff, skipnet_table
 
-    fig = plot_tradeoff(skipnet_table(default_rows(metrics), models))
+    fig = plot_tradeoff(skipnet_table(metrics, models))  # every deployment: both threshold rules
     return save(fig, out_dir / "skipnet_tradeoff")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from puppet.core.protocols import DEFAULT_DEPLOYMENT
 from puppet.report.engine import Metric, Row, Table, build, markdown, sections
 
 
@@ -83,7 +84,9 @@ TABLE = Table(
         "ConvNet-AIG-style (Gumbel gates, target rate). The SkipNet-38 rows at alpha 0.1, 0.01 and 0.001 and the "
         "Gumbel-trained rows at target rates 0.3, 0.5 and 0.7 are the trade-off curves "
         "(`figures/skipnet_tradeoff.png`); alpha acts through HRL, so its curve needs the paper's 10k HRL "
-        "iterations: with a short HRL phase its points can coincide. *Gated blocks run*: the test split's mean "
+        "iterations: with a short HRL phase its points can coincide. Each run is measured twice: with the gate "
+        "threshold calibrated on validation data (this harness' rule for every adaptive model) and with SkipNet's "
+        "own rule, a block runs when p(execute) > 0.5. *Gated blocks run*: the test split's mean "
         "share of the blocks a gate decides; Mult-Adds per image by ptflops at batch 1. No paper column: the "
         "Puppet-CNN paper reports one SkipNet row, in Table 1."
     ),
@@ -95,6 +98,7 @@ TABLE = Table(
         ("phases", "Phases"),
     ),
     compared=False,
+    per_deployment=True,
 )
 
 
@@ -120,23 +124,30 @@ def _panel(ax, sub: pd.DataFrame, title: str) -> None:
     (SkipNet-38's alpha runs can coincide). A curve joins the runs of one network (backbone) trained
     one way (SkipNet's, or Gumbel) at different rewards: what the model descriptions say, not names."""
     joined = 0
-    for (backbone, training), curve in sub.groupby(["backbone", "training"], sort=True):
+    sub = sub.assign(deployment=sub["deployment"].fillna(DEFAULT_DEPLOYMENT))  # build() gives every row one
+    for (backbone, training, deployment), curve in sub.groupby(["backbone", "training", "deployment"], sort=True):
         if curve["reward"].nunique() < 2:
             continue
         curve = curve.assign(knob=curve["reward"].map(_knob)).sort_values("knob")
         colour = "tab:orange" if training.startswith("ConvNet") else "tab:blue"
         knob = str(curve["reward"].iloc[0]).rsplit(" ", 1)[0]
         values = ", ".join(f"{k:g}" for k in curve["knob"])
-        label = f"{backbone.split(',')[0]}, {training.split(' (')[0]}, {knob} {values}"
-        ax.plot(curve["macs_m"], curve["top1"], "-", color=colour, alpha=0.5, zorder=1, label=label)
+        rule = "calibrated threshold" if deployment == DEFAULT_DEPLOYMENT else f"threshold rule {deployment}"
+        label = f"{backbone.split(',')[0]}, {training.split(' (')[0]}, {rule}, {knob} {values}"
+        style = "-" if deployment == DEFAULT_DEPLOYMENT else "--"
+        ax.plot(curve["macs_m"], curve["top1"], style, color=colour, alpha=0.5, zorder=1, label=label)
         joined += 1
     for _, r in sub.iterrows():
         gumbel = r["training"].startswith("ConvNet")
         colour = "tab:orange" if gumbel else "tab:blue"
-        ax.scatter(r["macs_m"], r["top1"], marker="s" if gumbel else "o", color=colour, zorder=2)
+        face = colour if r["deployment"] == DEFAULT_DEPLOYMENT else "none"  # hollow: SkipNet's fixed rule
+        ax.scatter(r["macs_m"], r["top1"], marker="s" if gumbel else "o", edgecolors=colour, c=face, zorder=2)
     places = sub.assign(x=sub["macs_m"].round(3), y=sub["top1"].round(2))
     for (x, y), group in places.groupby(["x", "y"], sort=False):
-        text = "\n".join(f"{m} ({w})" for m, w in zip(group["model"], group["reward"]))
+        text = "\n".join(
+            f"{m} ({w}{'' if d == DEFAULT_DEPLOYMENT else ', ' + d})"
+            for m, w, d in zip(group["model"], group["reward"], group["deployment"])
+        )
         ax.annotate(text, (x, y), fontsize=7, xytext=(5, -4), textcoords="offset points", va="top")
     ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("mean Mult-Adds per image (M, ptflops, batch 1)")
@@ -150,7 +161,8 @@ def _panel(ax, sub: pd.DataFrame, title: str) -> None:
 def plot_tradeoff(frame: pd.DataFrame):
     """Top-1 against mean MACs for every SkipNet run: a row per dataset, the size-matched and the
     as-published runs in panels of their own (their costs differ by an order of magnitude); circles
-    trained SkipNet's way, squares ConvNet-AIG-style; each trade-off curve joined. Returns the figure
+    trained SkipNet's way, squares ConvNet-AIG-style; filled at the calibrated threshold, hollow at
+    SkipNet's fixed 0.5 rule; each trade-off curve joined (dashed: the fixed rule). Returns the figure
     (``puppet.report.figures.save`` writes it)."""
     import matplotlib.pyplot as plt
 
