@@ -335,3 +335,17 @@ def test_a_model_revision_renames_only_its_own_runs(monkeypatch):
     assert type(before).from_dict(before.to_dict()) == before  # a stored spec without the key reads as 0
     assert run_spec(config, "cifar10", "resnet", 0).model_revision == 0  # another model's runs keep their folders
     assert registry.model_info("branchynet").revision == 1 and registry.model_info("branchynet_resnet110").revision == 2
+
+
+@pytest.mark.parametrize("profile", ["config.yaml", "paper.yaml"])
+def test_the_pde_recipes_train_in_fp32_as_the_official_code(profile):
+    """The official PDE_GlobalLayer ``train.py`` trains in fp32: both PDE recipes resolve to amp off,
+    whatever the profile's default (the paper profile trains everything else under bf16 autocast)."""
+    from puppet.core.config import load_config, run_spec
+
+    config = load_config(REPO / "config" / profile)
+    for model in ("resnet_global", "resnet32"):
+        spec = run_spec(config, "cifar10", model, 0)
+        assert spec.recipe.startswith("pde_") and spec.train.amp is False, (model, spec.recipe, spec.train.amp)
+    if profile == "paper.yaml":  # the recipe is what turns it off
+        assert run_spec(config, "cifar10", "resnet", 0).train.amp is True
