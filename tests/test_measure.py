@@ -171,6 +171,28 @@ def test_puppet_is_measured_on_the_fly_and_precomputed():
     assert (pre["top1"], pre["top5"]) == (on_the_fly.top1, on_the_fly.top5)
 
 
+def test_an_adaptive_deployment_reports_its_own_statistics():
+    """SkipNet's fixed 0.5 rule is a deployment of its own: its row carries the mean depth its own
+    gates chose on the test images (not the calibrated default's), here every gated block run."""
+    from puppet import create_model
+    from puppet.core.protocols import DeployContext
+
+    torch.manual_seed(0)
+    model = create_model("skipnet", max_channels=8).eval()
+    for gate in model.gates:  # p(execute) about 0.98 everywhere: the fixed rule runs every block
+        with torch.no_grad():
+            gate.logits.weight.zero_()
+            gate.logits.bias.copy_(torch.tensor([0.0, 4.0]))
+    model.gate_threshold.fill_(0.99)  # the "calibrated" default skips every gated block
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    batches = Batches(x, torch.arange(6) % 10, 1, (0.5,) * 3, (0.25,) * 3)
+    by = {r["deployment"]: r for r in measure_model(model, batches, _settings(), torch.device("cpu"), DeployContext())}
+    blocks = len(model.blocks)
+    assert by["fixed_0.5"]["mean_depth"] == 1 + 2 * blocks  # the stem and two convs per block, all run
+    assert by["fixed_0.5"]["macs"] > by["default"]["macs"]
+    assert "mean_depth" not in by["default"]  # the default's statistics are the train job's test pass
+
+
 def test_the_cpu_is_named_in_every_timing_record():
     """The model of the CPU, not only its architecture: runs retrained on another CPU can differ."""
     import platform

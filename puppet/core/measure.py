@@ -307,7 +307,8 @@ def measure_model(
                 batched = copy.copy(test)
                 batched.batch_size = 128
                 result = evaluate(module, batched)
-                record.update(top1=result.top1, top5=result.top5)
+                # with its own per-sample statistics (an adaptive model's mean depth, exit, ...)
+                record.update(top1=result.top1, top5=result.top5, **result.stats_summary)
             deployed[name] = module
             record.update(status="ok", error="")
         except Exception as exc:  # this deployment's row says why; the others stand
