@@ -208,7 +208,7 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     ax_speed.set_ylabel("test top-1 (%)")
     for ax in (ax_speed, ax_macs):
         ax.grid(alpha=0.3, which="both")
-    ax_speed.legend(fontsize=8, loc="lower left")
+    ax_speed.legend(fontsize=7, loc="best", framealpha=0.7)  # "best": the fewest points hidden
     n = int(first["threads"]) if pd.notna(first.get("threads")) else None
     threads = "threads ?" if n is None else f"{n} thread{'s' if n != 1 else ''}"
     fig.suptitle(
