@@ -27,7 +27,10 @@ the adaptive-depth rule (``_resnet_parts.pick_threshold``: fewest mean MACs with
 pp of the best candidate): the ``default`` deployment. SkipNet's own rule, a block runs when
 p(execute) > 0.5, is the deployment ``fixed_0.5`` of the same trained model, measured beside it.
 
-Deviations: no RNN gate; no unused gate after the last block.
+Deviations: no RNN gate; no unused gate after the last block; the ``default`` deployment's threshold
+is calibrated on validation data (SkipNet's fixed 0.5 is the ``fixed_0.5`` deployment beside it); both
+training phases keep the profile's optimiser, data and batch (the official HRL stage uses SGD at lr
+1e-4, weight decay 1e-4, batch 128), so the same loss is followed by another optimiser.
 """
 
 from __future__ import annotations

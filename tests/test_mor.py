@@ -248,3 +248,69 @@ def test_a_level_beyond_the_model_fails_the_measure_job_before_any_work(tmp_path
     state = inspect_run(tmp_path)
     assert state.failed and state.error.startswith("measure:")
     assert attempts(tmp_path, "measure") == 1 and attempts(tmp_path, "train") == 0  # measured again, not retrained
+
+
+def test_a_fine_tuned_deployment_leaves_the_trained_model_and_the_snapshots_as_they_were():
+    """``+ft`` trains a copy of the reduction: the trained model's weights, the snapshots cached for
+    the next POD level, and the reduction without fine-tuning are unchanged; a context without
+    labelled batches refuses the fine-tune in one line."""
+    from puppet.core.data import Batches
+    from puppet.core.protocols import DeployContext
+
+    model, _, _, _ = trained_like("node_conv")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, *IMAGE["node_conv"]), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 5, (64,), generator=g)
+
+    def batches(batch, seed):
+        return Batches(images, labels, batch, (0.5,), (0.25,), shuffle=True, seed=seed, drop_last=True)
+
+    options = {
+        "levels": {"pod_deim": [5], "prune": [2]},
+        "snapshot_images": 32,
+        "finetune_steps": 3,
+        "finetune_batch": 16,
+    }
+    context = DeployContext(options=options, train_images=lambda: (x for x, _ in batches(32, 0)), train_batches=batches)
+    x = batches(64, 1).normalise(images[:8])
+    with torch.no_grad():
+        reduced = model.deploy("pod_deim@5", context)(x)
+    key = next(iter(context.cache))
+    cached = (context.cache[key].xx.clone(), context.cache[key].ff.clone())
+    tuned = model.deploy("pod_deim@5+ft", context)
+    model.deploy("prune@2+ft", context)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    torch.testing.assert_close(context.cache[key].xx, cached[0], rtol=0, atol=0)
+    torch.testing.assert_close(context.cache[key].ff, cached[1], rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.deploy("pod_deim@5", context)(x), reduced, rtol=0, atol=0)
+        assert not torch.allclose(tuned(x), reduced)  # the fine-tune changed its own copy
+    assert tuned.deployment_metrics()["finetune_images"] == 3 * 16
+    with pytest.raises(ValueError, match="no train_batches"):
+        model.deploy("prune@2+ft", DeployContext(options=options))
+
+
+def test_the_study_is_measured_on_the_device_mor_names(tmp_path, monkeypatch):
+    """``mor.device`` reaches the measure job: ``run`` leaves the run's own device, any other value
+    is the device the job materialises the model on (and so times it on)."""
+    from puppet.core import measure
+    from puppet.core.config import deploy_options, load_config
+
+    def options(device):
+        cfg = load_config("config/smoke.yaml", overrides={"models": ["node_rnn"], "mor": {"device": device}})
+        return deploy_options(cfg, "node_rnn")
+
+    assert "device" not in options("run")
+    assert options("cpu")["device"] == "cpu" and options("cuda:1")["device"] == "cuda:1"
+    seen = []
+
+    def materialise(spec, *, for_training=False, device=None):
+        seen.append(device)
+        raise RuntimeError("stop here")
+
+    _, _, spec = _measured_study(tmp_path / "built")  # a run folder with a finished train.json
+    monkeypatch.setattr(measure, "materialise", materialise)
+    record = measure.measure_main(spec, tmp_path / "built", {**options("cuda:1"), "levels": {}})
+    assert seen == ["cuda:1"] and record["status"] == "error" and "stop here" in record["error"]

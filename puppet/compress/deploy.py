@@ -156,7 +156,7 @@ def _levels(model: nn.Module, options: dict[str, Any]) -> dict[str, list[int]]:
 def _finetune_budget(options: dict[str, Any]) -> tuple[int, int, float]:
     """(steps, batch, lr) of the fine-tune every reduction also gets; steps 0: none."""
     return (
-        int(options.get("finetune_steps", 0)),
+        int(options.get("finetune_steps", 200)),  # the config schema's defaults
         int(options.get("finetune_batch", 64)),
         float(options.get("finetune_lr", 1e-3)),
     )

@@ -44,7 +44,7 @@ from puppet.core import timing
 from puppet.core.assemble import materialise
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
-from puppet.core.io import one_line
+from puppet.core.io import git_commit, one_line
 from puppet.core.job import run_job
 from puppet.core.protocols import (
     DEFAULT_DEPLOYMENT,
@@ -385,6 +385,7 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
         error = "; ".join(f"{r['deployment']}: {r['error']}" for r in failed)
         record.update(status="error" if failed else "ok", error=error, deployments=deployments)
         record["measure_slurm_job_id"] = os.environ.get("SLURM_JOB_ID", "")
+        record["measure_git_commit"] = git_commit()  # the code that measured (train.json has the training's)
         if failed:
             record_failure(run_dir, "measure", error)
         return record

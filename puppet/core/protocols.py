@@ -160,6 +160,10 @@ class CountsTotalParams(Protocol):
     def total_param_count(self) -> int: ...
 
 
+def _no_labelled_batches(batch_size: int, seed: int) -> Any:
+    raise ValueError("this deployment is fine-tuned, but its DeployContext was given no train_batches")
+
+
 @dataclass(frozen=True)
 class DeployContext:
     """What building a deployment may need besides the trained model.
@@ -177,7 +181,8 @@ class DeployContext:
 
     options: Mapping[str, Any] = field(default_factory=dict)
     train_images: Callable[[], Iterable[torch.Tensor]] = lambda: ()
-    train_batches: Callable[[int, int], Any] = lambda batch_size, seed: ()
+    train_batches: Callable[[int, int], Any] = _no_labelled_batches  # fails in one line where none was given
+
     cache: dict[Any, Any] = field(default_factory=dict)
 
 

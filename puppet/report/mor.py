@@ -89,6 +89,7 @@ COLUMNS = [
     "threads",
     "torch_version",
     "git_commit",
+    "measure_git_commit",
     "config_hash",
 ]
 

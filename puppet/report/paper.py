@@ -74,7 +74,7 @@ TABLE2 = PaperTable(
     _rows("cifar10", "", [
         ("AlexNet", "alexnet", {"top1": 65.86, "top5": 92.05, "param_size_mb": 11.65, "latency_s_per_img": 0.0006}),
         *as_configured("MobileNet-v1", {"top1": 58.58, "top5": 91.17, "param_size_mb": 7.52, "latency_s_per_img": 0.0018},
-                       ("mobilenet_v1", "size-matched"), ("mobilenet_v1_published", "as published: 13 blocks, the 1024-wide one capped at 512")),
+                       ("mobilenet_v1", "size-matched"), ("mobilenet_v1_published", "as published: 13 blocks, the 1024 stage capped at 512")),
         *as_configured("MobileNet-v2", {"top1": 66.73, "top5": 93.33, "param_size_mb": 8.90, "latency_s_per_img": 0.0032},
                        ("mobilenet_v2", "size-matched"), ("mobilenet_v2_published", "as published: torchvision 1.0, nothing capped")),
         ("SqueezeNet", "squeezenet", {"top1": 63.31, "top5": 94.34, "param_size_mb": 3.96, "latency_s_per_img": 0.0022}),
