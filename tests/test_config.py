@@ -349,3 +349,25 @@ def test_the_pde_recipes_train_in_fp32_as_the_official_code(profile):
         assert spec.recipe.startswith("pde_") and spec.train.amp is False, (model, spec.recipe, spec.train.amp)
     if profile == "paper.yaml":  # the recipe is what turns it off
         assert run_spec(config, "cifar10", "resnet", 0).train.amp is True
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("epochs: 2\nseeds: [0]\nepochs: 3\n", r"key 'epochs' appears twice \(lines 1 and 3\); keep one"),
+        ("train:\n  lr: 0.1\n  lr: 0.2\n", r"key 'lr' appears twice \(lines 2 and 3\)"),
+    ],
+)
+def test_a_config_file_naming_a_key_twice_is_refused(tmp_path, text, match):
+    """Plain YAML keeps the last of a duplicated key without a word; a profile that names one twice
+    (at any level) is refused in one line naming the file, the key and both lines."""
+    path = tmp_path / "profile.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_folder_as_config_file_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; name a YAML file"):
+        load_config(tmp_path)

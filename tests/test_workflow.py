@@ -304,3 +304,15 @@ def test_every_job_rule_has_a_log_and_the_documented_environment():
                 assert "    log:" in block and "    conda:\n        ENV_FILE" in block, f"{path.name}: {name}"
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     assert 'ENV_FILE = str(Path(workflow.basedir).parent / "environment.yml")' in common
+
+
+def test_a_configfile_naming_a_key_twice_fails_before_any_job(tmp_path):
+    """Snakemake's own YAML reading keeps the last duplicate: the workflow reads its config files
+    again, strictly, and refuses the invocation in one line."""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text((REPO / "config" / "smoke.yaml").read_text() + "epochs: 3\n")
+    proc = snakemake(
+        "tables", "-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(profile), check=False
+    )
+    assert proc.returncode != 0
+    assert "key 'epochs' appears twice" in proc.stderr + proc.stdout

@@ -222,18 +222,43 @@ def deep_merge(base: dict, changes: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the last one
+    silently, so an edited profile could lose a setting without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One config file as a mapping: refused in one line, naming the file, if it cannot be read, is
+    not YAML, is not a mapping, or names a key twice at any level."""
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
+    except IsADirectoryError:
+        raise ConfigError(f"config '{path}' is a folder; name a YAML file, e.g. config/config.yaml") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config '{path}': {exc}".replace("\n", " ")) from None
+    except ConfigError as exc:
+        raise ConfigError(f"config '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must be a mapping of keys to values")
+    return data
+
+
 def load_config(*paths: str | Path, overrides: dict | None = None, sets: list[str] | None = None) -> dict:
     """Merge YAML files left to right (top-level keys replace), then ``overrides`` (top-level keys
     replace), then ``sets`` (``KEY.SUB=VALUE``, merged into nested blocks), then validate."""
     merged: dict = {}
     for path in paths:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config '{path}': {exc}".replace("\n", " ")) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config '{path}' must be a mapping of keys to values")
-        merged.update(data)
+        merged.update(read_yaml(path))
     merged.update(overrides or {})
     return validate_config(deep_merge(merged, parse_sets(sets or [])))
 

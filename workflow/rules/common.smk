@@ -4,13 +4,17 @@ import json
 import sys
 from pathlib import Path
 
-from puppet.core.config import ConfigError, deploy_options, preflight, run_grid, run_spec, validate_config
+from puppet.core.config import ConfigError, deploy_options, preflight, read_yaml, run_grid, run_spec, validate_config
 from puppet.core.datasets import DataError
 from puppet.core.registry import model_info
 from puppet.core import invocation
 from puppet.core.runs import inspect_run
 
 try:
+    # Snakemake's own YAML reading keeps the last of a duplicated key: read each config file again,
+    # strictly, so a profile that names a key twice is refused in one line before any job
+    for path in workflow.overwrite_configfiles or workflow.configfiles:
+        read_yaml(path)
     config = validate_config(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
