@@ -10,7 +10,7 @@ import torch
 from puppet.cli import main as cli_main
 from puppet.core import train
 from puppet.core.config import run_spec, validate_config
-from puppet.core.train import PAUSED_EXIT_CODE, NonFiniteLossError, train_main
+from puppet.core.train import DIVERGENCE_FACTOR, PAUSED_EXIT_CODE, DivergedError, NonFiniteLossError, train_main
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
@@ -133,6 +133,25 @@ def test_failed_run_becomes_an_error_record(tmp_path):
     saved = json.loads((tmp_path / "train.json").read_text())
     assert record["status"] == saved["status"] == "error"
     assert "NonFiniteLossError" in saved["error"] and saved["model"] == "alexnet"
+
+
+def test_a_finite_exploded_loss_is_a_failed_run_not_a_result(tmp_path):
+    """Adam at lr 1e8 drives resnet's loss to about 1e16 without a NaN: the run fails after its first
+    epoch with one line naming the rule and the fix, writes no model and no checkpoint of that epoch,
+    and a healthy run of the same model records the first step's loss the rule compares with."""
+    spec = make_spec(model="resnet", epochs=2, train={"lr": 1e8, "optimizer": "adam"})
+    record = train_main(spec, tmp_path / "exploded")
+    assert record["status"] == "error" and "DivergedError" in record["error"]
+    assert "training diverged: epoch 1 mean loss" in record["error"] and "lower train.lr" in record["error"]
+    assert "\n" not in record["error"]
+    assert not (tmp_path / "exploded" / "model.pt").exists() and not (tmp_path / "exploded" / "checkpoint.pt").exists()
+    healthy = train.main(make_spec(model="resnet", epochs=2), tmp_path / "healthy")
+    first = healthy["history"][0]["first_step_loss"]
+    assert 1.0 < first < 5.0 and all(h["loss"] < DIVERGENCE_FACTOR * first for h in healthy["history"])
+    assert "first_step_loss" not in healthy["history"][1]
+    with pytest.raises(DivergedError, match="epoch 2 mean loss 400"):
+        train.check_divergence([{"epoch": 1, "loss": 3.0, "first_step_loss": 2.0}, {"epoch": 2, "loss": 400.0}])
+    train.check_divergence([{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 400.0}])  # recorded before the rule
 
 
 def test_missing_data_becomes_an_error_record(tmp_path):

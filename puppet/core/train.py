@@ -53,6 +53,29 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class DivergedError(RuntimeError):
+    """A finite loss that exploded: the run is a failure, not a result."""
+
+
+# The divergence rule: an epoch whose mean training loss is over this many times the run's first
+# step's loss (the untrained model's, about ln(classes) for cross-entropy) has diverged. Loose on
+# purpose: a healthy run ends far below its first loss, a diverged one (lr 1e8: 6.6e16) far above.
+DIVERGENCE_FACTOR = 100.0
+
+
+def check_divergence(history: list[dict]) -> None:
+    """Raise ``DivergedError`` (one line, naming the fix) when the last epoch of ``history`` broke the
+    divergence rule against the first epoch's ``first_step_loss`` (runs recorded before the rule
+    have none: not checked)."""
+    first = history[0].get("first_step_loss") if history else None
+    last = history[-1] if history else {}
+    if first is not None and last.get("loss", 0.0) > DIVERGENCE_FACTOR * max(first, 1e-12):
+        raise DivergedError(
+            f"training diverged: epoch {last['epoch']} mean loss {last['loss']:.3g} is over "
+            f"{DIVERGENCE_FACTOR:g}x the first step's {first:.3g}; lower train.lr or set train.max_grad_norm"
+        )
+
+
 def compute_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A model's own objective where it has one (joint exit loss, gate loss), else cross-entropy."""
     if isinstance(model, HasObjective):
@@ -80,6 +103,7 @@ def train_one_epoch(
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     total_loss, correct, seen = 0.0, 0, 0
+    first_step_loss = None
     t0 = time.perf_counter()
     n = len(batches)
     progress.start_epoch(epoch, n)
@@ -93,6 +117,8 @@ def train_one_epoch(
             raise NonFiniteLossError(
                 f"loss is {loss_value} at epoch {epoch + 1}, step {i + 1}; lower train.lr or set train.max_grad_norm"
             )
+        if first_step_loss is None:
+            first_step_loss = loss_value
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if train.max_grad_norm:
@@ -112,13 +138,16 @@ def train_one_epoch(
         seen += len(y)
         progress.step(total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
-    return {
+    record = {
         "epoch": epoch + 1,
         "loss": total_loss / max(seen, 1),
         "train_acc": correct / max(seen, 1),
         "seconds": seconds,
         "img_per_s": seen / seconds,
     }
+    if epoch == 0:  # the untrained model's loss: the divergence rule's reference
+        record["first_step_loss"] = first_step_loss
+    return record
 
 
 def _pause_message(label: str, epoch: int, epochs: int, elapsed_s: float, limit_min: float, last_epoch_s: float) -> str:
@@ -223,6 +252,7 @@ def main(
         train_time_s += record["seconds"]
         history.append(record)
         progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
+        check_divergence(history)  # before the checkpoint: a rerun starts from the last healthy epoch
         save_checkpoint(
             out_dir,
             spec,
