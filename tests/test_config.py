@@ -371,3 +371,14 @@ def test_a_config_file_naming_a_key_twice_is_refused(tmp_path, text, match):
 def test_a_folder_as_config_file_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="is a folder; name a YAML file"):
         load_config(tmp_path)
+
+
+def test_epochs_beyond_the_guard_are_refused_before_work():
+    """``epochs=1000000000`` once planned a 350,000-hour run: the profile's and each recipe's epochs are
+    bounded by ``max_epochs`` (1000 unless raised), refused in one line naming the bound and the fix."""
+    with pytest.raises(ConfigError, match=r"config epochs: 1000000000 epochs is above max_epochs \(1000\)"):
+        validate_config(_base(epochs=1_000_000_000))
+    recipe = {"recipes": {"long": {"epochs": 5000}}, "model_recipes": {}}
+    with pytest.raises(ConfigError, match=r"recipes.long.epochs: 5000 epochs .* set max_epochs=5000"):
+        validate_config(_base(**recipe))
+    assert validate_config(_base(max_epochs=5000, **recipe))["recipes"]["long"]["epochs"] == 5000

@@ -128,7 +128,21 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
         best = jsonschema.exceptions.best_match(errors)
         raise ConfigError(_describe(best))
     _check_recipes(config)
+    _check_epochs(config)
     return config
+
+
+def _check_epochs(config: dict) -> None:
+    """The profile's and every recipe's epochs within ``max_epochs``: a typo is refused before work."""
+    bound = config["max_epochs"]
+    for where, epochs in [("epochs", config["epochs"])] + [
+        (f"recipes.{name}.epochs", r["epochs"]) for name, r in config["recipes"].items() if "epochs" in r
+    ]:
+        if epochs > bound:
+            raise ConfigError(
+                f"config {where}: {epochs} epochs is above max_epochs ({bound}), a guard against typos; "
+                f"set max_epochs={epochs} (or more) to train that long"
+            )
 
 
 def _check_recipes(config: dict) -> None:
