@@ -15,17 +15,18 @@ the quick profile) and builds every deployment through the model's own ``deploy`
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from puppet.core.assemble import materialise
 from puppet.core.config import deploy_options, load_config, run_spec
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
-from puppet.core.protocols import DeployContext
+from puppet.core.io import atomic_write_csv
+from puppet.core.measure import deploy_context
 
 REPO = Path(__file__).resolve().parents[1]
 PROBES = {
@@ -33,17 +34,6 @@ PROBES = {
     "node_rnn": ("pod_deim@16", "pod_deim@64", "prune@32", "svd@16", "svd@128"),  # svd@128: full rank
 }
 RATES = (1e-4, 3e-4, 1e-3)
-
-
-def _context(splits, options: dict) -> DeployContext:
-    """What the measure job gives a deployment: the options, the training images, labelled batches."""
-    return DeployContext(
-        options=options,
-        train_images=lambda: (x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std)),
-        train_batches=lambda b, s: Batches(
-            splits.x_train, splits.y_train, b, splits.mean, splits.std, shuffle=True, seed=s, drop_last=True
-        ),
-    )
 
 
 def main() -> None:
@@ -63,7 +53,7 @@ def main() -> None:
         val = Batches(splits.x_val, splits.y_val, 250, splits.mean, splits.std)
         full = evaluate(model, val).top1
         for lr in RATES:
-            context = _context(splits, {**deploy_options(cfg, name), "finetune_lr": lr})
+            context = deploy_context(splits, "cpu", {**deploy_options(cfg, name), "finetune_lr": lr})
             for deployment in probes:
                 start = time.perf_counter()
                 reduced = evaluate(model.deploy(deployment, context), val).top1
@@ -80,11 +70,7 @@ def main() -> None:
                 }
                 print(row, flush=True)
                 rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_csv(pd.DataFrame(rows), args.out)
     print(f"wrote {args.out}")
 
 

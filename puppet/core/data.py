@@ -14,13 +14,13 @@ from typing import Iterator
 
 import torch
 
-from puppet.core.datasets import ArrayData, DataError, balanced_order
+from puppet.core.datasets import ArrayData, DataError, ImageShape, balanced_order
 
 # --------------------------------------------------------------------------- splits
 
 
 @dataclass
-class Splits:
+class Splits(ImageShape):
     """Seeded, disjoint train / validation / test subsets of one data set."""
 
     name: str
@@ -36,14 +36,6 @@ class Splits:
     source: str
     train_index: torch.Tensor  # indices into the source's training pool (for tests and provenance)
     val_index: torch.Tensor
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.x_train.shape[-1])
 
 
 def make_splits(

@@ -51,8 +51,22 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+class ImageShape:
+    """``in_channels`` and ``image_size`` of a dataclass holding ``x_train`` as (N, C, H, W) images."""
+
+    x_train: torch.Tensor
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+
 @dataclass
-class ArrayData:
+class ArrayData(ImageShape):
     """A whole data set as uint8 image tensors (N, C, H, W) and int64 labels."""
 
     name: str
@@ -62,14 +76,6 @@ class ArrayData:
     y_test: torch.Tensor
     num_classes: int
     source: str  # where it was read from, for provenance
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.x_train.shape[1])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.x_train.shape[-1])
 
 
 def resolve_data_root(config_root: str | os.PathLike | None) -> Path:

@@ -335,6 +335,29 @@ def measure_model(
     return records
 
 
+def deploy_context(splits: Any, device: torch.device | str, options: dict[str, Any] | None = None) -> DeployContext:
+    """What the measure job gives a run's deployments: ``options`` and the run's training split
+    (``splits``, a ``puppet.core.data.Splits``) on ``device``, as images in their stored order and as
+    shuffled labelled batches."""
+    return DeployContext(
+        options=dict(options or {}),
+        train_images=lambda: (
+            x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
+        ),
+        train_batches=lambda batch_size, seed: Batches(
+            splits.x_train,
+            splits.y_train,
+            batch_size,
+            splits.mean,
+            splits.std,
+            shuffle=True,
+            seed=seed,
+            device=device,
+            drop_last=True,
+        ),
+    )
+
+
 def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The measure job: load the trained ``model.pt``, measure each of its deployments and write
     ``measure.json``; a failure is a ``status=error`` record (``puppet.core.job.run_job``), a run
@@ -361,23 +384,7 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
                 f"delete it and rerun: the run is redone from its checkpoint"
             ) from None
         test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
-        context = DeployContext(
-            options=dict(deploy_options or {}),
-            train_images=lambda: (
-                x for x, _ in Batches(splits.x_train, splits.y_train, 500, splits.mean, splits.std, device=device)
-            ),
-            train_batches=lambda batch_size, seed: Batches(
-                splits.x_train,
-                splits.y_train,
-                batch_size,
-                splits.mean,
-                splits.std,
-                shuffle=True,
-                seed=seed,
-                device=device,
-                drop_last=True,
-            ),
-        )
+        context = deploy_context(splits, device, deploy_options)
         deployments = measure_model(model, test, spec.measure, device, context)
         failed = [r for r in deployments if r["status"] != "ok"]
         for r in failed:
