@@ -209,7 +209,6 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     ax_speed.set_ylabel("test top-1 (%)")
     for ax in (ax_speed, ax_macs):
         ax.grid(alpha=0.3, which="both")
-    ax_speed.legend(fontsize=7, loc="best", framealpha=0.7)  # "best": the fewest points hidden
     n = int(first["threads"]) if pd.notna(first.get("threads")) else None
     threads = "threads ?" if n is None else f"{n} thread{'s' if n != 1 else ''}"
     fig.suptitle(
@@ -218,7 +217,8 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
         + f";\ntimed on {first['device']}, {threads}",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.09, 1, 1))  # room below both panels for the legend, where it hides no point
+    fig.legend(*ax_speed.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
     return save(fig, out_stem)
 
 
