@@ -79,6 +79,7 @@ from baselines._resnet_parts import (
     stage_widths,
     stem,
 )
+from puppet.core.protocols import check_path
 from puppet.core.registry import register_model
 from puppet.layers import scaled, torchvision_init
 
@@ -215,6 +216,23 @@ class EntropyExits(nn.Module):
     def _record(self, exit_index: torch.Tensor) -> None:
         depth = torch.tensor(self.exit_depth, device=exit_index.device)[exit_index]
         self.last_stats = {"exit": exit_index, "depth": depth}
+
+    @torch.no_grad()
+    def force_path(self, which: str | None) -> None:
+        """Cost-only runs (``RoutesPerInput``): ``"cheapest"`` leaves at the first exit, ``"dearest"`` at
+        the final one (every early exit still computed on the way), ``None`` restores the thresholds."""
+        check_path(which)
+        own = getattr(self, "_own_thresholds", None)
+        if own is None:
+            own = self._own_thresholds = self.thresholds.clone()
+        if which is None:
+            self.thresholds.copy_(own)
+            self._own_thresholds = None
+            return
+        forced = torch.full_like(own, -math.inf)  # entropy < -inf never holds: no early exit
+        if which == "cheapest":
+            forced[0] = math.inf  # entropy < inf always holds: everyone leaves at the first exit
+        self.thresholds.copy_(forced)
 
     @torch.no_grad()
     def exit_macs(self, x1: torch.Tensor) -> list[int]:

@@ -40,6 +40,7 @@ from baselines._resnet_parts import (
     stage_widths,
     stem,
 )
+from puppet.core.protocols import check_path
 from puppet.core.registry import register_model
 from puppet.layers import scaled, torchvision_init
 
@@ -267,6 +268,13 @@ class DRNN(nn.Module):
             self._force_loops = None
             self.train(was_training)
         return {"base": float(base), "extra": extra}
+
+    def force_path(self, which: str | None) -> None:
+        """Cost-only runs (``RoutesPerInput``): ``"cheapest"`` halts after one loop in every stage,
+        ``"dearest"`` runs every stage's ``max_loops``, ``None`` lets the gates decide again."""
+        check_path(which)
+        loops = {"cheapest": 1, "dearest": self.stages[0].max_loops}
+        self._force_loops = None if which is None else [loops[which]] * len(self.stages)
 
     @staticmethod
     def sample_macs(stats: dict[str, torch.Tensor], prices: dict) -> torch.Tensor:

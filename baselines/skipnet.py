@@ -60,7 +60,7 @@ from baselines._resnet_parts import (
     stage_widths,
     stem,
 )
-from puppet.core.protocols import DEFAULT_DEPLOYMENT, DeployContext
+from puppet.core.protocols import DEFAULT_DEPLOYMENT, DeployContext, check_path
 from puppet.core.registry import register_model, register_variant
 from puppet.layers import torchvision_init
 
@@ -263,6 +263,17 @@ class SkipNet(nn.Module):
             self._force_run = None
             self.train(was_training)
         return torch.tensor([base, *extra], dtype=torch.float64)
+
+    def force_path(self, which: str | None) -> None:
+        """Cost-only runs (``RoutesPerInput``): ``"cheapest"`` skips every gated block (the first block
+        always runs), ``"dearest"`` runs them all, ``None`` lets the gates decide again."""
+        check_path(which)
+        if which is None:
+            self._force_run = None
+            return
+        device = self.gate_threshold.device
+        self._force_run = torch.full((len(self.blocks),), which == "dearest", dtype=torch.bool, device=device)
+        self._force_run[0] = True
 
     @staticmethod
     def sample_macs(stats: dict[str, torch.Tensor], prices: torch.Tensor) -> torch.Tensor:

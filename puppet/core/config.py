@@ -331,6 +331,7 @@ def run_spec(config: dict, dataset: str, model: str, seed: int) -> RunSpec:
         model_kwargs=dict(config["model_kwargs"].get(model, {})),
         recipe=recipe_name,
         model_revision=model_info(model).revision,
+        cost_only=config["cost_only"],
     )
 
 

@@ -54,6 +54,7 @@ from puppet.core.protocols import (
     Deploys,
     HasDeploymentMetrics,
     ReportsStats,
+    RoutesPerInput,
 )
 from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
 from puppet.core.specs import MeasureSpec, RunSpec
@@ -143,19 +144,20 @@ def _throughput(default: nn.Module, other: nn.Module | None, x_all: torch.Tensor
     second and third None without ``other``): at the largest batch up to ``throughput_batch``
     that fits, the two timed interleaved when there are two."""
     n, batch, rounds = len(x_all), settings.throughput_batch, settings.rounds
+    warmup = min(2, settings.warmup)  # forwards of a whole batch: two warm a device up
     while batch >= 1:
         try:
             xb = x_all[torch.arange(batch, device=x_all.device) % n]
             calls = [0] * settings.throughput_iters  # one round: throughput_iters batched forwards
             if other is None:
-                est = timing.timed(lambda _: default(xb), calls, rounds=rounds, warmup=2, device=device)  # noqa: B023
+                est = timing.timed(lambda _: default(xb), calls, rounds=rounds, warmup=warmup, device=device)  # noqa: B023
                 return est.scaled_inverse(batch), None, None, batch
             c = timing.compare(
                 lambda _: default(xb),  # noqa: B023 (called in this iteration)
                 lambda _: other(xb),  # noqa: B023
                 calls,
                 rounds=rounds,
-                warmup=2,
+                warmup=warmup,
                 device=device,
             )
             return c.a.scaled_inverse(batch), c.b.scaled_inverse(batch), c.ratio, batch
@@ -288,13 +290,27 @@ def measure_model(
     settings: MeasureSpec,
     device: torch.device,
     context: DeployContext | None = None,
+    cost_only: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per deployment of the trained ``model``, ``default`` first, everything the
     tables need except ``default``'s accuracy (the train job's). A deployment that cannot be
-    built or measured is a ``status=error`` record of its own; the others stand."""
+    built or measured is a ``status=error`` record of its own; the others stand.
+
+    ``cost_only`` (an untrained model, ``RunSpec.cost_only``): no deployment's accuracy is taken,
+    and a model that routes each input by what it learned (``RoutesPerInput``) is measured on its
+    dearest path, with its cheapest path's MACs beside (``macs_cheapest_path``): never the
+    untrained routing. Each record says which in ``cost_basis``."""
     torch.set_num_threads(settings.threads)
     context = context or DeployContext()
     model.eval()
+    basis: dict[str, Any] = {}
+    if cost_only:
+        basis["cost_basis"] = "as built: no learned routing"
+        if isinstance(model, RoutesPerInput):
+            model.force_path("cheapest")
+            cheapest = measure_macs(model, test, 1)["macs"]
+            model.force_path("dearest")  # the deployments below are built from (copies of) this
+            basis = {"cost_basis": "dearest path: its routing needs training", "macs_cheapest_path": cheapest}
     names = deployment_names(model, context)
     records: list[dict[str, Any]] = []
     deployed: dict[str, nn.Module] = {}
@@ -302,8 +318,8 @@ def measure_model(
         record: dict[str, Any] = {"deployment": name, "deployment_label": label}
         try:
             module = model if name == DEFAULT_DEPLOYMENT else model.deploy(name, context).eval()
-            record.update(measure_costs(module, test, settings))
-            if name != DEFAULT_DEPLOYMENT:  # on the run's test images, as the train job's top1
+            record.update(measure_costs(module, test, settings), **basis)
+            if name != DEFAULT_DEPLOYMENT and not cost_only:  # on the run's test images, as the train job's top1
                 batched = copy.copy(test)
                 batched.batch_size = 128
                 result = evaluate(module, batched)
@@ -385,7 +401,7 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
             ) from None
         test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
         context = deploy_context(splits, device, deploy_options)
-        deployments = measure_model(model, test, spec.measure, device, context)
+        deployments = measure_model(model, test, spec.measure, device, context, cost_only=spec.cost_only)
         failed = [r for r in deployments if r["status"] != "ok"]
         for r in failed:
             print(f"measure failed: {spec.label} ({r['deployment']}): {r['error']}", flush=True)

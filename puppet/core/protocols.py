@@ -24,6 +24,7 @@ one measure job, ``puppet.core.train`` and ``puppet.core.measure``)::
     total_param_count()            CountsTotalParams     torchinfo's "Total params"
     deployments(), deploy(name)    Deploys               each deployment measured, interleaved with default
     deployment_metrics()           HasDeploymentMetrics  (on a deployed module) its extra columns
+    force_path(which)              RoutesPerInput        cost-only runs: the cheapest/dearest path
 
 Because the measure job rebuilds the model and only loads ``model.pt``, anything
 ``prepare`` or ``calibrate`` decides must live in registered buffers or parameters;
@@ -223,3 +224,28 @@ class HasDeploymentMetrics(Protocol):
     """
 
     def deployment_metrics(self) -> dict[str, float]: ...
+
+
+PATHS = ("cheapest", "dearest")
+
+
+@runtime_checkable
+class RoutesPerInput(Protocol):
+    """A model whose path through the network is chosen per input by what it learned (gates, exits,
+    halting): its cost per image is a property of the trained model, not of the architecture.
+
+    ``force_path(which)`` makes every later eval forward take the ``"cheapest"`` path (every
+    decision that can stop or skip does) or the ``"dearest"`` one (none does); ``None`` gives the
+    model its own decisions back. Called by the measure job of a cost-only run (``cost_only``),
+    which reports such a model's cost as the range between the two paths, never as the untrained
+    model's routing. A model whose depth follows its input alone, not a learned decision
+    (Puppet-CNN: the input's complexity), is not of this kind.
+    """
+
+    def force_path(self, which: str | None) -> None: ...
+
+
+def check_path(which: str | None) -> None:
+    """Refuse a ``force_path`` argument other than the two paths and None, in one line."""
+    if which is not None and which not in PATHS:
+        raise ValueError(f"force_path: {which!r} is not a path; choose one of {', '.join(PATHS)} or None")

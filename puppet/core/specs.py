@@ -28,12 +28,17 @@ NEUTRAL_KEYS: dict[tuple[str | None, str], Any] = {
     ("train", "milestones"): None,
     ("train", "phases"): None,
     (None, "model_revision"): 0,
+    (None, "cost_only"): False,
 }
 # Neutral keys that ``to_dict`` also leaves out at their neutral value: keys added after finished runs
 # had their spec's JSON recorded as the train rule's params, so Snakemake's params rerun trigger
 # sees the same JSON as before and reruns nothing. (milestones and recipe predate this rule: runs
 # made since carry them in their params, so they stay in.)
-OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (("train", "phases"), (None, "model_revision"))
+OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (
+    ("train", "phases"),
+    (None, "model_revision"),
+    (None, "cost_only"),
+)
 # Top-level keys that name, not determine, a run: out of the hash (the recipe's content is in it).
 LABEL_KEYS: dict[str, Any] = {"recipe": "default"}
 
@@ -165,6 +170,9 @@ class RunSpec:
     # The registry's revision of the model's code (``register_model(revision=...)``): bumped when a
     # change to the model alters what a run of the same spec produces, so such a run gets a new folder.
     model_revision: int = 0
+    # No training: the model as initialised (with what it fits on training images without training,
+    # Puppet-CNN's complexity range), measured for size, MACs and speed only (``puppet.core.train``).
+    cost_only: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:

@@ -203,7 +203,7 @@ def main(
     for tmp in remove_orphan_temporaries(out_dir):  # left by a killed writer; this job owns the folder
         print(f"removed {tmp.name}, an unfinished write of an earlier attempt", file=sys.stderr)
     device, splits, model = materialise(spec, for_training=True)  # seeded: the seed's initial weights
-    if isinstance(model, Calibrates) and len(splits.y_val) == 0:  # refused before training, not after it
+    if isinstance(model, Calibrates) and len(splits.y_val) == 0 and not spec.cost_only:  # before training
         raise ValueError(f"{spec.model} calibrates on a validation split but data.val_size is 0; set data.val_size > 0")
     train_batches = Batches(
         splits.x_train,
@@ -216,8 +216,13 @@ def main(
         augment=spec.data.augment,
         device=device,
     )
-    phases = PhasePlan.build(spec, model, len(train_batches))  # refused before any work
     eval_kw = dict(batch_size=spec.train.eval_batch_size, mean=splits.mean, std=splits.std, device=device)
+    if spec.cost_only:  # no optimizer, no step, no calibration, no test pass: a model to measure
+        if isinstance(model, Prepares):  # what the model fits on training images without training
+            model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
+        _save_model(out_dir / "model.pt", spec, model, splits)
+        return {**_untrained_record(spec, splits, device), **recipe_columns(spec, len(train_batches))}
+    phases = PhasePlan.build(spec, model, len(train_batches))  # refused before any work
     if isinstance(model, Prepares):
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
     opt = make_optimizer(model, spec.train)
@@ -276,18 +281,7 @@ def main(
     progress.say(f"evaluating on {len(splits.y_test)} test images")
     test = evaluate(model, Batches(splits.x_test, splits.y_test, **eval_kw))
     progress.say(f"test top-1 {test.top1:.2f}%, top-5 {test.top5:.2f}%")
-    save(
-        out_dir / "model.pt",
-        {
-            "model": model.state_dict(),
-            "spec": spec.to_dict(),
-            "num_classes": splits.num_classes,
-            "in_channels": splits.in_channels,
-            "image_size": splits.image_size,
-            "mean": splits.mean,
-            "std": splits.std,
-        },
-    )
+    _save_model(out_dir / "model.pt", spec, model, splits)
     if test.per_sample:  # per-sample depth / exit / complexity feed the depth figures
         save(out_dir / "test_stats.pt", test.per_sample)
     return {
@@ -307,6 +301,56 @@ def main(
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
         **recipe_columns(spec, steps_per_epoch),
         "phase_steps": phases.record() if phases is not None else [],
+        "train_size": len(splits.y_train),
+        "val_size": len(splits.y_val),
+        "test_size": len(splits.y_test),
+        "data_source": splits.source,
+        "git_commit": git_commit(),
+        "config_hash": spec.hash,
+    }
+
+
+def _save_model(path: Path, spec: RunSpec, model: nn.Module, splits: Any) -> None:
+    """``model.pt``: the weights and what the measure job needs to rebuild the model around them."""
+    save(
+        path,
+        {
+            "model": model.state_dict(),
+            "spec": spec.to_dict(),
+            "num_classes": splits.num_classes,
+            "in_channels": splits.in_channels,
+            "image_size": splits.image_size,
+            "mean": splits.mean,
+            "std": splits.std,
+        },
+    )
+
+
+# What a cost-only run's record says of what it did not do: the columns a trained run fills.
+NOT_TRAINED = "not trained (cost_only profile): size, MACs and speed only"
+
+
+def _untrained_record(spec: RunSpec, splits: Any, device: torch.device) -> dict[str, Any]:
+    """The ``train.json`` record of a cost-only run: the model as initialised (and prepared), no
+    accuracy. ``trained`` False is what the tables and ``collate`` read."""
+    return {
+        "status": "ok",
+        "error": "",
+        "trained": False,
+        "note": NOT_TRAINED,
+        "top1": None,
+        "top5": None,
+        "test_loss": None,
+        "epochs": 0,
+        "train_time_s": 0.0,
+        "final_train_loss": None,
+        "final_train_acc": None,
+        "history": [],
+        "stats": {},
+        "calibration": {},
+        "train_device": _device_name(device),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "phase_steps": [],
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),
         "test_size": len(splits.y_test),
@@ -338,6 +382,8 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
             # stdout reaches the console (the train rule sends stderr to the run's log); both get it
             print(record["message"], flush=True)
             print(record["message"], file=sys.stderr, flush=True)
+        elif record.get("trained") is False:
+            print(f"done: {spec.label}: built, {NOT_TRAINED}", flush=True)
         else:  # the run's headline on the console, between Snakemake's job lines
             print(
                 f"done: {spec.label}: top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}% "

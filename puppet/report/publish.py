@@ -245,7 +245,12 @@ def _readme(name: str, m: pd.DataFrame, sittings: pd.DataFrame) -> str:
         f"- timed on: {', '.join(sorted(m['device'].dropna().astype(str).unique()))}, "
         f"threads {', '.join(str(int(t)) for t in sorted(m['threads'].dropna().unique()))}, "
         f"torch {', '.join(sorted(m['torch_version'].dropna().astype(str).unique()))}",
-        f"- trained on: {', '.join(sorted(m['train_device'].dropna().astype(str).unique()))}",
+        "- trained on: "
+        + (
+            "nothing trained (cost_only profile: size, MACs and speed of the models as built)"
+            if "trained" in m and (m["trained"].astype(str) == "False").all()
+            else ", ".join(sorted(m["train_device"].dropna().astype(str).unique()))
+        ),
         f"- code: commit(s) {', '.join(sorted(m['git_commit'].dropna().astype(str).unique()))}",
     ]
     if one and sittings["wall_clock"].iloc[0]:

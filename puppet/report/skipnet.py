@@ -61,6 +61,8 @@ def _blocks_executed(ok: pd.DataFrame, row: Row) -> pd.Series:
     """The share of gated blocks run: depth = 1 + 2 x executed blocks (stem + two convs per block),
     the first block always runs."""
     gated = row.known["gated_blocks"]
+    if "mean_depth" not in ok:  # no per-sample depth recorded (a cost-only run takes no test pass)
+        return pd.Series(float("nan"), index=ok.index)
     executed = (ok["mean_depth"].astype(float) - 1) / 2 - 1
     return 100.0 * executed / gated if gated else executed * float("nan")
 

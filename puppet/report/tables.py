@@ -28,7 +28,7 @@ from puppet.report import engine, mor, pde, skipnet
 from puppet.report.collate import default_rows, load_metrics
 from puppet.report.engine import Metric, Row, Table, always
 from puppet.report.models import PAPER_WIDTH, load_models
-from puppet.report.paper import RUN_TABLES, PaperTable
+from puppet.report.paper import PAPER_MULT_ADDS_BATCH, RUN_TABLES, PaperTable
 from puppet.report.table5 import TABLE5
 
 UNITS = {
@@ -36,8 +36,9 @@ UNITS = {
     "top5": "Top-5 (%)",
     "param_size_mb": "Params Size (MB)",
     "latency_s_per_img": "Speed (ms/img)",
-    "macs_g": "Mult-Adds (G)",
-    "macs_without_generation_g": "Mult-Adds w/o kernel generation (G)",
+    "macs_paper_batch_g": f"Mult-Adds, batch of {PAPER_MULT_ADDS_BATCH} (G)",
+    "macs_g": "Mult-Adds per image (G)",
+    "macs_without_generation_g": "Mult-Adds per image w/o kernel generation (G)",
     "total_params_m": "Total Params (M)",
     "kernels_mb": "Kernels held (MB)",
 }
@@ -46,6 +47,26 @@ UNITS = {
 def at_paper_width(ok: pd.DataFrame) -> bool:
     """Every run of the row was made at the paper's width (an older metrics.csv without the column: no)."""
     return "max_channels" in ok and not ok.empty and bool((ok["max_channels"] == PAPER_WIDTH).all())
+
+
+def on_paper_device(ok: pd.DataFrame) -> bool:
+    """At the paper's width and timed on a GPU, as the paper's speeds were: a CPU timing beside a GPU
+    number is no comparison, whatever the width."""
+    timed = ok["device_type"].astype(str) if "device_type" in ok else pd.Series(dtype=str)
+    return at_paper_width(ok) and len(timed) == len(ok) and bool((timed == "cuda").all())
+
+
+def paper_batch_macs(ok: pd.DataFrame, row: Row) -> pd.Series:
+    """Table 4's Mult-Adds as the paper counted them, by the reading of ``PAPER_MULT_ADDS_BATCH``:
+    that many images' MACs without kernel generation plus one image's kernel generation (G)."""
+    generation = ok["macs_generation"].fillna(0) if "macs_generation" in ok else 0
+    return (PAPER_MULT_ADDS_BATCH * ok["macs_without_generation"] + generation) / 1e9
+
+
+# Metrics computed from a run's columns (engine.Metric.values); the others are columns of metrics.csv.
+DERIVED = {"macs_paper_batch_g": paper_batch_macs}
+# When ours - paper is a comparison, per metric: timings only on the paper's kind of device.
+DELTA = {"latency_s_per_img": on_paper_device}
 
 
 def _fixed_width(models: pd.DataFrame, model: str) -> bool:
@@ -87,8 +108,49 @@ def run_table(paper: PaperTable) -> Table:
             for p in paper.rows
         )
 
-    metrics = tuple(Metric(key, UNITS.get(key, key), delta=at_paper_width) for key in paper.metrics)
-    return Table(paper.name, paper.title, metrics, rows, per_deployment=True, notes=(width_note, below_chance))
+    metrics = tuple(
+        Metric(key, UNITS.get(key, key), DERIVED.get(key), delta=DELTA.get(key, at_paper_width))
+        for key in paper.metrics
+    )
+    notes = (width_note, below_chance, cost_only_note, speed_device_note)
+    caption = TABLE4_CAPTION if paper.name == "table4" else ""
+    return Table(paper.name, paper.title, metrics, rows, caption=caption, per_deployment=True, notes=notes)
+
+
+TABLE4_CAPTION = (
+    f"The paper's Mult-Adds count a batch whose size it does not state; we read it as {PAPER_MULT_ADDS_BATCH} "
+    f"images with kernels generated once per batch (the ResNet row fixes that batch: it cannot test the reading, "
+    f'the Puppet rows can). "Mult-Adds, batch of {PAPER_MULT_ADDS_BATCH}" is {PAPER_MULT_ADDS_BATCH} x our MACs '
+    "per image without kernel generation + one image's kernel generation, beside the paper's column; the "
+    "per-image columns are ptflops at batch 1 (docs: Choices the paper leaves open)."
+)
+
+
+def _not_trained(ok: pd.DataFrame) -> bool:
+    return "trained" in ok and not ok.empty and bool((ok["trained"].astype(str) == "False").all())
+
+
+def cost_only_note(row: Row, ok: pd.DataFrame, built: dict) -> str:
+    """A cost-only row: not trained, timed on which device, and for a model that routes each input
+    by what it learned, that its MACs and speed are its dearest path's (cheapest path beside)."""
+    if not _not_trained(ok):
+        return ""
+    device = ",".join(sorted(ok["device"].dropna().astype(str).unique())) if "device" in ok else "?"
+    note = f"not trained (cost-only profile): size, MACs and speed only, timed on {device}"
+    if "cost_basis" in ok and ok["cost_basis"].astype(str).str.startswith("dearest").any():
+        cheapest = ok["macs_cheapest_path"].astype(float).mean() / 1e9
+        note += (
+            f"; MACs and speed of the dearest path (every gate runs, no early exit): its routing needs "
+            f"training; cheapest path {cheapest:.3g} G MACs per image"
+        )
+    return note
+
+
+def speed_device_note(row: Row, ok: pd.DataFrame, built: dict) -> str:
+    """Why a paper-width speed has no Δ: it was not timed on a GPU, as the paper's."""
+    if "latency_s_per_img" not in built or not at_paper_width(ok) or on_paper_device(ok):
+        return ""
+    return "speed timed on a CPU, the paper's on a GPU: no speed Δ"
 
 
 def paper_sizes() -> dict[str, float]:
@@ -158,7 +220,7 @@ INTRODUCTION = (
     "`paper` is the number printed in the Puppet-CNN paper (v1), or in the paper a table names; "
     "Δ = ours − paper, given only where the two are of the same scale: for runs, where they are at the paper's "
     "width (`max_channels` 512), since a width-32 run beside a 512-channel number is no comparison (the footnote "
-    "says so). Speed in ms per image. "
+    "says so), and for speed only where ours was also timed on a GPU, as the paper's. Speed in ms per image. "
     "Accuracy is on the test split named below, which may be a subset: compare with care. "
     "Sizes, MACs and speed in Tables 1-4 and 6 are those of the models as run, at the profile's "
     '`max_channels` (the paper: 512); Table 5 and "Model sizes" give the paper-scale sizes from the model code. '
