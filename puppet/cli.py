@@ -16,6 +16,8 @@ python -m puppet publish --merge --name NAME --run-command CMD  # add this sitti
 python -m puppet validate --configfile config/config.yaml [--config KEY=VALUE ...]   # check a config and its
                                                     # data, print each run's state
 The installed command ``puppet-bench`` is the same as ``python -m puppet``.
+python -m puppet plan [--configfile F] [--config KEY=VALUE ...]   # projected wall time and memory of
+                                                    # every job, before anything trains -> results/plan.csv
 python -m puppet models                                     # list registered models
 """
 
@@ -199,6 +201,26 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from puppet.core.config import DEFAULT_PROFILE, load_config
+    from puppet.core.io import atomic_write_csv, atomic_write_text
+    from puppet.core.jobplan import device_memory_mb, plan, summary
+
+    config = load_config(*(args.configfile or [DEFAULT_PROFILE]), sets=args.config)
+    cache = args.out.with_name(args.out.stem + "_calibration.json")
+    calibrations = {}
+    if cache.is_file() and not args.recalibrate:
+        calibrations = json.loads(cache.read_text())
+        print(f"reusing the calibrations in {cache} (--recalibrate to time again)")
+    memory_mb = args.memory_gb * 1024 if args.memory_gb else device_memory_mb(config["device"])
+    frame = plan(config, calibrations, memory_mb, steps=args.steps)
+    atomic_write_text(json.dumps(calibrations, indent=1, sort_keys=True), cache)
+    atomic_write_csv(frame, args.out)
+    print("\n".join(summary(frame, memory_mb)))
+    print(f"-> {args.out} (SLURM: each job's runtime request, workflow/profiles/slurm)")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from puppet.core.registry import list_models, model_info
 
@@ -304,6 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--results", default=Path("results"), type=Path, help="where the runs' folders are (default: results)"
     )
+    p = command(
+        "plan",
+        _plan,
+        "project each job's wall time and memory for a profile from a short calibration on this device; nothing trains",
+    )
+    p.add_argument("--configfile", nargs="+", help="profile(s) to plan (default: config/config.yaml)")
+    p.add_argument(
+        "--config", nargs="+", default=[], metavar="KEY=VALUE", help="change config keys, as snakemake --config"
+    )
+    p.add_argument("--out", default=Path("results/plan.csv"), type=Path, help="default: results/plan.csv")
+    p.add_argument("--memory-gb", type=float, help="memory a job may use (default: the GPU's, else the machine's)")
+    p.add_argument("--recalibrate", action="store_true", help="time again instead of reusing <out>_calibration.json")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per model, after one warm-up step")
     command("models", _models, "list registered models")
     return parser
 

@@ -11,7 +11,8 @@ decides about the runs it plans lives here, as plain functions of the run folder
 * ``failed_attempts``: the rule parameter that makes Snakemake's params trigger redo exactly the
   failed jobs;
 * ``set_aside_damaged``: ``onstart``, inside Snakemake's lock: each damaged file kept aside;
-* ``end_summary``: ``onsuccess`` / ``onerror``: one line per failed or unfinished run.
+* ``end_summary``: ``onsuccess`` / ``onerror``: one line per failed or unfinished run;
+* ``planned_runtimes``: each job's runtime request from ``results/plan.csv`` (``python -m puppet plan``).
 """
 
 from __future__ import annotations
@@ -112,3 +113,22 @@ def end_summary(states: list[RunState], crashed_ok: bool) -> tuple[list[str], bo
         + (" (the tables mark the failed ones)." if crashed_ok else ".")
     )
     return lines, bool(failed)
+
+
+def planned_runtimes(path: str | Path, profile: str) -> dict[tuple[str, str, int, str], int]:
+    """(dataset, model, seed, job) -> runtime minutes from ``python -m puppet plan``'s CSV for
+    ``profile``; empty where there is no plan (or an unreadable one: the default runtime applies)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    out = {}
+    for r in rows:
+        try:
+            if r.get("profile") == profile and r.get("model") and r.get("runtime_min"):
+                key = (r["dataset"], r["model"], int(float(r["seed"])), r["job"])
+                out[key] = int(float(r["runtime_min"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out

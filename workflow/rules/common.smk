@@ -68,6 +68,24 @@ ENV_FILE = str(Path(workflow.basedir).parent / "environment.yml")
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 
 
+# `python -m puppet plan` writes results/plan.csv: each job's projected minutes with a margin
+# (runtime_min). Where it exists for this profile, a train or measure job asks the scheduler for that
+# runtime (SLURM's --time) instead of the profile's default-resources one; local runs ignore it.
+PLANNED_RUNTIMES = invocation.planned_runtimes("results/plan.csv", PROFILE)
+
+
+def planned_runtime(job):
+    """The ``resources`` entry of a train or measure rule: runtime from the plan, if one was made."""
+    if not PLANNED_RUNTIMES:
+        return {}
+
+    def runtime(wildcards, attempt):
+        minutes = PLANNED_RUNTIMES.get((wildcards.dataset, wildcards.model, int(wildcards.seed), job))
+        return attempt * minutes if minutes else 240  # a run the plan does not know: the profile's default
+
+    return {"runtime": runtime}
+
+
 # train.time_limit_min reaches the train job as a flag, not through params: it says how long
 # one sitting may train, not what the run computes, so changing it between sittings must not
 # rerun finished runs (rerun-triggers: params) nor change their config_hash.

@@ -15,6 +15,7 @@ rule train:
     threads: 2
     resources:
         gpu=GPUS_PER_JOB,
+        **planned_runtime("train"),
     # train.log holds this attempt, train.log.history every attempt (STDERR_TO_LOG). Exit code
     # 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
     # train.json, so the next invocation resumes it.
@@ -43,6 +44,7 @@ rule measure:
     resources:
         gpu=GPUS_PER_JOB,
         speed_lock=1,
+        **planned_runtime("measure"),
     conda:
         ENV_FILE
     shell:
