@@ -35,19 +35,23 @@ STAMP = re.compile(r"\[(\w{3} \w{3}\s+\d+ \d+:\d+:\d+ \d{4})\]")
 
 
 def job_seconds(log: str) -> dict[tuple[str, str], float]:
-    """(model or '', rule) -> seconds from Snakemake's console log: each job's start stamp to the stamp
-    before its "Finished" line (whole seconds, as Snakemake prints them)."""
-    now, out, started = None, {}, {}
-    rule = model = ""
+    """(model or '', rule) -> seconds from Snakemake's console log: from the stamp before a job's
+    "rule" block to the stamp before its "Finished jobid" line (whole seconds, as Snakemake prints)."""
+    now, start, rule, jobs, out = None, None, "", {}, {}
+    current: list = []
     for line in log.splitlines():
         if m := STAMP.match(line):
             now = dt.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
         if m := re.match(r"(?:local)?rule (\w+):", line):
-            rule, model, started[rule] = m.group(1), "", now
-        if m := re.search(r"model=([\w-]+), seed", line):
-            model = m.group(1)
-        if line.startswith("Finished jobid") and now and started.get(rule):
-            out[(model, rule)] = (now - started[rule]).total_seconds()
+            rule, start = m.group(1), now
+        if m := re.match(r"\s+jobid: (\d+)", line):
+            current = jobs[m.group(1)] = [rule, "", start]
+        if (m := re.search(r"wildcards: .*model=([\w-]+)", line)) and current:
+            current[1] = m.group(1)
+        if m := re.match(r"Finished jobid: (\d+)", line):
+            r, model, t0 = jobs.get(m.group(1), (None, None, None))
+            if r and now and t0:
+                out[(model, r)] = (now - t0).total_seconds()
     return out
 
 
