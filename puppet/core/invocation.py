@@ -115,9 +115,11 @@ def end_summary(states: list[RunState], crashed_ok: bool) -> tuple[list[str], bo
     return lines, bool(failed)
 
 
-def planned_runtimes(path: str | Path, profile: str) -> dict[tuple[str, str, int, str], int]:
-    """(dataset, model, seed, job) -> runtime minutes from ``python -m puppet plan``'s CSV for
-    ``profile``; empty where there is no plan (or an unreadable one: the default runtime applies)."""
+def planned_runtimes(path: str | Path, profile: str) -> dict[tuple[str, str, int, str, str], int]:
+    """(dataset, model, seed, config_hash, job) -> runtime minutes from ``python -m puppet plan``'s CSV
+    for ``profile``; empty where there is no plan (or an unreadable one: the default runtime applies).
+    The run's hash is in the key, so a plan made for another version of the profile (other epochs,
+    data, widths) gives no runtime to this one's jobs."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -127,7 +129,7 @@ def planned_runtimes(path: str | Path, profile: str) -> dict[tuple[str, str, int
     for r in rows:
         try:
             if r.get("profile") == profile and r.get("model") and r.get("runtime_min"):
-                key = (r["dataset"], r["model"], int(float(r["seed"])), r["job"])
+                key = (r["dataset"], r["model"], int(float(r["seed"])), r["config_hash"], r["job"])
                 out[key] = int(float(r["runtime_min"]))
         except (KeyError, TypeError, ValueError):
             continue

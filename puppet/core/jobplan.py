@@ -51,9 +51,9 @@ REPORT_JOBS = ("collate", "describe_models", "paper_tables")
 # Validation passes of a model that calibrates a threshold (``Calibrates``): the candidates of the
 # adaptive-depth rule (``baselines._resnet_parts``: 0.1, ..., 0.9).
 CALIBRATION_PASSES = 9
-# A cost-only train job's prepare step (image complexity) per training image, as a share of one
-# image's evaluation: an upper bound (it is one histogram per image, no network).
-PREPARE_SHARE = 0.05
+# Torch threads of a train job: the train rule's ``threads`` (workflow/rules/train.smk), which
+# Snakemake passes on as OMP_NUM_THREADS.
+TRAIN_THREADS = 2
 # Projected seconds are multiplied by this for a scheduler's runtime request (plus one minute).
 RUNTIME_MARGIN = 1.5
 
@@ -126,7 +126,7 @@ def calibrate(spec: RunSpec, steps: int = 3, warmup_steps: int = 1) -> dict[str,
     from puppet.core.memory import training_step_memory
     from puppet.core.optim import PhasePlan, make_optimizer
     from puppet.core.progress import Progress
-    from puppet.core.protocols import DEFAULT_DEPLOYMENT, Calibrates, Prepares
+    from puppet.core.protocols import DEFAULT_DEPLOYMENT, Calibrates, Prepares, RoutesPerInput
     from puppet.core.train import train_one_epoch
 
     device = pick_device(spec.device)
@@ -135,13 +135,16 @@ def calibrate(spec: RunSpec, steps: int = 3, warmup_steps: int = 1) -> dict[str,
     t0 = time.perf_counter()
     splits, data, (n_train, n_val, n_test) = _splits(spec)
     data_s = time.perf_counter() - t0 if data == "real" else 0.0
-    torch.set_num_threads(spec.measure.threads)
+    torch.set_num_threads(TRAIN_THREADS)
     model = build_model(spec, splits).to(device)
     batch = spec.train.batch_size
     norm = dict(mean=splits.mean, std=splits.std, device=device)
-    if isinstance(model, Prepares):
+    t0 = time.perf_counter()
+    if isinstance(model, Prepares):  # on a stand-in split: scaled to the run's training images below
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size, **norm))
+    prepare_s_per_img = (time.perf_counter() - t0) / len(splits.y_train) if isinstance(model, Prepares) else 0.0
     record: dict[str, Any] = {"key": calibration_key(spec), "dataset": spec.dataset, "model": spec.model}
+    record["prepare_s_per_img"] = prepare_s_per_img
     record.update(data=data, device=str(device), threads=spec.measure.threads, max_channels=spec.max_channels)
     record.update(n_train=n_train, n_val=n_val, n_test=n_test, data_s=data_s)
     if not spec.cost_only:
@@ -172,6 +175,11 @@ def calibrate(spec: RunSpec, steps: int = 3, warmup_steps: int = 1) -> dict[str,
         torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, io.BytesIO())
         record["checkpoint_s"] = time.perf_counter() - t0
     record["calibrates"] = isinstance(model, Calibrates)
+    torch.set_num_threads(spec.measure.threads)  # the measure job's threads from here on
+    routed = spec.cost_only and isinstance(model, RoutesPerInput)
+    if routed:  # what the cost-only measure job times: the dearest path
+        model.force_path("dearest")
+    record["cost_only_routed"] = routed
     model.eval()
     x_test = Batches(splits.x_test, splits.y_test, 1, **norm).normalise(splits.x_test.to(device))
 
@@ -189,7 +197,8 @@ def calibrate(spec: RunSpec, steps: int = 3, warmup_steps: int = 1) -> dict[str,
 
     record["eval_s_per_img"] = timed_forward(model, spec.train.eval_batch_size) / spec.train.eval_batch_size
     deployments = []
-    for name in deployment_names(model, DeployContext()):
+    names = [DEFAULT_DEPLOYMENT] if routed else deployment_names(model, DeployContext())
+    for name in names:
         t0 = time.perf_counter()
         module = model if name == DEFAULT_DEPLOYMENT else model.deploy(name, DeployContext()).eval()
         build_s = time.perf_counter() - t0
@@ -212,6 +221,7 @@ def _job(spec: RunSpec, job: str, seconds: float, peak_mb: float | None, memory_
         "dataset": spec.dataset,
         "model": spec.model,
         "seed": spec.seed,
+        "config_hash": spec.hash,
         "job": job,
         "projected_s": seconds,
         "runtime_min": math.ceil(RUNTIME_MARGIN * seconds / 60) + 1,
@@ -233,13 +243,13 @@ def project(
     above ``memory_mb``. Pure: the same arguments give the same rows."""
     c, m, t = calibration, spec.measure, spec.train
     eval_s, start = c["eval_s_per_img"], startup_s + c.get("data_s", 0.0)
-    if spec.cost_only:  # build, fit what needs no training (Puppet-CNN's complexity range), save
-        train_s = start + c["n_train"] * eval_s * PREPARE_SHARE
-    else:
+    # build, then fit what needs no training on the training images (Puppet-CNN's complexity range)
+    train_s = start + c["n_train"] * c.get("prepare_s_per_img", 0.0)
+    if not spec.cost_only:
         steps = spec.epochs * math.ceil(c["n_train"] / t.batch_size)
-        passes = 1 + (CALIBRATION_PASSES if c.get("calibrates") else 0)  # validation: once per candidate
-        train_s = start + steps * c["train_step_s"] + spec.epochs * c.get("checkpoint_s", 0.0)
-        train_s += (passes * c["n_val"] + c["n_test"]) * eval_s
+        train_s += steps * c["train_step_s"] + spec.epochs * c.get("checkpoint_s", 0.0)
+        val_passes = CALIBRATION_PASSES if c.get("calibrates") else 0  # once per threshold candidate
+        train_s += (val_passes * c["n_val"] + c["n_test"]) * eval_s  # and the test pass
     deployments = list(c["deployments"])
     default, others = deployments[0], deployments[1:]
     options = deploy_options or {}
@@ -257,6 +267,8 @@ def project(
     timing_s = sum(timing(default, o) for o in others) if others else timing(default, None)
     # per MACs image: a deep copy's uncounted forward, ptflops' counted one and the statistics forward
     macs_s = sum(3 * m.macs_images * d["forward1_s"] for d in [default, *others])
+    if c.get("cost_only_routed"):  # the cheapest path's MACs, counted on one image
+        macs_s += 3 * default["forward1_s"]
     build_s = sum(d.get("build_s", 0.0) for d in others)
     accuracy_s = 0.0 if spec.cost_only else len(others) * c["n_test"] * eval_s
     finetune_s = n_levels * options.get("finetune_steps", 0) * c["train_step_s"]
@@ -279,6 +291,7 @@ def plan(
     """Every job of ``config``'s grid with its projection: calibrating each distinct run once (or
     reusing ``calibrations``, keyed by ``calibration_key``, which it fills in), plus the workflow's
     report jobs. One row per job; ``fits`` False flags a job above ``memory_mb``."""
+    from puppet.core.assemble import pick_device
     from puppet.core.config import deploy_options, run_grid, run_spec
 
     calibrations = {} if calibrations is None else calibrations
@@ -288,6 +301,9 @@ def plan(
     for dataset, model, seed in run_grid(config):
         spec = run_spec(config, dataset, model, seed)
         key = calibration_key(spec)
+        cached = calibrations.get(key, {})
+        if cached and "error" not in cached and cached.get("device") != str(pick_device(spec.device)):
+            del calibrations[key]  # timed on another device (a login node's CPU, another GPU)
         if key not in calibrations:
             t0 = time.perf_counter()
             try:
@@ -320,7 +336,11 @@ def summary(frame: pd.DataFrame, memory_mb: float | None) -> list[str]:
         projected = "?" if r["projected_s"] != r["projected_s"] else duration(r["projected_s"])
         lines.append(f"{what:45s} {r['job']:16s} {projected:>9s}{peak}{flag}")
     total = frame["projected_s"].sum()
-    lines.append(f"total: {duration(total)} for {len(frame)} jobs, one at a time (the default workflow profile)")
+    unknown = int(frame["projected_s"].isna().sum())
+    missing = f"; {unknown} job(s) not projected (calibration failed: see their basis)" if unknown else ""
+    lines.append(
+        f"total: {duration(total)} for {len(frame)} jobs, one at a time (the default workflow profile){missing}"
+    )
     too_big = frame[frame["fits"].eq(False)] if "fits" in frame else frame.iloc[:0]
     if len(too_big):
         limit = f"{memory_mb:,.0f} MB" if memory_mb else "the device's memory"

@@ -309,9 +309,11 @@ def measure_model(
         if isinstance(model, RoutesPerInput):
             model.force_path("cheapest")
             cheapest = measure_macs(model, test, 1)["macs"]
-            model.force_path("dearest")  # the deployments below are built from (copies of) this
+            model.force_path("dearest")
             basis = {"cost_basis": "dearest path: its routing needs training", "macs_cheapest_path": cheapest}
     names = deployment_names(model, context)
+    if "macs_cheapest_path" in basis:  # its other deployments differ by routing alone: the same path here
+        names = {DEFAULT_DEPLOYMENT: "dearest path (every gate runs, no early exit), not trained"}
     records: list[dict[str, Any]] = []
     deployed: dict[str, nn.Module] = {}
     for name, label in names.items():

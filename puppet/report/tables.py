@@ -50,10 +50,12 @@ def at_paper_width(ok: pd.DataFrame) -> bool:
 
 
 def on_paper_device(ok: pd.DataFrame) -> bool:
-    """At the paper's width and timed on a GPU, as the paper's speeds were: a CPU timing beside a GPU
-    number is no comparison, whatever the width."""
+    """At the paper's width, timed on a GPU as the paper's speeds were (a CPU timing beside a GPU
+    number is no comparison, whatever the width), and on the model's own routing: an untrained
+    adaptive model's dearest path (``cost_basis``) is a bound, not the paper's kind of number."""
     timed = ok["device_type"].astype(str) if "device_type" in ok else pd.Series(dtype=str)
-    return at_paper_width(ok) and len(timed) == len(ok) and bool((timed == "cuda").all())
+    bound = "cost_basis" in ok and ok["cost_basis"].astype(str).str.startswith("dearest").any()
+    return at_paper_width(ok) and len(timed) == len(ok) and bool((timed == "cuda").all()) and not bound
 
 
 def paper_batch_macs(ok: pd.DataFrame, row: Row) -> pd.Series:
@@ -140,8 +142,8 @@ def cost_only_note(row: Row, ok: pd.DataFrame, built: dict) -> str:
     if "cost_basis" in ok and ok["cost_basis"].astype(str).str.startswith("dearest").any():
         cheapest = ok["macs_cheapest_path"].astype(float).mean() / 1e9
         note += (
-            f"; MACs and speed of the dearest path (every gate runs, no early exit): its routing needs "
-            f"training; cheapest path {cheapest:.3g} G MACs per image"
+            f"; MACs and speed of the dearest path (every gate runs, no early exit), an upper bound with no "
+            f"speed Δ: its routing needs training; cheapest path {cheapest:.3g} G MACs per image"
         )
     return note
 
@@ -150,6 +152,9 @@ def speed_device_note(row: Row, ok: pd.DataFrame, built: dict) -> str:
     """Why a paper-width speed has no Δ: it was not timed on a GPU, as the paper's."""
     if "latency_s_per_img" not in built or not at_paper_width(ok) or on_paper_device(ok):
         return ""
+    timed = ok["device_type"].astype(str) if "device_type" in ok else pd.Series(dtype=str)
+    if len(timed) and (timed == "cuda").all():
+        return ""  # a GPU timing of a dearest path: cost_only_note says why there is no Δ
     return "speed timed on a CPU, the paper's on a GPU: no speed Δ"
 
 

@@ -69,8 +69,9 @@ GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 
 
 # `python -m puppet plan` writes results/plan.csv: each job's projected minutes with a margin
-# (runtime_min). Where it exists for this profile, a train or measure job asks the scheduler for that
-# runtime (SLURM's --time) instead of the profile's default-resources one; local runs ignore it.
+# (runtime_min). Where it has a row for a job's run (same profile and config hash), the job asks the
+# scheduler for that runtime (SLURM's --time), times the attempt, instead of the slurm profile's
+# default 240 min; local runs ignore it.
 PLANNED_RUNTIMES = invocation.planned_runtimes("results/plan.csv", PROFILE)
 
 
@@ -80,8 +81,10 @@ def planned_runtime(job):
         return {}
 
     def runtime(wildcards, attempt):
-        minutes = PLANNED_RUNTIMES.get((wildcards.dataset, wildcards.model, int(wildcards.seed), job))
-        return attempt * minutes if minutes else 240  # a run the plan does not know: the profile's default
+        key = (wildcards.dataset, wildcards.model, int(wildcards.seed), wildcards.chash, job)
+        minutes = PLANNED_RUNTIMES.get(key)
+        # a run the plan does not know (planned for another config): the slurm profile's default
+        return attempt * minutes if minutes else 240
 
     return {"runtime": runtime}
 
