@@ -13,12 +13,13 @@ python -m puppet tables  --metrics results/metrics.csv --models results/models.c
 python -m puppet figures --metrics results/metrics.csv --models results/models.csv --out-dir results/figures
 python -m puppet publish --name NAME --run-command CMD      # snapshot results/ into results/published/NAME
 python -m puppet publish --merge --name NAME --run-command CMD  # add this sitting's rows to that snapshot
-python -m puppet validate --configfile config/config.yaml [--config KEY=VALUE ...]   # check a config and its
-                                                    # data, print each run's state
-The installed command ``puppet-bench`` is the same as ``python -m puppet``.
-python -m puppet plan [--configfile F] [--config KEY=VALUE ...]   # projected wall time and memory of
-                                                    # every job, before anything trains -> results/plan.csv
+python -m puppet validate --configfile config/config.yaml --config KEY=VALUE ...   # check a config and its
+                                                    # data, print each run's state (both options optional)
+python -m puppet plan --configfile F --config KEY=VALUE ...     # projected wall time and memory of every
+                                                    # job, before anything trains -> results/plan.csv
 python -m puppet models                                     # list registered models
+
+The installed command ``puppet-bench`` is the same as ``python -m puppet``.
 """
 
 from __future__ import annotations
@@ -179,10 +180,10 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from puppet.core.config import load_config, preflight, run_grid, run_spec
+    from puppet.core.config import DEFAULT_PROFILE, load_config, preflight, run_grid, run_spec
     from puppet.core.runs import inspect_run, run_dir
 
-    config = load_config(*args.configfile, sets=args.config)
+    config = load_config(*(args.configfile or [DEFAULT_PROFILE]), sets=args.config)
     runs = run_grid(config)
     warnings = preflight(config)  # raises DataError on the first bad data source
     print(f"config OK: profile {config['profile']}, {len(runs)} runs; data sources checked")
@@ -230,10 +231,25 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when run from a bare tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("puppet-bench")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # the name it was called by: the installed puppet-bench, or python -m puppet (whose argv[0] is __main__.py)
+    called = Path(sys.argv[0]).name
+    prog = called if called.startswith("puppet-bench") else "python -m puppet"
+    description = __doc__.replace("``", "`")  # the docstring's reST literals, as a terminal reads them
     parser = argparse.ArgumentParser(
-        prog="python -m puppet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -319,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "validate", _validate, "validate config files and their data sources; print each run, its state and folder"
     )
-    p.add_argument("--configfile", nargs="+", required=True)
+    p.add_argument("--configfile", nargs="+", help="profile(s) to check (default: config/config.yaml)")
     p.add_argument(
         "--config", nargs="+", default=[], metavar="KEY=VALUE", help="change config keys, as snakemake --config"
     )

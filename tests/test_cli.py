@@ -76,3 +76,18 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()  # the reader is gone before the writer starts
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_help_names_the_command_it_was_called_by_and_version_says_the_release(capsys, monkeypatch):
+    from puppet.cli import build_parser
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/puppet-bench"])
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("puppet-bench ") and out.split()[1][0].isdigit(), out
+    monkeypatch.setattr(sys, "argv", ["/repo/puppet/__main__.py"])
+    help_text = build_parser().format_help()
+    assert help_text.startswith("usage: python -m puppet") and "``" not in help_text
+    assert build_parser().parse_args(["validate"]).configfile is None  # the default profile, as train
