@@ -113,6 +113,23 @@ def test_real_fashion_mnist_reads_offline():
     assert data.x_train.shape == (60000, 1, 28, 28) and data.num_classes == 10
 
 
+def test_a_partial_fashion_mnist_copy_names_its_missing_file_and_downloads_nothing(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a partial copy tried the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"")
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(b"")  # a compressed file counts as present
+    with pytest.raises(DataError, match=r"lacks t10k-labels-idx1-ubyte \(or the \.gz of each\)") as err:
+        load_dataset("fashion_mnist", data_root=tmp_path, download=True)
+    assert "\n" not in str(err.value) and "train-images" not in str(err.value).split("lacks")[1]
+
+
 def test_mini_imagenet_folder_layout(tmp_path):
     from PIL import Image
 

@@ -272,6 +272,8 @@ def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
         raise DataError(
             f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder"
         )
+    if name == "fashion_mnist":
+        _check_idx_files(root / folder)
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
@@ -290,6 +292,27 @@ def _torchvision(name: str, root: Path, download: bool) -> ArrayData:
     x_train, y_train = arrays(train)
     x_test, y_test = arrays(test)
     return ArrayData(name, x_train, y_train, x_test, y_test, DATASETS[name].num_classes, f"torchvision:{root / folder}")
+
+
+# Fashion-MNIST's four files, as torchvision's FashionMNIST reads them from <root>/FashionMNIST/raw.
+FASHION_MNIST_IDX = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _check_idx_files(folder: Path) -> None:
+    """Refuse a Fashion-MNIST folder that holds some of its idx files but not all, naming the missing
+    ones (each counts as present uncompressed or as its .gz): a partial copy is a local problem,
+    and a download would only hide it (or hang without a network)."""
+    missing = [f for f in FASHION_MNIST_IDX if not (folder / f).is_file() and not (folder / f"{f}.gz").is_file()]
+    if missing and len(missing) < len(FASHION_MNIST_IDX):
+        raise DataError(
+            f"fashion_mnist: '{folder}' lacks {', '.join(missing)} (or the .gz of each) while the other files "
+            "are there; copy the missing files in (nothing is downloaded into a partial copy)"
+        )
 
 
 def _mini_imagenet(root: Path, image_size: int, split_seed: int) -> ArrayData:
