@@ -14,23 +14,14 @@ from puppet.core.config import run_spec, validate_config
 from puppet.core.measure import count_macs, measure_main
 from puppet.core.protocols import RoutesPerInput
 from puppet.core.registry import create_model
+from tests.test_train import make_spec as train_spec
+
+MEASURE = {"threads": 1, "warmup": 1, "latency_images": 2, "rounds": 3, "throughput_batch": 8}
 
 
 def make_spec(model="alexnet", dataset="synthetic", **over):
-    cfg = {
-        "profile": "test",
-        "models": [model],
-        "datasets": [dataset],
-        "epochs": 2,
-        "max_channels": 16,
-        "device": "cpu",
-        "data": {"train_size": 192, "val_size": 32, "test_size": 64},
-        "train": {"batch_size": 32},
-        "measure": {"threads": 1, "warmup": 1, "latency_images": 2, "rounds": 3, "throughput_batch": 8},
-    }
-    for key, value in over.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
-    return run_spec(validate_config(cfg), dataset, model, 0)
+    """The training tests' small spec, with a quick measure block."""
+    return train_spec(model, dataset, **{"measure": MEASURE, **over})
 
 
 # --------------------------------------------------------------------------- cost_only
@@ -216,7 +207,7 @@ def test_plan_calibrates_each_distinct_run_once_and_writes_runtimes(tmp_path, mo
             "device": "cpu",
             "data": {"train_size": 96, "val_size": 0, "test_size": 32},
             "train": {"batch_size": 32},
-            "measure": {"threads": 1, "warmup": 1, "latency_images": 2, "rounds": 2, "throughput_batch": 8},
+            "measure": {**MEASURE, "rounds": 2},
         }
     )
     calls = []

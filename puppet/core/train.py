@@ -297,10 +297,17 @@ def main(
         "history": history,
         "stats": test.stats_summary,
         "calibration": calibration,
-        "train_device": _device_name(device),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
         **recipe_columns(spec, steps_per_epoch),
         "phase_steps": phases.record() if phases is not None else [],
+        **_provenance(spec, splits, device),
+    }
+
+
+def _provenance(spec: RunSpec, splits: Any, device: torch.device) -> dict[str, Any]:
+    """Where a run's record comes from, trained or not: device, scheduler job, data, code, spec."""
+    return {
+        "train_device": _device_name(device),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),
         "test_size": len(splits.y_test),
@@ -348,15 +355,8 @@ def _untrained_record(spec: RunSpec, splits: Any, device: torch.device) -> dict[
         "history": [],
         "stats": {},
         "calibration": {},
-        "train_device": _device_name(device),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
         "phase_steps": [],
-        "train_size": len(splits.y_train),
-        "val_size": len(splits.y_val),
-        "test_size": len(splits.y_test),
-        "data_source": splits.source,
-        "git_commit": git_commit(),
-        "config_hash": spec.hash,
+        **_provenance(spec, splits, device),
     }
 
 
