@@ -40,6 +40,14 @@ EXIT_BAD_INPUT = 2
 EXIT_BROKEN_PIPE = 141
 
 
+def _check(args: argparse.Namespace, paths: list[Path], sources=()) -> None:
+    """A content check beside each derived file this command wrote (puppet.core.derived): the next
+    invocation of the workflow rebuilds one that no longer matches it."""
+    from puppet.core.derived import write_checks
+
+    write_checks(paths, made_by=f"python -m puppet {args.command}", sources=sources)
+
+
 def _spec(text: str):
     from puppet.core.specs import RunSpec
 
@@ -128,6 +136,7 @@ def _mor_report(args: argparse.Namespace) -> int:
     from puppet.report.mor import write_mor
 
     write_mor(args.metrics, args.out, args.figures, args.expect)
+    _check(args, [args.out])
     return 0
 
 
@@ -135,6 +144,7 @@ def _collate(args: argparse.Namespace) -> int:
     from puppet.report.collate import collate
 
     collate(args.runs, args.out)
+    _check(args, [args.out], sources=args.runs)
     return 0
 
 
@@ -142,13 +152,15 @@ def _describe_models(args: argparse.Namespace) -> int:
     from puppet.report.models import write_models
 
     write_models(args.out)
+    _check(args, [args.out])
     return 0
 
 
 def _tables(args: argparse.Namespace) -> int:
     from puppet.report.tables import write_tables
 
-    write_tables(args.metrics, args.out_dir, args.models)
+    written = write_tables(args.metrics, args.out_dir, args.models)
+    _check(args, [args.out_dir / f"{name}.csv" for name in written] + [args.out_dir / "tables.md", args.out_dir / "tables.tex"])
     return 0
 
 

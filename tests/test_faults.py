@@ -178,6 +178,37 @@ def test_damaged_files_are_set_aside_and_the_runs_redone(finished, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("damage", ["a row cut", "a truncated header", "a table's row cut"])
+def test_a_damaged_derived_table_is_kept_aside_and_rebuilt_from_the_run_records(finished, tmp_path, damage):
+    workdir = copy_of(finished, tmp_path)
+    name = "table1.csv" if damage == "a table's row cut" else "metrics.csv"
+    derived = workdir / "results" / name
+    reference, records = derived.read_bytes(), {p: p.read_bytes() for p in workdir.glob("results/runs/**/*.json")}
+    lines = reference.decode().splitlines(keepends=True)
+    rows = len(lines) - 1
+    if damage == "a truncated header":
+        derived.write_text(lines[0][:20])  # what a full disk leaves: no row, half a header
+        why = "0 data rows where"
+    else:
+        derived.write_text("".join(lines[:-1]))
+        why = f"{rows - 1} data rows where {rows} were written"
+
+    plan = snakemake(workdir, *GRID, "-n")  # the dry run shows the damage and the rebuild, and changes nothing
+    assert f"results/{name} does not match what was written ({why}" in output(plan)
+    assert ("rule collate" in output(plan)) == (name == "metrics.csv") and "rule paper_tables" in output(plan)
+    assert planned_trains(plan) == [] and not list(workdir.glob("results/*.corrupt-*"))
+
+    proc = snakemake(workdir, *GRID)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert derived.read_bytes() == reference  # rebuilt from the run records, which are untouched
+    assert all(p.read_bytes() == data for p, data in records.items()) and planned_trains(proc) == []
+    (kept,) = workdir.glob(f"results/{name}.corrupt-*")  # the damaged file, kept for the reader
+    assert kept.read_bytes() != reference
+    assert "No finished runs" not in (workdir / "results/tables.md").read_text()
+    assert "Nothing to be done" in output(snakemake(workdir, *GRID, "-n"))
+
+
+@pytest.mark.slow
 def test_a_changed_spec_never_overwrites_a_finished_result(finished, tmp_path):
     workdir = copy_of(finished, tmp_path)
     before = {p: p.read_bytes() for p in (workdir / "results/runs").rglob("*") if p.is_file()}

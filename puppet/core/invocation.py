@@ -12,6 +12,9 @@ decides about the runs it plans lives here, as plain functions of the run folder
   failed jobs;
 * ``set_aside_damaged``: ``onstart``, inside Snakemake's lock: each damaged file kept aside;
 * ``end_summary``: ``onsuccess`` / ``onerror``: one line per failed or unfinished run;
+* ``derived_damage`` / ``set_aside_derived``: the derived tables (``results/metrics.csv`` and
+  the tables made from it) that no longer match their content check (``puppet.core.derived``),
+  reported before any job and kept aside in ``onstart``, while their rules rebuild them;
 * ``planned_runtimes``: each job's runtime request from ``results/plan.csv`` (``python -m puppet plan``).
 """
 
@@ -21,6 +24,7 @@ import csv
 import sys
 from pathlib import Path
 
+from puppet.core import derived
 from puppet.core.runs import RunState, attempts, failure_lines, set_aside
 
 
@@ -92,6 +96,41 @@ def set_aside_damaged(states: list[RunState]) -> list[str]:
             kept = set_aside(path, why, keep_original=path.name != "model.pt")
             lines.append(f"kept {path} as {kept.name}")
         state.damaged = []
+    return lines
+
+
+def derived_damage(paths) -> dict[str, str]:
+    """Derived file -> why it does not match its content check, for each damaged one of ``paths``."""
+    return {str(p): why for p in map(str, paths) if (why := derived.problem(p))}
+
+
+def derived_rebuilds(damage: dict[str, str], outputs) -> int:
+    """The ``params`` value of a rule that writes derived files: the damaged copies of its files kept
+    so far plus those still to be kept. It grows with each damage, so Snakemake's params trigger
+    rebuilds the rule (a dry run shows it), and stays put once the rule has rebuilt them."""
+    return sum(derived.kept_copies(p) + (str(p) in damage) for p in outputs)
+
+
+def derived_warnings(damage: dict[str, str], has_metadata: bool) -> list[str]:
+    lines = [
+        f"warning: {path} does not match what was written ({why}); it will be kept aside and rebuilt "
+        "from the run records"
+        for path, why in damage.items()
+    ]
+    if damage and not has_metadata:
+        lines.append(
+            "warning: Snakemake has no record of earlier runs here (.snakemake/metadata), so it may not see the "
+            f"damage; rebuild with --forcerun {' '.join(damage)}"
+        )
+    return lines
+
+
+def set_aside_derived(damage: dict[str, str]) -> list[str]:
+    """Keep each damaged derived file beside it as ``NAME.corrupt-<mtime_ns>`` (``onstart``: inside
+    Snakemake's lock, never in a dry run); the copy stays for the rule to replace. From then on the
+    kept copy carries the count (``derived_rebuilds``)."""
+    lines = [f"kept {path} as {set_aside(Path(path), why).name}" for path, why in damage.items()]
+    damage.clear()
     return lines
 
 

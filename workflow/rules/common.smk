@@ -153,6 +153,24 @@ if workflow.is_main_process:
 def set_aside_damaged():
     """onstart (inside Snakemake's lock, never in a dry run): keep each damaged file aside."""
     invocation.say(invocation.set_aside_damaged(list(STATES.values())))
+    invocation.say(invocation.set_aside_derived(DERIVED_DAMAGE))
+
+
+# The derived tables (metrics.csv, models.csv, mor.csv, the paper's tables) carry a content check
+# (puppet/core/derived.py); DERIVED_DAMAGE (set in the Snakefile once the report rules exist) holds
+# those that no longer match theirs. A report rule's params count the damage, so a damaged table is
+# rebuilt from the run records, and a dry run shows it.
+DERIVED_SUFFIXES = (".csv", ".md", ".tex")
+
+
+def derived_outputs(*rules_):
+    return [path for rule_ in rules_ for path in rule_.output if path.endswith(DERIVED_SUFFIXES)]
+
+
+def derived_rebuilds(rule_name):
+    """A report rule's params entry. A function of the wildcards only: Snakemake does not record a
+    param computed from the output (a "derived" param), so the params trigger would not see it."""
+    return lambda wildcards: invocation.derived_rebuilds(DERIVED_DAMAGE, derived_outputs(getattr(rules, rule_name)))
 
 
 def report_failures(crashed_ok):

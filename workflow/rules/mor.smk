@@ -16,6 +16,7 @@ rule mor_report:
         ),
     params:
         expect=MOR_FIGURES,  # a run without measured reductions gets a figure that says so
+        rebuilds=derived_rebuilds("mor_report"),  # a damaged mor.csv is rebuilt (rules/common.smk)
     log:
         "results/logs/mor_report.log",
     conda:
