@@ -160,7 +160,8 @@ def _tables(args: argparse.Namespace) -> int:
     from puppet.report.tables import write_tables
 
     written = write_tables(args.metrics, args.out_dir, args.models)
-    _check(args, [args.out_dir / f"{name}.csv" for name in written] + [args.out_dir / "tables.md", args.out_dir / "tables.tex"])
+    names = [f"{name}.csv" for name in written] + ["tables.md", "tables.tex"]
+    _check(args, [args.out_dir / name for name in names])
     return 0
 
 
