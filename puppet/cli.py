@@ -60,8 +60,16 @@ def _config(configfiles: list[str] | None, sets: list[str] | None, **top: object
     return load_config(*(configfiles or [DEFAULT_PROFILE]), overrides=top, sets=sets)
 
 
+def _train_status(record: dict) -> int:
+    """The train command's exit status: 75 paused by the time limit, 128 + N stopped by signal N
+    (143 SIGTERM, 130 SIGINT), else 0 (a failed run is a status=error record, not a crash)."""
+    from puppet.core.train import PAUSED_EXIT_CODE
+
+    return {"paused": PAUSED_EXIT_CODE, "stopped": record.get("exit_code", 1)}.get(record["status"], 0)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from puppet.core.train import PAUSED_EXIT_CODE, train_main
+    from puppet.core.train import train_main
 
     if args.spec:
         if args.model or args.dataset:
@@ -70,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit("error: --spec needs --out-dir")
         # a failed run is a status=error row, not a crash; a paused one is neither
         record = train_main(_spec(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
-        return PAUSED_EXIT_CODE if record["status"] == "paused" else 0
+        return _train_status(record)
     if not (args.model and args.dataset):
         raise SystemExit("error: name the run with --model and --dataset (or pass a --spec)")
     from puppet.core.config import run_spec
@@ -82,8 +90,8 @@ def _train(args: argparse.Namespace) -> int:
     limit = args.time_limit_min if args.time_limit_min is not None else config["train"]["time_limit_min"]
     print(f"{spec.label} (profile {spec.profile}, recipe {spec.recipe}, {spec.epochs} epochs) -> {out_dir}", flush=True)
     record = train_main(spec, out_dir, time_limit_min=limit)
-    if record["status"] == "paused":
-        return PAUSED_EXIT_CODE
+    if record["status"] in ("paused", "stopped"):
+        return _train_status(record)
     if record["status"] != "ok":
         return 1  # train_main printed the one-line error and wrote the error record
     if args.measure:  # (train_main printed the run's headline)

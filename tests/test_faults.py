@@ -118,6 +118,28 @@ def test_killed_training_leaves_the_others_and_resumes_to_identical_metrics(fini
 
 
 @pytest.mark.slow
+def test_sigterm_mid_epoch_is_reported_as_stopped_and_the_rerun_resumes_to_identical_metrics(finished, tmp_path):
+    """What SLURM sends at a time limit: the step is finished and kept, the summary says so truly."""
+    stopped = snakemake(tmp_path, *GRID, env={"PUPPET_FAILPOINT": "term-at-step:2:2:alexnet/seed1"})
+    assert stopped.returncode != 0
+    runs = run_dirs(tmp_path)
+    assert not (runs[1] / "train.json").exists() and not (runs[1] / "failures.jsonl").exists()
+    assert "stopped by SIGTERM at epoch 2/2, step 2; rerun resumes" in (runs[1] / "train.log").read_text()
+    summary = "UNFINISHED smoke/synthetic/alexnet/seed1: stopped by SIGTERM at epoch 2/2, step 2; rerun resumes"
+    assert summary in output(stopped)
+
+    resumed = snakemake(tmp_path, *GRID)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [Path(p).parent.name for p in planned_trains(resumed)] == ["seed1"]
+    assert (
+        "resuming" in (runs[1] / "train.log").read_text() and "epoch 2, step 2" in (runs[1] / "train.log").read_text()
+    )
+    got, want = record(runs[1] / "train.json"), record(run_dirs(finished)[1] / "train.json")
+    assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
+    assert got["history"][-1]["loss"] == want["history"][-1]["loss"]
+
+
+@pytest.mark.slow
 def test_failed_run_is_loud_tables_complete_and_only_it_is_retried(finished, tmp_path):
     workdir = copy_of(finished, tmp_path)
     before = {s: (p / "train.json").read_bytes() for s, p in run_dirs(workdir).items()}
@@ -194,7 +216,7 @@ def test_a_damaged_derived_table_is_kept_aside_and_rebuilt_from_the_run_records(
         why = f"{rows - 1} data rows where {rows} were written"
 
     plan = snakemake(workdir, *GRID, "-n")  # the dry run shows the damage and the rebuild, and changes nothing
-    assert f"results/{name} does not match what was written ({why}" in output(plan)
+    assert f"results/{name} does not match its content check ({why}" in output(plan)
     assert ("rule collate" in output(plan)) == (name == "metrics.csv") and "rule paper_tables" in output(plan)
     assert planned_trains(plan) == [] and not list(workdir.glob("results/*.corrupt-*"))
 

@@ -2,10 +2,12 @@
 
 ``checkpoint.pt`` is saved at the end of every epoch and holds the state of the run at that
 boundary: the model, the optimizer, the schedule, torch's RNG state, the epochs done, their
-history and the training time so far. With the batches of an epoch depending only on the seed and
-the epoch (``puppet.core.data.Batches``), a run killed or paused at any point and resumed from it
-ends with the metrics of an uninterrupted one (CPU). Separate from ``puppet.core.train`` so its
-loop reads as ``resume`` once and ``save_checkpoint`` every epoch.
+history and the training time so far. A job stopped by a signal (``puppet.core.stopping``) saves
+one inside an epoch too, with that epoch's steps done and sums (``partial``). With the batches of
+an epoch depending only on the seed and the epoch (``puppet.core.data.Batches``), a run killed or
+paused at any point and resumed from it ends with the metrics of an uninterrupted one (CPU).
+Separate from ``puppet.core.train`` so its loop reads as ``resume`` once and ``save_checkpoint``
+every epoch.
 """
 
 from __future__ import annotations
@@ -78,14 +80,15 @@ def resume(
     """Continue from ``checkpoint.pt`` if it belongs to this spec; a checkpoint of another
     spec is set aside (renamed with its hash), never deleted. Loads the model, optimizer, schedule
     and RNG state in place and returns the epochs done, their history and the training time so far
-    (``0, [], 0.0`` when there is nothing to resume)."""
+    and the next epoch's partial state when the run stopped inside it (``0, [], 0.0, None`` when there
+    is nothing to resume)."""
     path = out_dir / CHECKPOINT
     ckpt = load_checkpoint(path, device)
     if ckpt is None:
-        return 0, [], 0.0
+        return 0, [], 0.0, None
     if ckpt.get("config_hash") != spec.hash:
         path.rename(out_dir / f"checkpoint.{ckpt.get('config_hash', 'old')}.pt")
-        return 0, [], 0.0
+        return 0, [], 0.0, None
     try:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -97,8 +100,10 @@ def resume(
             f"resume, or move the checkpoint away to retrain"
         ) from None
     _set_rng_state(ckpt["rng"])
-    print(f"resuming {out_dir} from epoch {ckpt['epoch']}", file=sys.stderr)
-    return ckpt["epoch"], ckpt["history"], ckpt["train_time_s"]
+    partial = ckpt.get("partial")
+    where = f"epoch {ckpt['epoch'] + 1}, step {partial['step']}" if partial else f"epoch {ckpt['epoch']}"
+    print(f"resuming {out_dir} from {where}", file=sys.stderr)
+    return ckpt["epoch"], ckpt["history"], ckpt["train_time_s"], partial
 
 
 def save_checkpoint(
@@ -112,8 +117,10 @@ def save_checkpoint(
     history: list[dict],
     train_time_s: float,
     commit: str,
+    partial: dict | None = None,
 ) -> None:
-    """Save the run's state after ``epochs_done`` epochs as ``checkpoint.pt`` (what ``resume`` reads)."""
+    """Save the run's state after ``epochs_done`` epochs as ``checkpoint.pt`` (what ``resume`` reads);
+    ``partial``: the next epoch's steps done so far and its sums (a run stopped by a signal)."""
     save(
         out_dir / CHECKPOINT,
         {
@@ -126,5 +133,6 @@ def save_checkpoint(
             "train_time_s": train_time_s,
             "config_hash": spec.hash,
             "git_commit": commit,
+            "partial": partial,
         },
     )

@@ -141,17 +141,22 @@ class Batches:
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float() / 255.0 - self.mean) / self.std
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch ``epoch``'s batches from batch ``start`` on (a run resumed mid-epoch): the skipped
+        batches still draw their augmentation, so the rest are those of an uninterrupted epoch."""
         n = len(self.y)
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if i < start and self.augment == "none":
+                continue
             x = self.x[idx]
             if self.augment == "crop_flip":
                 x = _crop_flip(x, g)
-            yield self.normalise(x), self.y[idx]
+            if i >= start:
+                yield self.normalise(x), self.y[idx]
 
     __iter__ = epoch
 

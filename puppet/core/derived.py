@@ -77,9 +77,9 @@ def problem(path: str | Path) -> str:
         check = json.loads(check_path(path).read_text())
         expected = check["sha256"]
     except FileNotFoundError:
-        return "it has no content check (edited by hand, or written before checks were kept)"
+        return "there is none: edited by hand, or written before checks were kept"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"its content check {check_path(path).name} is unreadable ({type(exc).__name__})"
+        return f"{check_path(path).name} is unreadable ({type(exc).__name__})"
     try:
         if _digest(path) == expected:
             return ""

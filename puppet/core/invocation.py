@@ -113,7 +113,7 @@ def derived_rebuilds(damage: dict[str, str], outputs) -> int:
 
 def derived_warnings(damage: dict[str, str], has_metadata: bool) -> list[str]:
     lines = [
-        f"warning: {path} does not match what was written ({why}); it will be kept aside and rebuilt "
+        f"warning: {path} does not match its content check ({why}); it will be kept aside and rebuilt "
         "from the run records"
         for path, why in damage.items()
     ]
@@ -139,7 +139,7 @@ def end_summary(states: list[RunState], crashed_ok: bool) -> tuple[list[str], bo
     invocation succeeded, so a run without ``train.json`` is not a crashed one."""
     failed = failure_lines(states)
     # a job that crashed (killed, out of memory on the host) or paused leaves no train.json
-    unfinished = [] if crashed_ok else [s for s in states if s.train in ("missing", "paused")]
+    unfinished = [] if crashed_ok else [s for s in states if s.train in ("missing", "paused", "stopped")]
     if not (failed or unfinished):
         return [], False
     what = f"{len(failed)} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")

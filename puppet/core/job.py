@@ -24,20 +24,23 @@ from puppet.core.specs import RunSpec
 FAILPOINT_ENV = "PUPPET_FAILPOINT"
 
 
-def failpoint(spec: RunSpec, event: str, epoch: int | None = None) -> None:
+def failpoint(spec: RunSpec, event: str, epoch: int | None = None, step: int | None = None) -> None:
     """Fault injection for the test suite (``tests/test_faults.py``), off unless ``$PUPPET_FAILPOINT``
-    is set. The train job (``puppet.core.train.main``) fires the only two events:
+    is set. The train job (``puppet.core.train.main``) fires the only three events:
 
     * ``start``, before it reads any data: ``raise[:RUN]`` fails the job there with a RuntimeError;
     * ``epoch``, right after an epoch's checkpoint is saved (``epoch``: that epoch's number, from 1):
-      ``kill-after-epoch:N[:RUN]`` SIGKILLs the job after epoch N's.
+      ``kill-after-epoch:N[:RUN]`` SIGKILLs the job after epoch N's;
+    * ``step``, after each optimizer step (``step``: steps done in epoch ``epoch``):
+      ``term-at-step:E:S[:RUN]`` sends the job SIGTERM after step S of epoch E (as SLURM does).
 
     RUN is a model name or ``model/seedS``; without it every job is hit."""
     point = os.environ.get(FAILPOINT_ENV, "")
     if not point:
         return
     kind, *args = point.split(":")
-    target = args[-1] if (kind == "raise" and args) or (kind == "kill-after-epoch" and len(args) > 1) else None
+    positional = {"raise": 0, "kill-after-epoch": 1, "term-at-step": 2}.get(kind, 0)
+    target = args[-1] if len(args) > positional else None
     if target not in (None, spec.model, f"{spec.model}/seed{spec.seed}"):
         return
     if kind == "raise" and event == "start":
@@ -46,6 +49,10 @@ def failpoint(spec: RunSpec, event: str, epoch: int | None = None) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "term-at-step" and event == "step" and (epoch, step) == (int(args[0]), int(args[1])):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_job(
@@ -61,8 +68,8 @@ def run_job(
 ) -> dict[str, Any]:
     """Run ``fn``, one job of the run (``stage``: ``train`` or ``measure``), and write the record it
     returns to ``run_dir/<stage>.json`` atomically, with the run's identity (profile, dataset, model,
-    seed) added; return the record. A record with status ``paused`` is returned unwritten: the job is
-    to be run again.
+    seed) added; return the record. A record with status ``paused`` or ``stopped`` is returned
+    unwritten: the job is to be run again.
 
     A failure is recorded, not raised: ``fn``'s exception becomes the record ``{"status": "error",
     "error": <one line>, **provenance}``, is appended to the run's ``failures.jsonl``
@@ -81,7 +88,7 @@ def run_job(
         print(f"{failed}: {spec.label}: {message}{where}", flush=True)  # stdout: the console
         record_failure(run_dir, stage, message, **(provenance or {}))
         record = {"status": "error", "error": message, **(provenance or {})}
-    if record["status"] == "paused":
+    if record["status"] in ("paused", "stopped"):
         return record
     record.update(profile=spec.profile, dataset=spec.dataset, model=spec.model, seed=spec.seed)
     atomic_write_json(record, Path(run_dir) / f"{stage}.json")

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from puppet.core.io import one_line
+from puppet.core.stopping import STOPPED
 
 FAILURES = "failures.jsonl"
 CORRUPT_TAG = ".corrupt-"
@@ -55,10 +56,11 @@ class RunState:
     """What is on disk for one run."""
 
     path: Path
-    train: str = "missing"  # missing | paused | ok | error | corrupt
+    train: str = "missing"  # missing | paused | stopped | ok | error | corrupt
     measure: str = "missing"  # missing | ok | error | skipped | corrupt
     error: str = ""  # the one-line message of a failed train or measure
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
+    stop: str = ""  # a stopped run: how (the train job's one-line message, from stopped.json)
 
     @property
     def failed(self) -> bool:
@@ -74,6 +76,8 @@ class RunState:
             return {"ok": "done", "missing": "trained, not measured"}.get(
                 self.measure, f"trained, measure {self.measure}"
             )
+        if self.train == "stopped":
+            return f"{self.stop} (checkpoint kept)"
         return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(
             self.train, self.train
         )
@@ -120,8 +124,13 @@ def inspect_run(path: str | Path) -> RunState:
             state.train, state.error = "error", str(train.get("error") or "unknown error")
         else:
             state.train = "ok"
-    elif (path / "checkpoint.pt").exists():
+    elif (path / "checkpoint.pt").exists() or (path / STOPPED).exists():
         state.train = "paused"
+        try:  # stopped by a signal (puppet.core.stopping): the train job said where
+            state.stop = str(json.loads((path / STOPPED).read_text())["message"])
+            state.train = "stopped"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     if measure_json.exists():
         measure, why = read_record(measure_json)
         if measure is not None and measure["status"] == "ok" and not isinstance(measure.get("deployments"), list):

@@ -36,13 +36,14 @@ from puppet.core.assemble import materialise
 from puppet.core.checkpoint import resume, save, save_checkpoint
 from puppet.core.data import Batches
 from puppet.core.evaluate import evaluate
-from puppet.core.io import git_commit
+from puppet.core.io import atomic_write_json, git_commit
 from puppet.core.job import failpoint, run_job
 from puppet.core.optim import PhasePlan, describe_phases, make_optimizer, make_schedule
 from puppet.core.progress import Progress, duration
 from puppet.core.protocols import Calibrates, HasObjective, Prepares
 from puppet.core.runs import remove_orphan_temporaries
 from puppet.core.specs import RunSpec, TrainSpec
+from puppet.core.stopping import STOPPED, GracefulStop
 
 # EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry"): a paused
 # run is neither a success (Snakemake must rerun it) nor a failure (no status=error row).
@@ -93,21 +94,31 @@ def train_one_epoch(
     train: TrainSpec,
     progress: Progress,
     phases: PhasePlan | None = None,
+    *,
+    partial: dict | None = None,
+    stop: Callable[[int, int], bool] | None = None,
 ) -> dict:
     """One epoch of optimizer steps. With ``phases``, the model is told its phase before each
     step's forward, and each step runs at its phase's learning rate: the param groups' ``lr``
     (the epoch schedule's) is replaced for ``opt.step()`` and put back right after, so the
-    schedule, the optimizer's state and the checkpoints are those of a run without phases."""
+    schedule, the optimizer's state and the checkpoints are those of a run without phases.
+
+    ``stop(epoch, steps_done)`` is asked after each step; when it says so, the epoch ends there and
+    the record has a ``partial`` entry (the step and the epoch's sums so far) instead of the
+    epoch's summary; ``partial`` given back continues the epoch from that step."""
     model.train()
     use_amp = train.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    total_loss, correct, seen = 0.0, 0, 0
-    first_step_loss = None
+    partial = partial or {}
+    start = partial.get("step", 0)
+    total_loss, correct, seen = partial.get("total_loss", 0.0), partial.get("correct", 0), partial.get("seen", 0)
+    first_step_loss = partial.get("first_step_loss")
+    earlier_s = partial.get("seconds", 0.0)  # the epoch's time before it was stopped
     t0 = time.perf_counter()
     n = len(batches)
     progress.start_epoch(epoch, n)
-    for i, (x, y) in enumerate(batches.epoch(epoch)):
+    for i, (x, y) in enumerate(batches.epoch(epoch, start), start):
         if phases is not None:
             phases.enter(epoch * n + i)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -136,8 +147,12 @@ def train_one_epoch(
         total_loss += loss_value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        progress.step(total_loss / seen, correct / seen, seen / (time.perf_counter() - t0))
-    seconds = time.perf_counter() - t0
+        progress.step(total_loss / seen, correct / seen, seen / (earlier_s + time.perf_counter() - t0))
+        if stop is not None and i + 1 < n and stop(epoch, i + 1):
+            sums = dict(total_loss=total_loss, correct=correct, seen=seen, first_step_loss=first_step_loss)
+            sums["seconds"] = earlier_s + time.perf_counter() - t0
+            return {"epoch": epoch + 1, "partial": {"step": i + 1, **sums}}
+    seconds = earlier_s + time.perf_counter() - t0
     record = {
         "epoch": epoch + 1,
         "loss": total_loss / max(seen, 1),
@@ -147,6 +162,15 @@ def train_one_epoch(
     }
     if epoch == 0:  # the untrained model's loss: the divergence rule's reference
         record["first_step_loss"] = first_step_loss
+    return record
+
+
+def _stopped(out_dir: Path, stop: GracefulStop, epoch: int, step: int, epochs: int) -> dict[str, Any]:
+    """The record of a run stopped by a signal, and ``stopped.json`` (what the end summary reads)."""
+    where = f"at epoch {epoch}/{epochs}, step {step}" if step else f"before epoch {epoch}/{epochs}"
+    record = {"status": "stopped", "signal": stop.name, "epoch": epoch, "step": step, "exit_code": stop.exit_code}
+    record["message"] = f"stopped by {stop.name} {where}; rerun resumes"
+    atomic_write_json({**record, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, out_dir / STOPPED)
     return record
 
 
@@ -187,9 +211,12 @@ def main(
     stop_after_epoch: int | None = None,
     time_limit_min: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    stop: GracefulStop | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) one training job; return the ``train.json`` record, or a record with
-    ``status="paused"`` (and a one-line ``message``) when ``time_limit_min`` stops it early.
+    ``status="paused"`` (and a one-line ``message``) when ``time_limit_min`` stops it early, or
+    ``status="stopped"`` when ``stop`` (``puppet.core.stopping``) caught a signal: the checkpoint
+    then holds the epoch up to its last optimizer step.
 
     Before each epoch after the first of this sitting, the job pauses if the time since it
     started plus the duration of its last epoch would pass ``time_limit_min``; the first
@@ -199,6 +226,7 @@ def main(
     started = clock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STOPPED).unlink(missing_ok=True)  # an attempt starts: the last one's stop is history (train.log)
     failpoint(spec, "start")
     for tmp in remove_orphan_temporaries(out_dir):  # left by a killed writer; this job owns the folder
         print(f"removed {tmp.name}, an unfinished write of an earlier attempt", file=sys.stderr)
@@ -227,7 +255,7 @@ def main(
         model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, **eval_kw))
     opt = make_optimizer(model, spec.train)
     sched = make_schedule(opt, spec.train, spec.epochs)
-    start_epoch, history, train_time_s = resume(out_dir, spec, model, opt, sched, device)
+    start_epoch, history, train_time_s, partial = resume(out_dir, spec, model, opt, sched, device)
 
     commit = git_commit()
     progress = Progress(spec.epochs, f"{spec.model}/{spec.dataset}/seed{spec.seed}")
@@ -236,7 +264,14 @@ def main(
         phases.say = progress.say
         phases.enter(start_epoch * steps_per_epoch)
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
+
+    def should_stop(epoch: int, steps_done: int) -> bool:  # asked after each optimizer step
+        failpoint(spec, "step", epoch + 1, steps_done)
+        return stop is not None and stop.requested
+
     for epoch in range(start_epoch, spec.epochs):
+        if stop is not None and stop.requested:  # before the epoch: the last checkpoint holds everything
+            return _stopped(out_dir, stop, epoch + 1, 0, spec.epochs)
         if time_limit_min is not None and last_epoch_s is not None:
             elapsed_s = clock() - started
             if elapsed_s + last_epoch_s > 60 * time_limit_min:
@@ -250,7 +285,24 @@ def main(
                     ),
                 }
         epoch_start = clock()
-        record = train_one_epoch(model, train_batches, epoch, opt, device, spec.train, progress, phases)
+        record = train_one_epoch(
+            model, train_batches, epoch, opt, device, spec.train, progress, phases, partial=partial, stop=should_stop
+        )
+        partial = None
+        if "partial" in record:  # stopped by a signal: the epoch so far is saved, the rerun goes on from there
+            save_checkpoint(
+                out_dir,
+                spec,
+                model,
+                opt,
+                sched,
+                epochs_done=epoch,
+                history=history,
+                train_time_s=train_time_s,
+                commit=commit,
+                partial=record["partial"],
+            )
+            return _stopped(out_dir, stop, epoch + 1, record["partial"]["step"], spec.epochs)
         if phases is not None:
             record["phases"] = phases.names_in(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
         sched.step()
@@ -377,8 +429,8 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
     )
 
     def job() -> dict[str, Any]:
-        record = main(spec, out_dir, time_limit_min=time_limit_min)
-        if record["status"] == "paused":
+        record = main(spec, out_dir, time_limit_min=time_limit_min, stop=stop)
+        if record["status"] in ("paused", "stopped"):
             # stdout reaches the console (the train rule sends stderr to the run's log); both get it
             print(record["message"], flush=True)
             print(record["message"], file=sys.stderr, flush=True)
@@ -392,13 +444,14 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
             )
         return record
 
-    return run_job(
-        "train",
-        job,
-        spec=spec,
-        run_dir=out_dir,
-        failed="run failed",
-        log=out_dir / "train.log",
-        provenance={"config_hash": spec.hash, "git_commit": commit},
-        oom_hint="lower train.batch_size or max_channels",
-    )
+    with GracefulStop() as stop:  # SIGTERM (SLURM's time limit) or Ctrl-C: checkpoint the step, then exit
+        return run_job(
+            "train",
+            job,
+            spec=spec,
+            run_dir=out_dir,
+            failed="run failed",
+            log=out_dir / "train.log",
+            provenance={"config_hash": spec.hash, "git_commit": commit},
+            oom_hint="lower train.batch_size or max_channels",
+        )
