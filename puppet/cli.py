@@ -62,10 +62,13 @@ def _config(configfiles: list[str] | None, sets: list[str] | None, **top: object
 
 def _train_status(record: dict) -> int:
     """The train command's exit status: 75 paused by the time limit, 128 + N stopped by signal N
-    (143 SIGTERM, 130 SIGINT), else 0 (a failed run is a status=error record, not a crash)."""
+    (143 SIGTERM, 130 SIGINT), 73 refused because another process writes the run folder, else 0
+    (a failed run is a status=error record, not a crash)."""
     from puppet.core.train import PAUSED_EXIT_CODE
 
-    return {"paused": PAUSED_EXIT_CODE, "stopped": record.get("exit_code", 1)}.get(record["status"], 0)
+    return {"paused": PAUSED_EXIT_CODE, "stopped": record.get("exit_code", 1), "busy": record.get("exit_code", 1)}.get(
+        record["status"], 0
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     limit = args.time_limit_min if args.time_limit_min is not None else config["train"]["time_limit_min"]
     print(f"{spec.label} (profile {spec.profile}, recipe {spec.recipe}, {spec.epochs} epochs) -> {out_dir}", flush=True)
     record = train_main(spec, out_dir, time_limit_min=limit)
-    if record["status"] in ("paused", "stopped"):
+    if record["status"] in ("paused", "stopped", "busy"):
         return _train_status(record)
     if record["status"] != "ok":
         return 1  # train_main printed the one-line error and wrote the error record
@@ -136,8 +139,8 @@ def _measure(args: argparse.Namespace) -> int:
     from puppet.core.measure import measure_main
 
     options = json.loads(args.deploy_options)  # a failed measurement is a status=error row
-    measure_main(_spec(args.spec), args.run_dir, options)
-    return 0
+    record = measure_main(_spec(args.spec), args.run_dir, options)
+    return record.get("exit_code", 0) if record["status"] == "busy" else 0
 
 
 def _mor_report(args: argparse.Namespace) -> int:

@@ -65,6 +65,11 @@ def startup_warnings(states: list[RunState], metrics_csv: str | Path, has_metada
         for state in states
         for path, why in state.damaged
     ]
+    lines += [
+        f"warning: {short(s)} is {s.describe()}; its job will be refused until that process ends"
+        for s in states
+        if s.writer is not None and s.train != "ok"
+    ]
     retry = [s for s in states if s.failed]
     if retry:
         lines.append(f"{len(retry)} run(s) failed or were damaged before and are retried:")

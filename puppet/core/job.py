@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from puppet.core.io import atomic_write_json, one_line
-from puppet.core.runs import record_failure
+from puppet.core.runs import BUSY_EXIT_CODE, RunBusyError, record_failure, writer_lock
 from puppet.core.specs import RunSpec
 
 FAILPOINT_ENV = "PUPPET_FAILPOINT"
@@ -76,7 +77,24 @@ def run_job(
     (``record_failure``, with ``provenance``) and is printed loud, ``<failed>: <message>`` on stderr
     (the run's log) and ``<failed>: <label>: <message>`` on stdout (the console), which names ``log``
     where given. With ``oom_hint``, running out of memory reads ``out of memory: <oom_hint> (...)``.
-    Ctrl-C is no failure: it propagates."""
+    Ctrl-C is no failure: it propagates.
+
+    The job holds the run folder's writer lock (``puppet.core.runs.writer_lock``) throughout: when
+    another live process holds it, nothing is written and the record ``{"status": "busy", "exit_code":
+    73}`` names that process's PID."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(writer_lock(run_dir, stage))
+        except RunBusyError as exc:  # nothing is written: the folder is another process's
+            print(f"{failed}: {exc}", file=sys.stderr)
+            print(f"{failed}: {spec.label}: {exc}", flush=True)
+            return {"status": "busy", "error": str(exc), "exit_code": BUSY_EXIT_CODE}
+        return _run_locked(
+            stage, fn, spec=spec, run_dir=run_dir, failed=failed, log=log, provenance=provenance, oom_hint=oom_hint
+        )
+
+
+def _run_locked(stage, fn, *, spec, run_dir, failed, log, provenance, oom_hint) -> dict[str, Any]:
     try:
         record = fn()
     except Exception as exc:  # recorded, not swallowed: the row says what failed

@@ -381,10 +381,10 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
     ``measure.json``; a failure is a ``status=error`` record (``puppet.core.job.run_job``), a run
     whose training failed is skipped. ``deploy_options``: the config's options for this model's
     deployments (``DeployContext.options``, e.g. a Neural ODE's reduction levels)."""
-    remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
-    state = inspect_run(run_dir)
 
     def job() -> dict[str, Any]:
+        remove_orphan_temporaries(run_dir)  # a killed measure's; the train job of this run has finished
+        state = inspect_run(run_dir)
         record = {"profile": spec.profile, "dataset": spec.dataset, "model": spec.model, "seed": spec.seed}
         if state.train != "ok":
             why = state.error or f"train.json is {state.train}"

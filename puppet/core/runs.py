@@ -31,9 +31,13 @@ without it a failed run is not redone by itself, and the workflow says so.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import shutil
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +46,10 @@ from puppet.core.io import one_line
 from puppet.core.stopping import STOPPED
 
 FAILURES = "failures.jsonl"
+# The run folder's writer lock (``writer_lock``): held by the train or measure job writing there.
+LOCK = ".writer.lock"
+# Exit status of a job refused because another process holds its run folder (sysexits EX_CANTCREAT).
+BUSY_EXIT_CODE = 73
 CORRUPT_TAG = ".corrupt-"
 # train.json keys a finished (status=ok) record must have; anything less is a damaged file.
 TRAIN_OK_KEYS = ("top1", "config_hash", "epochs")
@@ -61,6 +69,7 @@ class RunState:
     error: str = ""  # the one-line message of a failed train or measure
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
     stop: str = ""  # a stopped run: how (the train job's one-line message, from stopped.json)
+    writer: int | None = None  # PID of a live process holding the run folder's writer lock
 
     @property
     def failed(self) -> bool:
@@ -72,6 +81,8 @@ class RunState:
         return sum(owners[p.name] == stage for p, _ in self.damaged)
 
     def describe(self) -> str:
+        if self.writer is not None and self.train != "ok":
+            return f"being trained by PID {self.writer}, another process (wait for it, or stop it: kill {self.writer})"
         if self.train == "ok":
             return {"ok": "done", "missing": "trained, not measured"}.get(
                 self.measure, f"trained, measure {self.measure}"
@@ -149,11 +160,65 @@ def inspect_run(path: str | Path) -> RunState:
         problem = archive_problem(model_pt) if model_pt.exists() else "missing"
         if problem:
             state.damaged.append((model_pt, problem))
+    state.writer = lock_holder(path)
     if state.train == "corrupt":
         state.error = f"damaged train.json ({state.damaged[0][1]})"
     elif state.train == "ok" and state.measure == "corrupt":
         state.error = "damaged measure.json"
     return state
+
+
+class RunBusyError(RuntimeError):
+    """Another live process holds the run folder's writer lock."""
+
+
+def lock_holder(path: str | Path) -> int | None:
+    """The PID holding ``path``'s writer lock, or None when no live process does (the kernel
+    releases an ``flock`` when its process dies, even by SIGKILL, so a stale file means nothing)."""
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        try:
+            return int(os.read(fd, 32).decode().split()[0])
+        except (ValueError, IndexError, OSError):
+            return -1  # held, by a writer that has not said who yet
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def writer_lock(path: str | Path, job: str):
+    """Hold ``path``'s writer lock for the ``with`` block, or raise ``RunBusyError`` at once, naming
+    the holder's PID: an orphaned job (its Snakemake killed) still trains there, and a second
+    writer would interleave checkpoints with it. The lock file keeps the holder's PID and job."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        holder = lock_holder(path)
+        raise RunBusyError(
+            f"{path} is being written by PID {holder}, another process (an earlier job left running?); "
+            f"wait for it to end, or stop it (kill {holder}), then rerun"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {job}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (harmless: an unheld lock means nothing)
 
 
 def _unused(path: Path) -> Path:

@@ -1,0 +1,98 @@
+"""Faults around a run's files, unit by unit: the content check of derived tables, the writer lock
+of a run folder. (The workflow-level cases are in test_faults.py, signals in test_signals.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from puppet.core import derived
+from puppet.core.config import load_config, run_spec
+from puppet.core.runs import BUSY_EXIT_CODE, LOCK, inspect_run, lock_holder
+from puppet.core.train import train_main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "config" / "smoke.yaml")
+
+
+# --------------------------------------------------------------------------- derived tables
+
+
+def _table(path: Path, rows: int) -> Path:
+    path.write_text("model,top1\n" + "".join(f"m{i},{i}.5\n" for i in range(rows)))
+    derived.write_checks([path], made_by="test")
+    return path
+
+
+def test_an_intact_table_and_a_missing_one_pass_the_check(tmp_path):
+    assert derived.problem(_table(tmp_path / "metrics.csv", 3)) == ""
+    assert derived.problem(tmp_path / "absent.csv") == ""  # not written yet: the rule makes it
+    check = json.loads(derived.check_path(tmp_path / "metrics.csv").read_text())
+    assert check["rows"] == 3 and check["bytes"] == (tmp_path / "metrics.csv").stat().st_size
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda p: p.write_text("".join(p.read_text().splitlines(True)[:-1])), "2 data rows where 3 were written"),
+        (lambda p: p.write_text("mod"), "0 data rows where 3 were written"),
+        (lambda p: p.write_text(p.read_text().replace("1.5", "9.5")), "bytes where"),  # same rows, other values
+        (lambda p: derived.check_path(p).unlink(), "there is none"),
+        (lambda p: derived.check_path(p).write_text("{"), "is unreadable"),
+    ],
+    ids=["row cut", "header cut", "value edited", "no check", "check damaged"],
+)
+def test_a_damaged_table_is_named_with_what_differs(tmp_path, damage, why):
+    path = _table(tmp_path / "metrics.csv", 3)
+    damage(path)
+    assert why in derived.problem(path)
+
+
+# --------------------------------------------------------------------------- one writer per run folder
+
+
+def _spec(**over):
+    return run_spec(load_config(SMOKE), "synthetic", "alexnet", 0).replace(**over)
+
+
+def _hold(folder: Path) -> subprocess.Popen:
+    """Another process that holds the folder's writer lock (an orphaned job) until killed."""
+    code = (
+        "import sys, time; from puppet.core.runs import writer_lock\n"
+        f"with writer_lock({str(folder)!r}, 'train'):\n    print('held', flush=True); time.sleep(600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_holder_and_proceeds_once_it_dies(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold(out)
+    try:
+        assert lock_holder(out) == holder.pid
+        assert f"being trained by PID {holder.pid}" in inspect_run(out).describe()
+        started = time.monotonic()
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env.pop("PUPPET_FAILPOINT", None)
+        cmd = [sys.executable, "-m", "puppet", "train", "--spec", json.dumps(_spec().to_dict()), "--out-dir", str(out)]
+        refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == BUSY_EXIT_CODE, refused.stderr[-2000:]
+        assert f"is being written by PID {holder.pid}" in refused.stdout and f"kill {holder.pid}" in refused.stdout
+        assert time.monotonic() - started < 60  # refused before any data or model work (imports only)
+        assert not (out / "train.json").exists() and not (out / "failures.jsonl").exists()
+        assert not (out / "checkpoint.pt").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the kernel releases the lock of a killed process
+        holder.wait()
+    assert lock_holder(out) is None and (out / LOCK).exists()  # a stale lock file means nothing
+    assert train_main(_spec(), out)["status"] == "ok"
