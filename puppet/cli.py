@@ -60,14 +60,20 @@ def _config(configfiles: list[str] | None, sets: list[str] | None, **top: object
     return load_config(*(configfiles or [DEFAULT_PROFILE]), overrides=top, sets=sets)
 
 
+def _job_status(record: dict) -> int:
+    """A train or measure job's record could not be written (exit 74): Snakemake must see it fail."""
+    return record.get("exit_code", 74) if record.get("unwritten") else 0
+
+
 def _train_status(record: dict) -> int:
     """The train command's exit status: 75 paused by the time limit, 128 + N stopped by signal N
-    (143 SIGTERM, 130 SIGINT), 73 refused because another process writes the run folder, else 0
-    (a failed run is a status=error record, not a crash)."""
+    (143 SIGTERM, 130 SIGINT), 73 refused because another process writes the run folder, 74 its
+    record could not be written (a full or read-only disk), else 0 (a failed run is a status=error
+    record, not a crash)."""
     from puppet.core.train import PAUSED_EXIT_CODE
 
     return {"paused": PAUSED_EXIT_CODE, "stopped": record.get("exit_code", 1), "busy": record.get("exit_code", 1)}.get(
-        record["status"], 0
+        record["status"], _job_status(record)
     )
 
 
@@ -140,7 +146,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     options = json.loads(args.deploy_options)  # a failed measurement is a status=error row
     record = measure_main(_spec(args.spec), args.run_dir, options)
-    return record.get("exit_code", 0) if record["status"] == "busy" else 0
+    return record.get("exit_code", 1) if record["status"] == "busy" else _job_status(record)
 
 
 def _mor_report(args: argparse.Namespace) -> int:
@@ -383,8 +389,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogStream:
+    """stderr that survives its file: the rules send a job's stderr to the run's log, through tee, so
+    on a full or read-only disk the first message would raise BrokenPipeError and kill the job before
+    it could record why. A failed write is dropped with one warning on stdout (the console)."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._lost(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        self._broken = True
+        print(f"warning: the job's log cannot be written ({exc.strerror or exc}); only the console has its outcome")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "measure") and not isinstance(sys.stderr, _LogStream):
+        sys.stderr = _LogStream(sys.stderr)
 
     from puppet.core.config import ConfigError
     from puppet.core.datasets import DataError

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -137,6 +138,58 @@ def test_sigterm_mid_epoch_is_reported_as_stopped_and_the_rerun_resumes_to_ident
     got, want = record(runs[1] / "train.json"), record(run_dirs(finished)[1] / "train.json")
     assert {k: got[k] for k in RESULT_KEYS} == {k: want[k] for k in RESULT_KEYS}
     assert got["history"][-1]["loss"] == want["history"][-1]["loss"]
+
+
+def _mount_unavailable(tmp_path: Path) -> str:
+    """'' where this test may mount a file system in a mount namespace of its own, else why not."""
+    if not shutil.which("unshare"):
+        return "no unshare command here"
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    done = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs {probe}"], capture_output=True, text=True
+    )
+    return "" if done.returncode == 0 else f"cannot mount here (unshare --mount: {done.stderr.strip()[:120]})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_a_run_on_a_full_or_read_only_disk_fails_with_its_cause_and_the_others_finish(finished, tmp_path, disk):
+    why = _mount_unavailable(tmp_path)
+    if why:
+        pytest.skip(why)
+    folder = tmp_path / run_dirs(finished)[1].relative_to(finished)  # seed 1's folder, on a disk of its own
+    folder.mkdir(parents=True)
+    if disk == "full":  # a tiny tmpfs, filled: not even the failure record fits
+        mount = f"mount -t tmpfs -o size=64k tmpfs {folder} && dd if=/dev/zero of={folder}/fill bs=1k count=100"
+    else:
+        mount = f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}"
+    cmd = [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *GRID]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("PUPPET_FAILPOINT", None)
+    script = f"{mount} 2>/dev/null; exec {' '.join(map(shlex.quote, cmd))}"
+    proc = subprocess.run(
+        ["unshare", "--mount", "bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 1, output(proc)[-3000:]
+    assert "Traceback" not in output(proc)
+    (line,) = [line for line in output(proc).splitlines() if line.strip().startswith("FAILED")]
+    assert "smoke/synthetic/alexnet/seed1: " in line
+    if disk == "full":
+        assert "disk full? 0.00 GB free there" in line and "recorded in .snakemake/log/puppet-failures.jsonl" in line
+    else:
+        assert "read-only file system; remount it writable" in line and "GB free" not in line
+    reference = run_dirs(finished)
+    for seed in (0, 2):  # the other runs finished
+        got = record(run_dirs(tmp_path)[seed] / "train.json")
+        assert {k: got[k] for k in RESULT_KEYS} == {k: record(reference[seed] / "train.json")[k] for k in RESULT_KEYS}
+
+    again = snakemake(tmp_path, *GRID)  # the disk back: the plain rerun ends with the reference results
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [Path(p).parent.name for p in planned_trains(again)] == ["seed1"]
+    got = record(run_dirs(tmp_path)[1] / "train.json")
+    assert {k: got[k] for k in RESULT_KEYS} == {k: record(reference[1] / "train.json")[k] for k in RESULT_KEYS}
+    assert (pd.read_csv(tmp_path / "results/metrics.csv")["status"] == "ok").sum() == 3
 
 
 @pytest.mark.slow
@@ -548,7 +601,7 @@ def test_a_full_disk_names_the_file_and_the_free_space(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     rec = train_main(_spec(tmp_path), tmp_path / "run")
     assert rec["status"] == "error" and "cannot write" in rec["error"] and "checkpoint.pt" in rec["error"]
-    assert "GB free there" in rec["error"]
+    assert "GB free there" in rec["error"] and "read-only" not in rec["error"]
     ledger = [json.loads(line) for line in (tmp_path / "run" / "failures.jsonl").read_text().splitlines()]
     assert len(ledger) == 1 and ledger[0]["stage"] == "train"
 

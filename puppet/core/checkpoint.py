@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from puppet.core.io import atomic_save, one_line
-from puppet.core.runs import archive_problem, disk_hint, set_aside
+from puppet.core.runs import archive_problem, set_aside, write_problem
 from puppet.core.specs import RunSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -35,9 +35,7 @@ def save(path: Path, obj: dict) -> None:
     try:
         atomic_save(obj, path)
     except (OSError, RuntimeError) as exc:
-        raise CheckpointWriteError(
-            f"cannot write {path} ({one_line(exc, 200)}){disk_hint(path)}; free space or move results/"
-        ) from None
+        raise CheckpointWriteError(f"cannot write {path} ({one_line(exc, 200)}): {write_problem(path, exc)}") from None
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict | None:

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from puppet.core import derived
-from puppet.core.runs import RunState, attempts, failure_lines, set_aside
+from puppet.core.runs import RunState, attempts, failure_lines, read_only, set_aside
 
 
 def say(lines) -> None:
@@ -139,22 +139,61 @@ def set_aside_derived(damage: dict[str, str]) -> list[str]:
     return lines
 
 
-def end_summary(states: list[RunState], crashed_ok: bool) -> tuple[list[str], bool]:
+def unwritable_runs(states: list[RunState], results: str | Path = "results") -> dict[str, str]:
+    """Run folder -> why, for each run with work left whose folder is on a read-only file system.
+    Snakemake cannot even prepare such a job (it deletes an output that is not there, and a
+    read-only disk answers that with an error that aborts the whole invocation), so these runs are
+    left out of the invocation: the others finish, and the end summary reports them as failed.
+    A read-only ``results`` itself leaves nothing to do: ``ValueError``, one line."""
+    if read_only(results):
+        raise ValueError(
+            f"{results}/ is on a read-only file system; remount it writable, or run from a folder that is "
+            "(snakemake --directory DIR)"
+        )
+    return {
+        str(s.path): "its folder is on a read-only file system; remount it writable, then rerun"
+        for s in states
+        if s.describe() != "done" and read_only(s.path)
+    }
+
+
+def end_summary(
+    states: list[RunState],
+    crashed_ok: bool,
+    fallback: dict[str, dict] | None = None,
+    left_out: dict[str, str] | None = None,
+) -> tuple[list[str], bool]:
     """The end-of-invocation summary: (its lines, whether any run failed). ``crashed_ok``: the
-    invocation succeeded, so a run without ``train.json`` is not a crashed one."""
+    invocation succeeded, so a run without ``train.json`` is not a crashed one. ``fallback``: the
+    failures this invocation recorded outside their run folder, which could not be written
+    (``puppet.core.runs.fallback_failures``): such a run failed, whatever its folder shows;
+    ``left_out``: the runs this invocation could not run at all (``unwritable_runs``), and why."""
+    fallback = fallback or {}
+    left_out = left_out or {}
     failed = failure_lines(states)
+    lost = [s for s in states if not s.failed and str(s.path) in {**fallback, **left_out} and s.describe() != "done"]
+    for s in lost:
+        if str(s.path) in left_out:
+            failed.append(f"FAILED {short(s)}: {left_out[str(s.path)]} (left out of this invocation)  [{s.path}]")
+            continue
+        entry = fallback[str(s.path)]
+        failed.append(
+            f"FAILED {short(s)}: {entry.get('error')} (recorded in {entry['ledger']}: the run folder could not "
+            f"take it)  [{s.path}]"
+        )
+    states = [s for s in states if s not in lost]
     # a job that crashed (killed, out of memory on the host) or paused leaves no train.json
     unfinished = [] if crashed_ok else [s for s in states if s.train in ("missing", "paused", "stopped")]
     if not (failed or unfinished):
         return [], False
     what = f"{len(failed)} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")
-    lines = [f"\n{what} of {len(states)} run(s):", *(f"  {line}" for line in failed)]
+    lines = [f"\n{what} of {len(states) + len(lost)} run(s):", *(f"  {line}" for line in failed)]
     lines += [f"  UNFINISHED {short(s)}: {s.describe()}; see {s.path / 'train.log'}" for s in unfinished[:20]]
     if len(unfinished) > 20:
         lines.append(f"  ... and {len(unfinished) - 20} more unfinished")
+    marked = " (the tables mark the failed ones" + ("; the runs left out are not in them)." if lost else ").")
     lines.append(
-        "Fix the cause and rerun the same command: only these runs are redone"
-        + (" (the tables mark the failed ones)." if crashed_ok else ".")
+        "Fix the cause and rerun the same command: only these runs are redone" + (marked if crashed_ok else ".")
     )
     return lines, bool(failed)
 

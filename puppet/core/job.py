@@ -19,10 +19,13 @@ from typing import Any, Callable
 import torch
 
 from puppet.core.io import atomic_write_json, one_line
-from puppet.core.runs import BUSY_EXIT_CODE, RunBusyError, record_failure, writer_lock
+from puppet.core.runs import BUSY_EXIT_CODE, RunBusyError, record_failure, write_problem, writer_lock
 from puppet.core.specs import RunSpec
 
 FAILPOINT_ENV = "PUPPET_FAILPOINT"
+# Exit status of a job whose record could not be written (sysexits EX_IOERR): Snakemake must see the
+# job fail, and the failure is in a fallback ledger (puppet.core.runs.record_failure).
+UNWRITTEN_EXIT_CODE = 74
 
 
 def failpoint(spec: RunSpec, event: str, epoch: int | None = None, step: int | None = None) -> None:
@@ -81,7 +84,8 @@ def run_job(
 
     The job holds the run folder's writer lock (``puppet.core.runs.writer_lock``) throughout: when
     another live process holds it, nothing is written and the record ``{"status": "busy", "exit_code":
-    73}`` names that process's PID."""
+    73}`` names that process's PID. When the record itself cannot be written (a full or read-only
+    disk), it carries ``unwritten`` (why) and ``exit_code`` 74, and the failure is in a fallback ledger."""
     with ExitStack() as held:
         try:
             held.enter_context(writer_lock(run_dir, stage))
@@ -109,5 +113,14 @@ def _run_locked(stage, fn, *, spec, run_dir, failed, log, provenance, oom_hint) 
     if record["status"] in ("paused", "stopped"):
         return record
     record.update(profile=spec.profile, dataset=spec.dataset, model=spec.model, seed=spec.seed)
-    atomic_write_json(record, Path(run_dir) / f"{stage}.json")
+    target = Path(run_dir) / f"{stage}.json"
+    try:
+        atomic_write_json(record, target)
+    except OSError as exc:  # the run folder cannot take even the record: say so, and fail the job
+        problem = write_problem(target, exc)
+        message = f"cannot write {target}: {problem}"
+        if record["status"] == "ok":  # the result is lost with the record: a failure like any other
+            record_failure(run_dir, stage, message, **(provenance or {}))
+        print(f"{failed}: {spec.label}: {message}", flush=True)
+        record.update(unwritten=message, exit_code=UNWRITTEN_EXIT_CODE)
     return record

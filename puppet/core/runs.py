@@ -31,11 +31,13 @@ without it a failed run is not redone by itself, and the workflow says so.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import shutil
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,8 +202,12 @@ def writer_lock(path: str | Path, job: str):
     the holder's PID: an orphaned job (its Snakemake killed) still trains there, and a second
     writer would interleave checkpoints with it. The lock file keeps the holder's PID and job."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only or full disk: the job fails at its first write and records why
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -214,8 +220,9 @@ def writer_lock(path: str | Path, job: str):
             f"wait for it to end, or stop it (kill {holder}), then rerun"
         ) from None
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {job}\n".encode())
+        with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, without its PID
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {job}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays (harmless: an unheld lock means nothing)
@@ -256,15 +263,65 @@ def set_aside(path: Path, why: str, *, keep_original: bool = True) -> Path:
     return kept
 
 
-def record_failure(path: str | Path, stage: str, message: str, **extra) -> None:
-    """Append one failed attempt to the run's ``failures.jsonl`` (never rewritten)."""
+def record_failure(path: str | Path, stage: str, message: str, **extra) -> Path:
+    """Append one failed attempt to the run's ``failures.jsonl`` (never rewritten); return the ledger
+    written. When the run folder cannot be written (a full or read-only disk: the failure itself,
+    often), the line goes to the first fallback ledger that can be (``fallback_ledgers``) with the
+    run's path and why, and to stdout as ``PUPPET-FAILURE {json}``: the end summary reads it back."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     line = {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stage": stage, "error": message, **extra}
     ledger = path / FAILURES
-    torn = ledger.is_file() and ledger.stat().st_size > 0 and not ledger.read_bytes().endswith(b"\n")
-    with open(ledger, "a") as f:  # a killed writer's torn last line must not swallow this one
-        f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        torn = ledger.is_file() and ledger.stat().st_size > 0 and not ledger.read_bytes().endswith(b"\n")
+        with open(ledger, "a") as f:  # a killed writer's torn last line must not swallow this one
+            f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
+        return ledger
+    except OSError as exc:
+        line.update(run=str(path), unwritable=f"cannot write {ledger}: {write_problem(path, exc)}")
+    print("PUPPET-FAILURE " + json.dumps(line, sort_keys=True), flush=True)
+    for fallback in fallback_ledgers():
+        try:
+            fallback.parent.mkdir(parents=True, exist_ok=True)
+            with open(fallback, "a") as f:
+                f.write(json.dumps(line, sort_keys=True) + "\n")
+            return fallback
+        except OSError:
+            continue
+    return Path("-")  # stdout only
+
+
+# Where a failure goes when its run folder cannot be written: Snakemake's log folder of the workflow's
+# working directory (shared with cluster nodes, like results/), then the machine's temporary folder.
+FALLBACK_LEDGER = "puppet-failures.jsonl"
+
+
+def fallback_ledgers() -> list[Path]:
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return [
+        Path(".snakemake") / "log" / FALLBACK_LEDGER,
+        Path(tempfile.gettempdir()) / f"puppet-bench-{uid}-failures.jsonl",
+    ]
+
+
+def fallback_failures(since: float) -> dict[str, dict]:
+    """Run folder -> its last failure recorded in a fallback ledger at or after ``since`` (epoch
+    seconds: the invocation's start), for the end summary."""
+    found: dict[str, dict] = {}
+    for ledger in fallback_ledgers():
+        try:
+            lines = ledger.read_text().splitlines()
+        except OSError:
+            continue
+        for text in lines:
+            try:
+                entry = json.loads(text)
+                when = datetime.fromisoformat(entry["utc"]).timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            if when >= int(since):  # the ledger's times are whole seconds
+                found[str(Path(entry.get("run", "")))] = {**entry, "ledger": str(ledger)}
+    return found
 
 
 def attempts(path: str | Path, stage: str | None = None) -> int:
@@ -313,10 +370,36 @@ def failure_lines(states: list[RunState]) -> list[str]:
     return lines
 
 
-def disk_hint(path: Path) -> str:
-    """'' or a note on free space where ``path`` is written, for write errors."""
+def read_only(path: str | Path) -> bool:
+    """Whether ``path``, or the nearest folder above it that exists, is on a read-only file system."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
     try:
-        free = shutil.disk_usage(path if path.is_dir() else path.parent).free
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
-        return ""
-    return f"; {free / 1e9:.2f} GB free there" + (" (disk full?)" if free < 1e9 else "")
+        return False
+
+
+def write_problem(path: Path, exc: BaseException | None = None) -> str:
+    """Why ``path`` (a file, or the folder it goes in) cannot be written, with the advice that fits:
+    a read-only file system, no permission, or a full disk. Read from the file system itself: torch
+    reports a full disk as "[enforce fail at inline_container.cc]", with no error number."""
+    folder = path if path.is_dir() else path.parent
+    code = getattr(exc, "errno", None)
+    try:
+        stat = os.statvfs(folder)
+        free = stat.f_bavail * stat.f_frsize
+        read_only = bool(stat.f_flag & os.ST_RDONLY) or code == errno.EROFS
+    except OSError:
+        return "the folder cannot be read either; check the disk and its mount"
+    if read_only:
+        return (
+            f"the file system of {folder} is read-only; remount it writable, or run from a folder that is "
+            "(snakemake --directory DIR)"
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}; fix its permissions or run from a folder you own"
+    if code in (errno.ENOSPC, errno.EDQUOT) or free < 1e9:
+        return f"disk full? {free / 1e9:.2f} GB free there; free space, or move results/ to a larger disk"
+    return f"{free / 1e9:.2f} GB free there"

@@ -21,6 +21,7 @@ learning-rate rule, and a ``TrainsInPhases`` model is told its phase (``puppet.c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -226,7 +227,8 @@ def main(
     started = clock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / STOPPED).unlink(missing_ok=True)  # an attempt starts: the last one's stop is history (train.log)
+    with contextlib.suppress(OSError):  # an attempt starts: the last one's stop is history (train.log)
+        (out_dir / STOPPED).unlink(missing_ok=True)
     failpoint(spec, "start")
     for tmp in remove_orphan_temporaries(out_dir):  # left by a killed writer; this job owns the folder
         print(f"removed {tmp.name}, an unfinished write of an earlier attempt", file=sys.stderr)

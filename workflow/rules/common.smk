@@ -2,13 +2,16 @@
 # are functions of puppet/core/invocation.py and puppet/core/runs.py.
 import json
 import sys
+import time
 from pathlib import Path
+
+INVOCATION_START = time.time()  # failures recorded outside their run folder since then are this invocation's
 
 from puppet.core.config import ConfigError, deploy_options, preflight, read_yaml, run_grid, run_spec, validate_config
 from puppet.core.datasets import DataError
 from puppet.core.registry import model_info
 from puppet.core import invocation
-from puppet.core.runs import inspect_run
+from puppet.core.runs import fallback_failures, inspect_run
 
 try:
     # Snakemake's own YAML reading keeps the last of a duplicated key: read each config file again,
@@ -141,7 +144,18 @@ def run_states():
 # run, and the data of the datasets that still have runs to train. Main process only: cluster
 # jobs re-read this file.
 STATES = run_states()
+# Runs whose folder is on a read-only file system (a separately mounted disk) are left out, so the
+# others finish (Snakemake itself cannot prepare such a job); the end summary reports them failed.
+ALL_RUN_PATHS = list(RUN_PATHS)
+try:
+    LEFT_OUT = invocation.unwritable_runs(list(STATES.values()))
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from None
+RUN_PATHS[:] = [p for p in RUN_PATHS if p not in LEFT_OUT]
+MOR_RUN_PATHS[:] = [p for p in MOR_RUN_PATHS if p not in LEFT_OUT]
+MOR_FIGURES[:] = [f"results/figures/mor_{'_'.join(Path(p).parts[3:6])}.png" for p in MOR_RUN_PATHS]
 if workflow.is_main_process:
+    invocation.say(f"warning: {path}: {why}; it is left out of this invocation" for path, why in LEFT_OUT.items())
     unfinished = {Path(p).parts[3] for p, s in STATES.items() if s.train != "ok"}
     try:
         invocation.say(f"warning: {warning}" for warning in preflight(config, datasets=unfinished))
@@ -174,7 +188,10 @@ def derived_rebuilds(rule_name):
 
 
 def report_failures(crashed_ok):
-    """The end-of-invocation summary: one line per failed run; True when any failed."""
-    lines, failed = invocation.end_summary(list(run_states().values()), crashed_ok)
+    """The end-of-invocation summary: one line per failed run; True when any failed. A failure its
+    run folder could not take (a full or read-only disk) is read from the fallback ledgers."""
+    fallback = fallback_failures(since=INVOCATION_START)
+    states = [inspect_run(path) for path in ALL_RUN_PATHS]
+    lines, failed = invocation.end_summary(states, crashed_ok, fallback, LEFT_OUT)
     invocation.say(lines)
     return failed
