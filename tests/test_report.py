@@ -526,3 +526,20 @@ def test_the_mor_table_has_a_row_per_reduction_in_level_order():
     assert list(frame["deployment"]) == ["default", "pod_deim@4", "pod_deim@8", "pod_deim@16"]  # 4 < 8 < 16
     assert list(frame["top1"]) == [80.0, 54.0, 58.0, 66.0] and frame["macs_ode_m"].iloc[0] == 0.5
     assert "node_conv (POD-DEIM, k = 4)" in engine.markdown(TABLE, frame)
+
+
+def test_a_run_at_chance_level_is_flagged_in_its_row_and_in_the_tables(tmp_path, models_csv):
+    """At chance: a top-1 that guessing reaches 1 time in 200 (50 test images of 10 classes: 20.9%)."""
+    from puppet.report.collate import chance_bound
+
+    bound = chance_bound(10, 50)
+    assert bound == pytest.approx(100 * (0.1 + 2.576 * math.sqrt(0.1 * 0.9 / 50)))
+    runs = [_run(tmp_path, "alexnet", 0, 15.0), _run(tmp_path, "alexnet", 1, 54.0), _run(tmp_path, "dfn", 0, 21.0)]
+    df = collate(runs, tmp_path / "metrics.csv").set_index(["model", "seed"])
+    assert df.loc[("alexnet", 0), "at_chance"] == True  # noqa: E712 (a pandas cell, not a bool)
+    assert df.loc[("alexnet", 1), "at_chance"] == False and df.loc[("dfn", 0), "at_chance"] == False  # noqa: E712
+    assert df.loc[("alexnet", 0), "chance_bound"] == pytest.approx(bound)
+    write_tables(tmp_path / "metrics.csv", tmp_path / "out", models_csv)
+    alex = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["alexnet"]
+    assert f"at chance level: 1 of 2 runs at or below {bound:.1f}% top-1" in alex["note"]
+    assert "at chance" in (tmp_path / "out" / "tables.md").read_text().split("## All runs")[1]

@@ -96,3 +96,42 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder_and_proceeds_once_
         holder.wait()
     assert lock_holder(out) is None and (out / LOCK).exists()  # a stale lock file means nothing
     assert train_main(_spec(), out)["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- a disk that cannot be written
+
+
+def test_a_read_only_results_folder_is_refused_in_one_line_and_a_read_only_run_is_left_out(tmp_path, monkeypatch):
+    from puppet.core import invocation
+    from puppet.core.runs import RunState
+
+    monkeypatch.setattr(invocation, "read_only", lambda path: Path(path).name in ("results", "seed1"))
+    with pytest.raises(ValueError, match=r"^results/ is on a read-only file system; remount it writable"):
+        invocation.unwritable_runs([], "results")
+    states = [RunState(tmp_path / "seed0"), RunState(tmp_path / "seed1")]
+    left_out = invocation.unwritable_runs(states, tmp_path)
+    assert list(left_out) == [str(tmp_path / "seed1")]
+    lines, failed = invocation.end_summary(states, crashed_ok=True, left_out=left_out)
+    assert failed and "1 failed of 2 run(s):" in lines[0]
+    assert any("read-only file system" in line and "left out of this invocation" in line for line in lines)
+
+
+def test_a_failure_its_folder_cannot_take_goes_to_the_fallback_ledger_and_the_summary(tmp_path, monkeypatch, capsys):
+    from puppet.core import invocation, runs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    folder = tmp_path / "results" / "runs" / "p" / "d" / "m" / "seed0" / "h"
+    folder.parent.mkdir(parents=True)
+    folder.write_text("")  # a file where the folder should be: nothing can be written into it
+    since = time.time()
+    ledger = runs.record_failure(folder, "train", "CheckpointWriteError: cannot write ...")
+    assert ledger == Path(".snakemake/log/puppet-failures.jsonl")
+    printed = capsys.readouterr().out
+    assert printed.startswith("PUPPET-FAILURE {") and json.loads(printed.split(" ", 1)[1])["stage"] == "train"
+    found = runs.fallback_failures(since)
+    assert found[str(folder)]["error"] == "CheckpointWriteError: cannot write ..."
+    lines, failed = invocation.end_summary([runs.RunState(folder)], crashed_ok=False, fallback=found)
+    assert failed and "FAILED p/d/m/seed0: CheckpointWriteError" in lines[1] and "puppet-failures.jsonl" in lines[1]
+    assert not any("UNFINISHED" in line for line in lines)
+    assert runs.fallback_failures(time.time() + 5) == {}  # an earlier invocation's failures are not this one's

@@ -42,6 +42,7 @@ from puppet.core.job import failpoint, run_job
 from puppet.core.optim import PhasePlan, describe_phases, make_optimizer, make_schedule
 from puppet.core.progress import Progress, duration
 from puppet.core.protocols import Calibrates, HasObjective, Prepares
+from puppet.core.repro import machine
 from puppet.core.runs import remove_orphan_temporaries
 from puppet.core.specs import RunSpec, TrainSpec
 from puppet.core.stopping import STOPPED, GracefulStop
@@ -361,6 +362,9 @@ def _provenance(spec: RunSpec, splits: Any, device: torch.device) -> dict[str, A
     """Where a run's record comes from, trained or not: device, scheduler job, data, code, spec."""
     return {
         "train_device": _device_name(device),
+        # the CPU and the instruction set its kernels used: a seed repeats bit for bit only on the same
+        # type (puppet.core.repro); torch's version is the measure job's column
+        **machine(device),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),  # proof that the job ran under the scheduler
         "train_size": len(splits.y_train),
         "val_size": len(splits.y_val),

@@ -11,6 +11,7 @@ deployment a row of its own, never a missing line.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,8 @@ COLUMNS = KEY + [
     "error",
     "top1",
     "top5",
+    "at_chance",
+    "chance_bound",
     "stored_params",
     "total_params",
     "param_size_mb",
@@ -77,6 +80,10 @@ COLUMNS = KEY + [
     "torch_version",
     "cuda_version",
     "train_device",
+    "train_cpu",
+    "train_isa",
+    "train_gpu",
+    "train_torch_version",
     "slurm_job_id",
     "git_commit",
     "config_hash",
@@ -145,9 +152,37 @@ def run_rows(train_json: Path) -> list[dict]:
     return [{**run, **stats, "deployment": DEFAULT_DEPLOYMENT, "status": status, "error": error}]
 
 
+# A run "at chance level" has a top-1 that guessing reaches 1 time in 200 or more: at or below the
+# one-sided 99.5% point of the accuracy of uniform guesses on its test images (normal approximation
+# of the binomial, chance p = 1/classes, n = test images): 12.4% on 1,017 CIFAR-10 test images, 10.8%
+# on 10,000. Such a run has learnt nothing its test can show (a diverged or stalled optimizer, a tiny
+# budget); its row says so (at_chance) and the tables add a note. Documented in docs/measurement.md.
+CHANCE_Z = 2.576
+
+
+def chance_bound(num_classes: int, test_size: int) -> float:
+    """The top-1 (%) at or below which a run counts as at chance level."""
+    p = 1.0 / num_classes
+    return 100.0 * (p + CHANCE_Z * math.sqrt(p * (1.0 - p) / max(test_size, 1)))
+
+
+def _flag_chance(df: pd.DataFrame) -> pd.DataFrame:
+    from puppet.core.datasets import DATASETS
+
+    bounds = [
+        chance_bound(DATASETS[d].num_classes, int(n)) if d in DATASETS and n == n and n else math.nan
+        for d, n in zip(df.get("dataset", []), df.get("test_size", [math.nan] * len(df)))
+    ]
+    df["chance_bound"] = bounds
+    top1 = pd.to_numeric(df.get("top1"), errors="coerce") if "top1" in df else pd.Series(math.nan, index=df.index)
+    flagged = top1 <= df["chance_bound"]
+    df["at_chance"] = flagged.where(top1.notna() & df["chance_bound"].notna())
+    return df
+
+
 def collate(train_jsons: list[Path], out: Path) -> pd.DataFrame:
     rows = [row for p in train_jsons for row in run_rows(p)]
-    df = pd.DataFrame(rows)
+    df = _flag_chance(pd.DataFrame(rows))
     extra = sorted(c for c in df.columns if c not in COLUMNS)  # e.g. mean_depth, latency_mean_s_per_img
     df = df.reindex(columns=COLUMNS + extra)
     df = df.sort_values(KEY, kind="stable").reset_index(drop=True)

@@ -93,8 +93,16 @@ def width_note(row: Row, ok: pd.DataFrame, built: dict) -> str:
 
 
 def below_chance(row: Row, ok: pd.DataFrame, built: dict) -> str:
+    """A note when a run of the row is at chance level (``at_chance``, puppet.report.collate): its
+    top-1 is one that guessing reaches; for a metrics.csv written before the flag, below 1/classes."""
     from puppet.core.datasets import DATASETS
 
+    flags = ok["at_chance"] if "at_chance" in ok else pd.Series(dtype=object)
+    flagged = flags.astype(str).str.lower().eq("true")
+    if flagged.any():
+        bound = pd.to_numeric(ok.loc[flagged, "chance_bound"], errors="coerce").max()
+        seeds = f"{int(flagged.sum())} of {len(ok)} runs" if len(ok) > 1 else "its run"
+        return f"at chance level: {seeds} at or below {bound:.1f}% top-1, what guessing reaches 1 time in 200"
     info = DATASETS.get(row.dataset)
     chance = 100.0 / info.num_classes if info else math.nan
     return f"top-1 below chance ({chance:.0f}%)" if built.get("top1", math.nan) < chance else ""
@@ -247,6 +255,7 @@ def runs_markdown(metrics: pd.DataFrame) -> str:
         "status",
         "top1",
         "top5",
+        "at_chance",
         "stored_params",
         "param_size_mb",
         "macs",
@@ -260,7 +269,9 @@ def runs_markdown(metrics: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             v = r.get(c)
-            if isinstance(v, float):
+            if c == "at_chance":
+                cells.append("at chance" if str(v).lower() == "true" else "")
+            elif isinstance(v, float):
                 cells.append("–" if math.isnan(v) else (f"{v:.4g}" if c not in ("top1", "top5") else f"{v:.2f}"))
             else:
                 cells.append(str(v))
