@@ -2,7 +2,7 @@
 instruction set, on one machine.
 
 Every registered model is trained for ``--steps`` optimizer steps, as the train job trains it
-(``puppet.core.repro.train_steps``: the quick profile's recipe at its width, synthetic 32x32 images),
+(``puppet.core.train.train_steps``: the quick profile's recipe at its width, synthetic 32x32 images),
 in a fresh process per variant: twice as the machine runs by default, then with the vector
 instruction set capped (``ATEN_CPU_CAPABILITY`` for torch's own kernels, ``ONEDNN_MAX_CPU_ISA`` for
 oneDNN's convolutions), set before torch is imported. Writes ``results/bench/isa_repro.csv``: per
@@ -45,7 +45,8 @@ def child(out: Path, steps: int) -> None:
 
     from puppet.core.config import load_config, run_spec
     from puppet.core.registry import list_models
-    from puppet.core.repro import machine, train_steps, weights_digest
+    from puppet.core.repro import machine, weights_digest
+    from puppet.core.train import train_steps
 
     torch.set_num_threads(2)
     configs = [load_config(str(REPO / "config" / name)) for name in ("config.yaml", "paper.yaml")]

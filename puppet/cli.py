@@ -17,7 +17,7 @@ python -m puppet validate --configfile config/config.yaml --config KEY=VALUE ...
                                                     # data, print each run's state (both options optional)
 python -m puppet plan --configfile F --config KEY=VALUE ...     # projected wall time and memory of every
                                                     # job, before anything trains -> results/plan.csv
-python -m puppet models                                     # list registered models
+python -m puppet models '*resnet*' --family F --sizes --json   # the registered models (all optional)
 
 The installed command ``puppet-bench`` is the same as ``python -m puppet``.
 """
@@ -38,6 +38,8 @@ import torch
 EXIT_BAD_INPUT = 2
 # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe.
 EXIT_BROKEN_PIPE = 141
+# 128 + SIGINT: Ctrl-C (a training loop catches the first one itself and exits with the same status).
+EXIT_INTERRUPTED = 130
 
 
 def _check(args: argparse.Namespace, paths: list[Path], sources=()) -> None:
@@ -111,9 +113,10 @@ def _train(args: argparse.Namespace) -> int:
         if measured["status"] != "ok":
             return 1
         for row in measured["deployments"]:
+            noisy = " (noisy: its 95% interval is wider than measure.noise_threshold)" * bool(row.get("latency_noisy"))
             print(
                 f"{spec.label} ({row['deployment']}): {row['stored_params']:,} stored params, "
-                f"{row['macs'] / 1e6:.2f} M MACs, {row['latency_s_per_img'] * 1e3:.2f} ms/img at batch 1"
+                f"{row['macs'] / 1e6:.2f} M MACs, {row['latency_s_per_img'] * 1e3:.2f} ms/img at batch 1{noisy}"
             )
     return 0
 
@@ -122,11 +125,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     from puppet.core.assemble import materialise
     from puppet.core.data import Batches
     from puppet.core.evaluate import evaluate
+    from puppet.core.runs import inspect_run
     from puppet.core.specs import RunSpec
 
     path = Path(args.run_dir) / "model.pt"
+    if not Path(args.run_dir).is_dir():
+        raise SystemExit(
+            f"error: no run folder at {args.run_dir}; `validate` lists each run's folder, `train` makes it"
+        )
     if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist; train the run first (its train job writes model.pt)")
+        state = inspect_run(args.run_dir)
+        why = f"its training failed: {state.error}" if state.train == "error" else f"the run is {state.describe()}"
+        raise SystemExit(f"error: {path} does not exist: {why}; rerun the workflow (or train) to make it")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     spec = RunSpec.from_dict(saved["spec"])
     device, splits, model = materialise(spec, device=args.device)
@@ -211,12 +221,16 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from puppet.core.config import DEFAULT_PROFILE, load_config, preflight, run_grid, run_spec
+    from puppet.core.datasets import source_status
     from puppet.core.runs import inspect_run, run_dir
 
     config = load_config(*(args.configfile or [DEFAULT_PROFILE]), sets=args.config)
     runs = run_grid(config)
     warnings = preflight(config)  # raises DataError on the first bad data source
-    print(f"config OK: profile {config['profile']}, {len(runs)} runs; data sources checked")
+    print(f"config OK: profile {config['profile']}, {len(runs)} runs")
+    for dataset in dict.fromkeys(d for d, _, _ in runs):
+        source = config["data_sources"].get(dataset)
+        print(f"  data {source_status(dataset, source, config['data_root'], config['download'])}")
     if config["device"] == "cuda" and not torch.cuda.is_available():
         warnings.append(
             "device: cuda but no CUDA device is visible here; every run will fail on this machine "
@@ -253,11 +267,36 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    """The registry, as timm's ``list_models('*resnet*')``: a glob, a family, sizes, or JSON."""
+    from fnmatch import fnmatchcase
+
     from puppet.core.registry import list_models, model_info
 
-    for name in list_models():
+    names = [n for n in list_models(args.family) if fnmatchcase(n, args.pattern)]
+    if not names:
+        families = sorted({model_info(n).family for n in list_models()})
+        raise SystemExit(f"error: no model matches {args.pattern!r} (families: {', '.join(families)})")
+    rows = []
+    for name in names:
         info = model_info(name)
-        print(f"{name:22s} {info.family:16s} {info.description}")
+        row = {"name": name, "family": info.family, "paper_name": info.paper_name, "description": info.description}
+        if args.sizes:
+            from puppet.core.measure import param_size_mb, stored_param_count
+            from puppet.core.registry import create_model
+
+            stored = stored_param_count(create_model(name, max_channels=args.max_channels))
+            row.update(max_channels=args.max_channels, stored_params=stored, param_size_mb=param_size_mb(stored))
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    size = f"{'stored params':>15s} {'MB':>8s}  " if args.sizes else ""
+    print(f"{'model':24s} {'family':16s} {size}description")
+    for r in rows:
+        size = f"{r['stored_params']:>15,d} {r['param_size_mb']:>8.2f}  " if args.sizes else ""
+        print(f"{r['name']:24s} {r['family']:16s} {size}{r['description']}")
+    if args.sizes:
+        print(f"(built for CIFAR-10 at max_channels {args.max_channels}; results/models.csv has every width)")
     return 0
 
 
@@ -385,46 +424,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, help="memory a job may use (default: the GPU's, else the machine's)")
     p.add_argument("--recalibrate", action="store_true", help="time again instead of reusing <out>_calibration.json")
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per model, after one warm-up step")
-    command("models", _models, "list registered models")
+    p = command("models", _models, "list registered models: a glob, a family, their sizes, or JSON")
+    p.add_argument("pattern", nargs="?", default="*", help="a glob on the name, e.g. '*resnet*' (default: all)")
+    p.add_argument("--family", help="only this family, e.g. puppet, fixed, adaptive_depth")
+    p.add_argument("--sizes", action="store_true", help="build each model and show its stored parameters")
+    p.add_argument("--max-channels", type=int, default=512, help="the width --sizes builds at (default: 512)")
+    p.add_argument("--json", action="store_true", help="one JSON list (name, family, paper_name, description, ...)")
     return parser
-
-
-class _LogStream:
-    """stderr that survives its file: the rules send a job's stderr to the run's log, through tee, so
-    on a full or read-only disk the first message would raise BrokenPipeError and kill the job before
-    it could record why. A failed write is dropped with one warning on stdout (the console)."""
-
-    def __init__(self, stream) -> None:
-        self._stream, self._broken = stream, False
-
-    def write(self, text: str) -> int:
-        if not self._broken:
-            try:
-                return self._stream.write(text)
-            except OSError as exc:
-                self._lost(exc)
-        return len(text)
-
-    def flush(self) -> None:
-        if not self._broken:
-            try:
-                self._stream.flush()
-            except OSError as exc:
-                self._lost(exc)
-
-    def _lost(self, exc: OSError) -> None:
-        self._broken = True
-        print(f"warning: the job's log cannot be written ({exc.strerror or exc}); only the console has its outcome")
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "measure") and not isinstance(sys.stderr, _LogStream):
-        sys.stderr = _LogStream(sys.stderr)
+    stderr = sys.stderr
+    if args.command in ("train", "measure"):  # a job's stderr is its log, which a full disk can break
+        from puppet.core.job import LogStream
 
+        if not isinstance(stderr, LogStream):
+            sys.stderr = LogStream(stderr)
+    try:
+        return _run(args)
+    finally:
+        if not getattr(sys.stderr, "broken", False):  # a broken log stays wrapped: Python flushes it at exit
+            sys.stderr = stderr
+
+
+def _run(args: argparse.Namespace) -> int:
     from puppet.core.config import ConfigError
     from puppet.core.datasets import DataError
     from puppet.core.registry import UnknownModelError
@@ -440,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `python -m puppet models | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail again
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at its step: puppet.core.stopping)
+        resumes = " (a rerun resumes from the last checkpoint)" if args.command == "train" else ""
+        print(f"interrupted{resumes}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

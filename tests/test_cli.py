@@ -64,8 +64,20 @@ def test_train_by_name_then_evaluate(tmp_path, capsys):
 def test_train_needs_a_name_or_a_spec():
     with pytest.raises(SystemExit, match="--model and --dataset"):
         main(["train", "--model", "alexnet"])
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(SystemExit, match="no run folder at /nonexistent"):
         main(["evaluate", "--run-dir", "/nonexistent"])
+
+
+def test_evaluate_tells_a_failed_run_from_an_unfinished_one(tmp_path):
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "train.json").write_text(json.dumps({"status": "error", "error": "DataError: no data"}))
+    with pytest.raises(SystemExit, match="does not exist: its training failed: DataError: no data"):
+        main(["evaluate", "--run-dir", str(failed)])
+    started = tmp_path / "started"
+    started.mkdir()
+    with pytest.raises(SystemExit, match="does not exist: the run is not started"):
+        main(["evaluate", "--run-dir", str(started)])
 
 
 def test_a_closed_pipe_ends_quietly():
@@ -91,3 +103,21 @@ def test_help_names_the_command_it_was_called_by_and_version_says_the_release(ca
     help_text = build_parser().format_help()
     assert help_text.startswith("usage: python -m puppet") and "``" not in help_text
     assert build_parser().parse_args(["validate"]).configfile is None  # the default profile, as train
+
+
+def test_models_filters_by_glob_and_family_with_a_header_sizes_and_json(capsys):
+    from puppet.core.measure import stored_param_count
+    from puppet.core.registry import create_model, list_models
+
+    assert main(["models", "*resnet*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["model", "family", "description"]
+    assert [line.split()[0] for line in lines[1:]] == [n for n in list_models() if "resnet" in n]
+    assert main(["models", "--family", "puppet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list_models("puppet") and all(r["family"] == "puppet" for r in rows)
+    assert main(["models", "alexnet", "--sizes", "--max-channels", "32", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["stored_params"] == stored_param_count(create_model("alexnet", max_channels=32))
+    with pytest.raises(SystemExit, match=r"no model matches 'nothing\*' \(families: "):
+        main(["models", "nothing*"])

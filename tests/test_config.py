@@ -382,3 +382,10 @@ def test_epochs_beyond_the_guard_are_refused_before_work():
     with pytest.raises(ConfigError, match=r"recipes.long.epochs: 5000 epochs .* set max_epochs=5000"):
         validate_config(_base(**recipe))
     assert validate_config(_base(max_epochs=5000, **recipe))["recipes"]["long"]["epochs"] == 5000
+
+
+def test_a_width_beyond_the_guard_is_refused_naming_the_bound():
+    bound = r"config max_channels: 5120 is above its bound 2048, a guard against typos; raise the bound in workflow/"
+    with pytest.raises(ConfigError, match=bound):
+        validate_config(_base(max_channels=5120))
+    assert validate_config(_base(max_channels=2048))["max_channels"] == 2048

@@ -476,6 +476,7 @@ def test_validate_cli_runs_the_preflight_and_shows_run_states(tmp_path):
     assert (
         proc.returncode == 0 and "not started" in proc.stdout and "results/runs/t/cifar10/alexnet/seed0/" in proc.stdout
     )
+    assert f"data cifar10: {bad} (checked: readable, expected layout)" in proc.stdout
     if not torch.cuda.is_available():
         cfg.write_text(cfg.read_text() + "device: cuda\n")
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -143,3 +143,9 @@ def test_readme_baseline_sizes_are_the_models(model_descriptions):
         configuration = sizes.loc[model, "configuration"]
         if configuration:
             assert configuration.split(":")[0] in line, f"{model}: README should say it is {configuration}"
+
+
+def test_the_licence_pyproject_names_is_shipped():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")

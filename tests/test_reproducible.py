@@ -13,7 +13,8 @@ import torch
 from puppet.core.assemble import materialise
 from puppet.core.config import load_config, run_spec
 from puppet.core.registry import list_models
-from puppet.core.repro import machine, train_steps, weights_digest
+from puppet.core.repro import machine, weights_digest
+from puppet.core.train import train_steps
 
 REPO = Path(__file__).resolve().parents[1]
 # the quick profile's recipe; the paper's for the models only it lists (skipnet74, skipnet110: phases)

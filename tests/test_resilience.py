@@ -135,3 +135,34 @@ def test_a_failure_its_folder_cannot_take_goes_to_the_fallback_ledger_and_the_su
     assert failed and "FAILED p/d/m/seed0: CheckpointWriteError" in lines[1] and "puppet-failures.jsonl" in lines[1]
     assert not any("UNFINISHED" in line for line in lines)
     assert runs.fallback_failures(time.time() + 5) == {}  # an earlier invocation's failures are not this one's
+
+
+def test_written_files_get_the_permissions_open_gives_them(tmp_path):
+    """mkstemp makes 0600 files: a run's model.pt and train.json were private while its logs were not."""
+    from puppet.core.io import atomic_write_json
+
+    atomic_write_json({"a": 1}, tmp_path / "train.json")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "train.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_a_log_that_cannot_be_written_does_not_kill_the_job(tmp_path):
+    """The rules send a job's stderr to its log through tee: on a full disk tee dies, and the job's
+    first message used to raise BrokenPipeError before it could record anything."""
+    read, write = os.pipe()
+    os.close(read)  # the log's reader is gone
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("PUPPET_FAILPOINT", None)
+    cmd = [sys.executable, "-m", "puppet", "train", "--spec", json.dumps(_spec(epochs=1).to_dict())]
+    proc = subprocess.run(
+        [*cmd, "--out-dir", str(tmp_path / "run")],
+        stderr=write,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+        timeout=300,
+    )
+    os.close(write)
+    assert proc.returncode == 0
+    assert "warning: the job's log cannot be written (Broken pipe)" in proc.stdout and "done: " in proc.stdout
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["status"] == "ok"

@@ -112,6 +112,11 @@ def _describe(error) -> str:
         extra = [k for k in error.instance if k not in known] if isinstance(error.instance, dict) else []
         hint = did_you_mean(extra[0], known) if extra else ""
         return f"config {where}: {error.message}{hint}; allowed keys: {', '.join(known)}"
+    if error.validator == "maximum" and "guard" in error.schema.get("description", ""):  # say how to go past it
+        return (
+            f"config {where}: {error.instance!r} is above its bound {error.validator_value}, a guard against typos; "
+            f"raise the bound in {SCHEMA_PATH.relative_to(SCHEMA_PATH.parents[2])} to go further"
+        )
     return f"config {where}: {error.message}"
 
 

@@ -431,6 +431,29 @@ def load_dataset(
     return _torchvision(name, root, download)
 
 
+# Where each dataset's default source lives under data_root (torchvision's layout; mini-ImageNet: ours).
+DEFAULT_FOLDERS = {
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "fashion_mnist": "FashionMNIST/raw",
+    "mini_imagenet": "mini_imagenet",
+}
+
+
+def source_status(name: str, source: str | None, data_root: str | os.PathLike | None, download: bool) -> str:
+    """One line on where a dataset's images come from and how far that was checked (``validate``)."""
+    if source:
+        return f"{name}: {source} (checked: readable, expected layout)"
+    if name == "synthetic":
+        return f"{name}: generated (nothing to check)"
+    folder = resolve_data_root(data_root) / DEFAULT_FOLDERS[name]
+    if folder.exists():
+        return f"{name}: {folder} (found; its files are read by the first run)"
+    if download and name != "mini_imagenet":
+        return f"{name}: not at {folder}; the first run downloads it (needs the internet; not checked here)"
+    return f"{name}: not at {folder} and no download: its runs will fail"
+
+
 def default_source_problem(name: str, data_root: str | os.PathLike | None, download: bool) -> tuple[str, bool]:
     """Pre-flight of a dataset read from its default source (no ``data_sources`` entry):
     ``(problem, fatal)``. A data_root that is a file is fatal; data that is absent and cannot
@@ -444,12 +467,7 @@ def default_source_problem(name: str, data_root: str | os.PathLike | None, downl
             f"{name}: data_root '{root}' is a file, not a folder; point data_root (or ${DATA_ROOT_ENV}) at a folder",
             True,
         )
-    folder = {
-        "cifar10": "cifar-10-batches-py",
-        "cifar100": "cifar-100-python",
-        "fashion_mnist": "FashionMNIST/raw",
-        "mini_imagenet": "mini_imagenet",
-    }[name]
+    folder = DEFAULT_FOLDERS[name]
     if not (root / folder).exists() and (not download or name == "mini_imagenet"):
         how = "there is no download" if name == "mini_imagenet" else "download: false"
         return (

@@ -16,6 +16,9 @@ from typing import Any, Callable
 
 import torch
 
+_UMASK = os.umask(0o022)  # read once (the call sets it), then put back
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, then rename the result onto ``path``."""
@@ -25,6 +28,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private: files as open() makes them
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,7 +3,8 @@ that makes a job fail.
 
 ``run_job`` is what the train and measure jobs each did by hand around their work: run it, and
 on failure print one loud line, append the failure to the run's ``failures.jsonl`` and write a
-one-line ``status=error`` record, so one bad run never stops the tables. Separate from
+one-line ``status=error`` record, so one bad run never stops the tables; ``LogStream`` keeps a job
+alive when its log cannot be written. Separate from
 ``puppet.core.train`` and ``puppet.core.measure`` so both jobs fail the same way, and so the one
 fault-injection hook (``failpoint``) has one home.
 """
@@ -124,3 +125,34 @@ def _run_locked(stage, fn, *, spec, run_dir, failed, log, provenance, oom_hint) 
         print(f"{failed}: {spec.label}: {message}", flush=True)
         record.update(unwritten=message, exit_code=UNWRITTEN_EXIT_CODE)
     return record
+
+
+class LogStream:
+    """stderr that survives its file: the rules send a job's stderr to the run's log, through tee, so
+    on a full or read-only disk the first message would raise BrokenPipeError and kill the job before
+    it could record why. A failed write is dropped with one warning on stdout (the console)."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self.broken = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._lost(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        self.broken = True
+        print(f"warning: the job's log cannot be written ({exc.strerror or exc}); only the console has its outcome")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

@@ -1,13 +1,13 @@
-"""What a run's numbers depend on beyond its spec: the machine's instruction set, and a few training
-steps to show it.
+"""What a run's numbers depend on beyond its spec: the machine's instruction set.
 
 A run is bit-identical when repeated on the same machine type (same CPU instruction set or GPU, same
-torch): the tests train every registered model for a few steps twice and compare the weights bit for
-bit. Across CPU types it is not guaranteed: torch's own kernels (ATen) and oneDNN's pick their code
-by instruction set (AVX-512, AVX2, ...), and a different order of floating-point sums moves a
-single seed's accuracy by up to a few points after a few epochs. ``machine()`` is what every run
-record keeps of this (``train.json``: ``train_cpu``, ``train_isa``), and ``bench/isa_repro.py``
-measures which models train differently when the instruction set is capped on one machine
+torch): the tests train every registered model for a few steps twice
+(``puppet.core.train.train_steps``) and compare the weights bit for bit (``weights_digest``). Across
+CPU types it is not guaranteed: torch's own kernels (ATen) and oneDNN's pick their code by
+instruction set (AVX-512, AVX2, ...), and a different order of floating-point sums moves a single
+seed's accuracy by up to a few points after a few epochs. ``machine()`` is what every run record
+keeps of this (``train.json``: ``train_cpu``, ``train_isa``), and ``bench/isa_repro.py`` measures
+which models train differently when the instruction set is capped on one machine
 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``).
 """
 
@@ -65,29 +65,3 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
         else:
             h.update(repr(value).encode())
     return h.hexdigest()
-
-
-def train_steps(spec, steps: int = 2) -> dict[str, torch.Tensor]:
-    """The weights of ``spec``'s model after its first ``steps`` optimizer steps, trained as the train
-    job trains (its data, seed, ``prepare``, optimizer, phases and ``train_one_epoch``)."""
-    from puppet.core.assemble import materialise
-    from puppet.core.data import Batches
-    from puppet.core.optim import PhasePlan, make_optimizer
-    from puppet.core.progress import Progress
-    from puppet.core.protocols import Prepares
-    from puppet.core.train import train_one_epoch
-
-    device, splits, model = materialise(spec, for_training=True)
-    norm = dict(mean=splits.mean, std=splits.std, device=device)
-    batch = spec.train.batch_size
-    if isinstance(model, Prepares):
-        model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size, **norm))
-    opt = make_optimizer(model, spec.train)
-    phases = PhasePlan.build(spec, model, steps)
-    quiet = Progress(1, spec.model)
-    quiet.live = False
-    quiet.say = lambda text: None
-    x, y = splits.x_train[: steps * batch], splits.y_train[: steps * batch]
-    batches = Batches(x, y, batch, shuffle=True, seed=spec.seed, augment=spec.data.augment, **norm)
-    train_one_epoch(model, batches, 0, opt, device, spec.train, quiet, phases)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}

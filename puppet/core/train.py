@@ -461,3 +461,22 @@ def train_main(spec: RunSpec, out_dir: str | Path, time_limit_min: float | None 
             provenance={"config_hash": spec.hash, "git_commit": commit},
             oom_hint="lower train.batch_size or max_channels",
         )
+
+
+def train_steps(spec, steps: int = 2) -> dict[str, torch.Tensor]:
+    """The weights of ``spec``'s model after its first ``steps`` optimizer steps, trained as the train
+    job trains (its data, seed, ``prepare``, optimizer, phases and ``train_one_epoch``)."""
+    device, splits, model = materialise(spec, for_training=True)
+    norm = dict(mean=splits.mean, std=splits.std, device=device)
+    batch = spec.train.batch_size
+    if isinstance(model, Prepares):
+        model.prepare(x for x, _ in Batches(splits.x_train, splits.y_train, spec.train.eval_batch_size, **norm))
+    opt = make_optimizer(model, spec.train)
+    phases = PhasePlan.build(spec, model, steps)
+    quiet = Progress(1, spec.model)
+    quiet.live = False
+    quiet.say = lambda text: None
+    x, y = splits.x_train[: steps * batch], splits.y_train[: steps * batch]
+    batches = Batches(x, y, batch, shuffle=True, seed=spec.seed, augment=spec.data.augment, **norm)
+    train_one_epoch(model, batches, 0, opt, device, spec.train, quiet, phases)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
