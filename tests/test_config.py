@@ -389,3 +389,13 @@ def test_a_width_beyond_the_guard_is_refused_naming_the_bound():
     with pytest.raises(ConfigError, match=bound):
         validate_config(_base(max_channels=5120))
     assert validate_config(_base(max_channels=2048))["max_channels"] == 2048
+
+
+def test_a_flow_mapping_without_the_space_after_its_colon_is_named():
+    """``data_sources={cifar10:/x.npz}`` is one key to YAML: say that, not "not a dataset name"."""
+    with pytest.raises(
+        ConfigError,
+        match=r"'cifar10:/x.npz' reads as one name: YAML needs a space after the colon, "
+        r"e.g. data_sources=\{cifar10: /x.npz\}",
+    ):
+        validate_config(_base(data_sources={"cifar10:/x.npz": None}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +121,26 @@ def _describe(error) -> str:
     return f"config {where}: {error.message}"
 
 
+def _refuse_glued(value: object, where: str = "") -> None:
+    """``data_sources={cifar10:/x.npz}`` is one key ``cifar10:/x.npz`` to YAML, which needs a space
+    after a flow mapping's colon: say so, rather than "not a dataset name"."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and re.search(r"^[A-Za-z_]\w*:\S", key):
+                name, rest = key.split(":", 1)
+                raise ConfigError(
+                    f"config {where or '(top level)'}: {key!r} reads as one name: YAML needs a space after the "
+                    f"colon, e.g. {where or 'KEY'}={{{name}: {rest}}}"
+                )
+            _refuse_glued(item, f"{where}.{key}" if where else str(key))
+
+
 def validate_config(config: dict, schema_path: Path = SCHEMA_PATH) -> dict:
     """Return a validated copy of ``config`` with every default filled in."""
     import jsonschema
 
     schema = load_schema(schema_path)
+    _refuse_glued(config)
     config = _coerce(schema, copy.deepcopy(dict(config)), schema)
     config = _fill_defaults(schema, config)
     validator = jsonschema.Draft202012Validator(schema)
