@@ -46,7 +46,7 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.
     full_env.pop("PUPPET_FAILPOINT", None)
     full_env.update(env or {})
     return subprocess.run(
-        [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(workdir), "--configfile", SMOKE, *args],
+        [SNAKEMAKE, "tables", "-p", "--cores", "2", "--directory", str(workdir), "--configfile", SMOKE, *args],
         cwd=REPO,
         env=full_env,
         capture_output=True,
@@ -164,7 +164,7 @@ def test_a_run_on_a_full_or_read_only_disk_fails_with_its_cause_and_the_others_f
         mount = f"mount -t tmpfs -o size=64k tmpfs {folder} && dd if=/dev/zero of={folder}/fill bs=1k count=100"
     else:
         mount = f"mount --bind {folder} {folder} && mount -o remount,ro,bind {folder}"
-    cmd = [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *GRID]
+    cmd = [SNAKEMAKE, "tables", "-p", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *GRID]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PUPPET_FAILPOINT", None)
     script = f"{mount} 2>/dev/null; exec {' '.join(map(shlex.quote, cmd))}"

@@ -69,3 +69,17 @@ def test_end_summary_lists_failed_and_unfinished_runs(tmp_path):
     assert invocation.end_summary([done], crashed_ok=False) == ([], False)
     lines, any_failed = invocation.end_summary([paused, done], crashed_ok=True)  # succeeded: nothing crashed
     assert (lines, any_failed) == ([], False)
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_is_not_called_not_started(tmp_path):
+    """Ctrl-C in the first epoch: the run's log exists, its checkpoint does not; only a run with a log
+    points at it."""
+    begun = _run(tmp_path, "resnet", train=None, measure=None)
+    (begun / "train.log").write_text("==== attempt started ...\n")
+    never = _run(tmp_path, "vgg", train=None, measure=None)
+    lines, _ = invocation.end_summary([inspect_run(begun), inspect_run(never)], crashed_ok=False)
+    assert any(
+        "resnet/seed0: started, stopped before its first checkpoint (a rerun starts it over); see " in line
+        for line in lines
+    )
+    assert any(line.endswith("vgg/seed0: not started") for line in lines)  # no log to point at

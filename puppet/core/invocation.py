@@ -188,7 +188,10 @@ def end_summary(
         return [], False
     what = f"{len(failed)} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")
     lines = [f"\n{what} of {len(states) + len(lost)} run(s):", *(f"  {line}" for line in failed)]
-    lines += [f"  UNFINISHED {short(s)}: {s.describe()}; see {s.path / 'train.log'}" for s in unfinished[:20]]
+    lines += [
+        f"  UNFINISHED {short(s)}: {s.describe()}" + (f"; see {s.path / 'train.log'}" if s.started else "")
+        for s in unfinished[:20]
+    ]
     if len(unfinished) > 20:
         lines.append(f"  ... and {len(unfinished) - 20} more unfinished")
     marked = " (the tables mark the failed ones" + ("; the runs left out are not in them)." if lost else ").")

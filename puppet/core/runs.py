@@ -72,6 +72,7 @@ class RunState:
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # (file, what is wrong)
     stop: str = ""  # a stopped run: how (the train job's one-line message, from stopped.json)
     writer: int | None = None  # PID of a live process holding the run folder's writer lock
+    started: bool = False  # a train job began here (its log exists), whether or not it got far
 
     @property
     def failed(self) -> bool:
@@ -91,6 +92,8 @@ class RunState:
             )
         if self.train == "stopped":
             return f"{self.stop} (checkpoint kept)"
+        if self.train == "missing" and self.started:
+            return "started, stopped before its first checkpoint (a rerun starts it over)"
         return {"missing": "not started", "paused": "paused (checkpoint kept)", "error": "failed"}.get(
             self.train, self.train
         )
@@ -163,6 +166,7 @@ def inspect_run(path: str | Path) -> RunState:
         if problem:
             state.damaged.append((model_pt, problem))
     state.writer = lock_holder(path)
+    state.started = (path / "train.log").exists()
     if state.train == "corrupt":
         state.error = f"damaged train.json ({state.damaged[0][1]})"
     elif state.train == "ok" and state.measure == "corrupt":
