@@ -174,7 +174,7 @@ def _build_row(table: Table, row: Row, metrics: Runs, deployment: str, label: st
     for col in ("profile", "recipe", "data_source", "device"):
         present = first[col].dropna().astype(str).unique() if col in first else []
         out[col] = ",".join(sorted(present))
-    for col in ("epochs", "train_size", "throughput_batch"):
+    for col in ("epochs", "train_size", "throughput_batch", "max_channels"):
         out[col] = first[col].iloc[0] if col in first and not first.empty else math.nan
     if table.comparable is not None:
         out["comparable"] = bool(row.model) and all(not o.empty and table.comparable(o) for o in ok.values())

@@ -35,7 +35,7 @@ from puppet.report.models import FIG4_FAMILIES, PAPER_WIDTH, described, load_mod
 COST_AXES = {
     "stored_params": "stored parameters",
     "macs": "MACs per image (batch 1)",
-    "latency_s_per_img": "latency (s/img, batch 1)",
+    "latency_s_per_img": "latency per image (batch 1)",
 }
 FAMILY_COLOURS = {
     "fixed": "tab:blue",
@@ -44,6 +44,14 @@ FAMILY_COLOURS = {
     "adaptive_depth": "tab:purple",
     "pde": "tab:orange",
     "node": "tab:brown",
+}
+FAMILY_NAMES = {
+    "fixed": "fixed CNN",
+    "puppet": "Puppet-CNN",
+    "adaptive_params": "adaptive kernels",
+    "adaptive_depth": "adaptive depth",
+    "pde": "PDE Global",
+    "node": "Neural ODE",
 }
 MARKERS = "osD^v<>pP*Xhd"
 
@@ -74,11 +82,16 @@ def _is_default(p: pd.Series) -> bool:
     return p.get("deployment", DEFAULT_DEPLOYMENT) == DEFAULT_DEPLOYMENT
 
 
-def _label(p: pd.Series) -> str:
+def _own_recipe(p: pd.Series) -> bool:
     recipe = p.get("recipe")
-    own = isinstance(recipe, str) and recipe not in ("", "default")
+    return isinstance(recipe, str) and recipe not in ("", "default")
+
+
+def _label(p: pd.Series) -> str:
+    """The model's legend entry: its name, the deployment in brackets, * when it has its own recipe
+    (the legend's title says so; metrics.csv names the recipe)."""
     name = p["model"] if _is_default(p) else f"{p['model']} [{p['deployment']}]"
-    return f"{name} (recipe {recipe})" if own else name
+    return f"{name} *" if _own_recipe(p) else name
 
 
 def save(fig, path_stem: Path) -> list[Path]:
@@ -138,21 +151,71 @@ def describe_runs(metrics: pd.DataFrame, dataset: str) -> str:
 
 
 def _engineering(ax, unit: str) -> None:
-    """Readable log-axis ticks: 20 k, 500 µs; minor ticks unlabelled (they collided on short ranges)."""
+    """Readable log-axis ticks: 20 k, 500 µs (the unit on the ticks, not in the label); 1-2-5 steps on
+    a short range, decades on a long one (1-2-5 over four decades collided: "50 k100 k200 k");
+    minor ticks unlabelled. Call it after the data is drawn: the range decides."""
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    low, high = ax.get_xlim()
+    decades = np.log10(high / low) if low > 0 and high > low else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0, 3.0) if decades <= 3.5 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
     ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=" "))
     ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _key_handles(families: list[str], deployments: bool) -> list:
+    """The figure's key: one colour per family shown, filled/hollow, the frontier."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", linestyle="none", color=FAMILY_COLOURS.get(f, "grey"), label=FAMILY_NAMES.get(f, f))
+        for f in families
+    ]
+    if deployments:
+        handles.append(Line2D([], [], marker="o", linestyle="none", color="grey", label="default deployment"))
+        handles.append(
+            Line2D([], [], marker="o", linestyle="none", color="grey", markerfacecolor="none", label="other deployment")
+        )
+    handles.append(Line2D([], [], color="black", alpha=0.4, label="Pareto frontier"))
+    return handles
+
+
+def _legends(fig, handles, labels, families, deployments: bool, own_recipe: bool, columns: int) -> None:
+    """The family key above the panels, the models below them in at most ``columns`` columns: never
+    beside the data (47 entries in one column took 40% of the width)."""
+    models = [(h, lab) for h, lab in zip(handles, labels) if lab != "Pareto frontier"]
+    key = _key_handles(families, deployments)
+    key_cols = len(key) if columns >= 5 else -(-len(key) // 2)
+    fig.legend(handles=key, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=key_cols, fontsize=8, frameon=False)
+    ncol = max(1, min(columns, -(-len(models) // 10)))
+    title = "models (* trained with its own recipe)" if own_recipe else "models"
+    fig.legend(
+        [h for h, _ in models],
+        [lab for _, lab in models],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol,
+        fontsize=7,
+        title=title,
+        title_fontsize=8,
+        frameon=False,
+    )
 
 
 def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: str = "") -> list[Path]:
     data = summary[summary["dataset"] == dataset]
     written = []
     seeds = int(data["n_seeds"].max()) if len(data) else 1
+    families = sorted(
+        {_family(m) for m in data["model"]}, key=lambda f: list(FAMILY_COLOURS).index(f) if f in FAMILY_COLOURS else 99
+    )
+    deployments = bool(len(data)) and not data.apply(_is_default, axis=1).all()
+    own_recipe = any(_own_recipe(p) for _, p in data.iterrows())
+    bars = " · error bars: std over seeds" if seeds > 1 else ""
     fig_all, axes = plt.subplots(1, len(COST_AXES), figsize=(5 * len(COST_AXES), 4), sharey=True)
     for ax_all, (x, xlabel) in zip(axes, COST_AXES.items()):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
+        fig, ax = plt.subplots(figsize=(6, 4.5))
         pts = data.dropna(subset=[x, "top1"])
         pts = pts[pts[x] > 0]
         for target in (ax, ax_all):
@@ -186,20 +249,14 @@ def accuracy_vs_cost(summary: pd.DataFrame, dataset: str, out_dir: Path, about: 
             target.set_xlabel(xlabel)
             target.grid(alpha=0.3, which="both")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{dataset}: top-1 vs {xlabel}" + (f"\n{about}" if about else ""), fontsize=10)
-        ax.legend(
-            fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0
-        )  # beside the data, never on it
+        ax.set_title(f"{dataset}: top-1 against {xlabel}" + (f"\n{about}{bars}" if about else bars), fontsize=10)
+        handles, labels = ax.get_legend_handles_labels()
+        _legends(fig, handles, labels, families, deployments, own_recipe, columns=3)
         written += save(fig, out_dir / f"{dataset}_top1_vs_{x}")
     axes[0].set_ylabel("top-1 accuracy (%)")
     handles, labels = axes[-1].get_legend_handles_labels()
-    fig_all.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    bars = "; error bars: std over seeds" if seeds > 1 else ""
-    fig_all.suptitle(
-        f"{dataset}: accuracy against cost ({about}; colour = family; hollow: another deployment of the model [named]"
-        f"{bars}; a model with its own recipe says so)",
-        fontsize=10,
-    )
+    _legends(fig_all, handles, labels, families, deployments, own_recipe, columns=5)
+    fig_all.suptitle(f"{dataset}: accuracy against cost" + (f" ({about}){bars}" if about else bars), fontsize=10, y=1.1)
     written += save(fig_all, out_dir / f"{dataset}_top1_vs_cost")
     return written
 

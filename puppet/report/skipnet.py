@@ -116,6 +116,11 @@ def render(frame: pd.DataFrame) -> str:
     return "\n".join(markdown(TABLE, part, title) for title, part in sections(TABLE, frame))
 
 
+# The smallest top-1 range a panel shows (pp): a spread of 0.1 pp drawn over the full height looked
+# like a trade-off.
+MIN_TOP1_SPAN = 4.0
+
+
 def _knob(reward: str) -> float:
     """The number of a reward's label ("alpha 0.01", "target rate 0.5")."""
     return float(str(reward).rsplit(" ", 1)[-1])
@@ -152,6 +157,10 @@ def _panel(ax, sub: pd.DataFrame, title: str) -> None:
         )
         ax.annotate(text, (x, y), fontsize=7, xytext=(5, -4), textcoords="offset points", va="top")
     ax.margins(x=0.25, y=0.15)
+    low, high = ax.get_ylim()
+    if high - low < MIN_TOP1_SPAN:  # 0.1 pp must not fill the panel's height
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_TOP1_SPAN / 2, middle + MIN_TOP1_SPAN / 2)
     ax.set_xlabel("mean Mult-Adds per image (M, ptflops, batch 1)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title, fontsize=9)
@@ -184,6 +193,8 @@ def plot_tradeoff(frame: pd.DataFrame):
                 ax.text(0.5, 0.5, f"{dataset}: no {kind} SkipNet run", ha="center", va="center")
                 continue
             backbone = sub["backbone"].iloc[0] if sub["backbone"].nunique() == 1 else "several backbones"
-            _panel(ax, sub, f"{dataset}, {kind}: {backbone}")
+            widths = sorted({int(w) for w in sub.get("max_channels", pd.Series(dtype=float)).dropna()})
+            runs = f"\nthese runs: max_channels {'/'.join(map(str, widths))}" if widths else ""
+            _panel(ax, sub, f"{dataset}, {kind}: {backbone}{runs}")
     fig.tight_layout()
     return fig
