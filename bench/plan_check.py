@@ -81,7 +81,7 @@ def main() -> None:
         sys.exit(f"snakemake failed ({run.returncode}); its log:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     measured = job_seconds(run.stdout + run.stderr)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from puppet.core.measure import cpu_name
+    from puppet.core.repro import cpu_model as cpu_name
 
     rows = []
     for r in plan.itertuples():

@@ -83,6 +83,7 @@ def finished(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("finished")
     proc = snakemake(workdir, *GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (workdir / "console.txt").write_text(output(proc))  # the job order, for the timing-isolation test
     return workdir
 
 
@@ -96,6 +97,38 @@ RESULT_KEYS = ("top1", "top5", "test_loss", "final_train_loss", "config_hash")
 
 
 # --------------------------------------------------------------------------- the workflow
+
+
+def job_events(console: str) -> list[tuple[str, int, str]]:
+    """("start" | "end", jobid, rule) in the order Snakemake's console reports them."""
+    events, rule = [], None
+    for line in console.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("jobid:") and rule:
+            events.append(("start", int(line.split(":")[1]), rule))
+            rule = None
+        elif line.startswith("Finished jobid:"):
+            events.append(("end", int(line.split()[2]), line.split("Rule: ")[1].rstrip(")")))
+    return events
+
+
+@pytest.mark.slow
+def test_a_timing_job_never_runs_beside_another_job(finished):
+    """The default profile's machine resource: a measure job starts only when nothing runs, and
+    nothing starts until it ends (two cores, three runs: training could run beside it before)."""
+    running: dict[int, str] = {}
+    measured = 0
+    for kind, job, rule in job_events((finished / "console.txt").read_text()):
+        if kind == "start":
+            assert not any(r == "measure" for r in running.values()), f"{rule} started beside a measure job"
+            if rule == "measure":
+                assert not running, f"a measure job started beside {sorted(running.values())}"
+                measured += 1
+            running[job] = rule
+        else:
+            running.pop(job, None)
+    assert measured == 3
 
 
 @pytest.mark.slow

@@ -197,7 +197,8 @@ def test_the_cpu_is_named_in_every_timing_record():
     """The model of the CPU, not only its architecture: runs retrained on another CPU can differ."""
     import platform
 
-    from puppet.core.measure import cpu_name, environment
+    from puppet.core.measure import environment
+    from puppet.core.repro import cpu_model as cpu_name
 
     device = environment(torch.device("cpu"), 1)["device"]
     assert device.startswith("cpu (") and platform.machine() in device and cpu_name() in device

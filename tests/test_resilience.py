@@ -166,3 +166,37 @@ def test_a_log_that_cannot_be_written_does_not_kill_the_job(tmp_path):
     assert proc.returncode == 0
     assert "warning: the job's log cannot be written (Broken pipe)" in proc.stdout and "done: " in proc.stdout
     assert json.loads((tmp_path / "run" / "train.json").read_text())["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- a quiet machine for timing
+
+
+def test_busy_cores_sees_another_process_spinning():
+    from puppet.core import timing
+
+    quiet = timing.busy_cores()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = timing.busy_cores()
+    finally:
+        spinner.kill()
+        spinner.wait()
+    if quiet is None:
+        pytest.skip("the system does not report CPU time (/proc/stat)")
+    assert busy >= 0.5 and busy > quiet  # one spinning process: about one core
+
+
+def test_a_timing_started_on_a_busy_machine_is_flagged_in_its_rows(tmp_path, monkeypatch, capsys):
+    from puppet.core import measure
+
+    spec = _spec(epochs=1)
+    assert train_main(spec, tmp_path)["status"] == "ok"
+    monkeypatch.setattr(measure.timing, "wait_for_quiet", lambda: 1.7)
+    record = measure.measure_main(spec, tmp_path)
+    assert record["status"] == "ok"
+    assert all(r["timing_contended"] and r["machine_busy_cores"] == 1.7 for r in record["deployments"])
+    out = capsys.readouterr().out
+    assert "1.7 of" in out and "cores were busy with other processes" in out and "timing_contended" in out
+    monkeypatch.setattr(measure.timing, "wait_for_quiet", lambda: 0.1)
+    assert not any(r["timing_contended"] for r in measure.measure_main(spec, tmp_path)["deployments"])

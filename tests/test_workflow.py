@@ -53,7 +53,7 @@ def parsed_cli(*args, cwd=REPO) -> dict:
 DEFAULT_PROFILE = {
     "keep_going": True,
     "rerun_incomplete": True,
-    "resources": {"gpu": 1, "speed_lock": 1},
+    "resources": {"gpu": 1, "speed_lock": 1, "machine": 100},
     "rerun_triggers": ["input", "mtime", "params"],
 }
 

@@ -56,6 +56,7 @@ from puppet.core.protocols import (
     ReportsStats,
     RoutesPerInput,
 )
+from puppet.core.repro import cpu_model
 from puppet.core.runs import inspect_run, record_failure, remove_orphan_temporaries
 from puppet.core.specs import MeasureSpec, RunSpec
 
@@ -230,25 +231,11 @@ def measure_macs(model: nn.Module, batches: Batches, n_images: int) -> dict[str,
     return record
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux: ``/proc/cpuinfo``), else what the platform says. Recorded with
-    every timing, and worth it beyond speed: float32 training differs in its last bits between CPUs,
-    so a run retrained on another CPU can end points of accuracy away (docs/results.md)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:  # the CPU's model where the system names it: "cpu (AMD EPYC, x86_64)"
-        cpu, machine = cpu_name(), platform.machine()
+        cpu, machine = cpu_model(), platform.machine()
         name = f"cpu ({cpu}, {machine})" if cpu != machine else f"cpu ({machine})"
     return {
         "device": name,
@@ -403,7 +390,17 @@ def measure_main(spec: RunSpec, run_dir: Path, deploy_options: dict[str, Any] | 
             ) from None
         test = Batches(splits.x_test, splits.y_test, 1, splits.mean, splits.std, device=device)
         context = deploy_context(splits, device, deploy_options)
+        busy = timing.wait_for_quiet()  # the workflow runs timing jobs alone; something else may not
+        contended = busy is not None and busy >= timing.QUIET_CORES
+        if contended:
+            print(
+                f"warning: {spec.label}: {busy:.1f} of {os.cpu_count()} cores were busy with other processes when "
+                f"timing started; its latencies are flagged timing_contended",
+                flush=True,
+            )
         deployments = measure_model(model, test, spec.measure, device, context, cost_only=spec.cost_only)
+        for row in deployments:
+            row.update(machine_busy_cores=busy, timing_contended=contended)
         failed = [r for r in deployments if r["status"] != "ok"]
         for r in failed:
             print(f"measure failed: {spec.label} ({r['deployment']}): {r['error']}", flush=True)

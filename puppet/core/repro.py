@@ -25,7 +25,8 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what the platform says."""
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what the platform says: recorded with
+    every run (``machine``) and every timing (``puppet.core.measure.environment``)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

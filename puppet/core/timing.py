@@ -191,3 +191,51 @@ def compare(
 def p90(calls: list[list[float]]) -> float:
     """90th percentile of every timed call (numpy's linear interpolation): the harness' one p90."""
     return float(np.percentile([t for r in calls for t in r], 90))
+
+
+# --------------------------------------------------------------------------- a quiet machine
+
+# A timing job waits (up to QUIET_PATIENCE_S, or $PUPPET_QUIET_PATIENCE_S) for the rest of the
+# machine to use less than QUIET_CORES cores, sampled over QUIET_WINDOW_S while it sleeps; if it never
+# does, the job times all the same and its rows say so (timing_contended, machine_busy_cores).
+QUIET_CORES = 0.5
+QUIET_WINDOW_S = 0.5
+QUIET_PATIENCE_S = 30.0
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = QUIET_WINDOW_S) -> float | None:
+    """Cores kept busy by other processes over ``window_s`` seconds, while this one sleeps (None where
+    the system does not say)."""
+    import os
+
+    before = _cpu_jiffies()
+    time.sleep(window_s)
+    after = _cpu_jiffies()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(patience_s: float | None = None, threshold: float = QUIET_CORES) -> float | None:
+    """Wait until other processes use under ``threshold`` cores, at most ``patience_s`` seconds;
+    return the last sample (cores busy; None where unknown)."""
+    import os
+
+    if patience_s is None:
+        patience_s = float(os.environ.get("PUPPET_QUIET_PATIENCE_S", QUIET_PATIENCE_S))
+    deadline = time.monotonic() + patience_s
+    busy = busy_cores()
+    while busy is not None and busy >= threshold and time.monotonic() < deadline:
+        busy = busy_cores(1.0)
+    return busy

@@ -46,6 +46,8 @@ COLUMNS = KEY + [
     "latency_ci_low_s_per_img",
     "latency_ci_high_s_per_img",
     "latency_noisy",
+    "timing_contended",
+    "machine_busy_cores",
     "latency_p90_s_per_img",
     "throughput_img_per_s",
     "throughput_ci_low_img_per_s",

@@ -66,6 +66,12 @@ wildcard_constraints:
 ENV_FILE = str(Path(workflow.basedir).parent / "environment.yml")
 
 
+# The default workflow profile's global `machine: 100`: a timing job takes all of it (it runs alone on
+# the machine), every other job one share, so none runs beside a timing job (workflow/profiles/default).
+MACHINE_SHARE = 1
+MACHINE_ALL = 100
+
+
 # A train, measure or MOR job asks for one GPU unless the profile runs on the CPU: on SLURM the
 # resource becomes --gpus=1, which a CPU-only partition refuses ("Invalid generic resource").
 GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1

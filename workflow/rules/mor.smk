@@ -17,6 +17,8 @@ rule mor_report:
     params:
         expect=MOR_FIGURES,  # a run without measured reductions gets a figure that says so
         rebuilds=derived_rebuilds("mor_report"),  # a damaged mor.csv is rebuilt (rules/common.smk)
+    resources:
+        machine=MACHINE_SHARE,
     log:
         "results/logs/mor_report.log",
     conda:

@@ -10,6 +10,8 @@ rule collate:
     params:
         # damaged copies of metrics.csv kept so far: a cut row or header rebuilds it (rules/common.smk)
         rebuilds=derived_rebuilds("collate"),
+    resources:
+        machine=MACHINE_SHARE,
     log:
         "results/logs/collate.log",
     conda:
@@ -50,6 +52,8 @@ rule describe_models:
         report("results/models.csv", category="Tables", subcategory="Models", caption="../report/models.rst"),
     params:
         rebuilds=derived_rebuilds("describe_models"),
+    resources:
+        machine=MACHINE_SHARE,  # builds every model at 512 channels: never beside a timing job
     log:
         "results/logs/describe_models.log",
     conda:
@@ -77,6 +81,8 @@ rule paper_tables:
         "results/tables.tex",
     params:
         rebuilds=derived_rebuilds("paper_tables"),
+    resources:
+        machine=MACHINE_SHARE,
     log:
         "results/logs/tables.log",
     conda:
@@ -117,6 +123,8 @@ rule plot_figures:
             subcategory="SkipNet: configurations and trade-off",
             caption="../report/skipnet.rst",
         ),
+    resources:
+        machine=MACHINE_SHARE,
     log:
         "results/logs/figures.log",
     conda:

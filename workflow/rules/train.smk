@@ -15,6 +15,7 @@ rule train:
     threads: 2
     resources:
         gpu=GPUS_PER_JOB,
+        machine=MACHINE_SHARE,
         **planned_runtime("train"),
     # train.log holds this attempt, train.log.history every attempt (STDERR_TO_LOG). Exit code
     # 75: paused by train.time_limit_min at an epoch boundary, checkpoint saved and no
@@ -26,8 +27,8 @@ rule train:
 
 
 rule measure:
-    # Timing jobs run one at a time (speed_lock is a global resource set to 1 in the
-    # workflow profile) and hold the GPU, so no training runs beside them there.
+    # Timing jobs run alone: all of the default profile's `machine` resource (no other job beside
+    # them, CPU or GPU), speed_lock (one at a time under any profile that declares it) and the GPU.
     input:
         f"{RUN_DIR}/train.json",
     output:
@@ -44,6 +45,7 @@ rule measure:
     resources:
         gpu=GPUS_PER_JOB,
         speed_lock=1,
+        machine=MACHINE_ALL,
         **planned_runtime("measure"),
     conda:
         ENV_FILE
