@@ -115,9 +115,9 @@ def caption(frame: pd.DataFrame) -> str:
         "batch or protocol, so no Δ. Depth: residual blocks plus Global layers from the model code (the "
         "poster's 6 for ResNet-Global is not resolved by its code, which has 4 blocks and 3 Global layers). "
         "Accuracy Δ only for runs trained with the poster's protocol (whole training split, 300 epochs): "
-        "the `comparable` column. Ours is the test top-1 after the last epoch; the poster's is the best test "
-        "accuracy over epochs, which the official `train.py` keeps (it tests every epoch): the Δ is against "
-        "a best-epoch number and leans against us by the gap between the last and the best epoch."
+        "the `comparable` column of table_pde.csv. Ours is the test top-1 after the last epoch; the poster's is "
+        "the best test accuracy over epochs, which the official `train.py` keeps (it tests every epoch): the Δ "
+        "is against a best-epoch number and leans against us by the gap between the last and the best epoch."
     )
 
 
