@@ -262,8 +262,8 @@ def _label(r: pd.Series) -> str:
 def _columns(table: Table, frame: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """Headers, cells and each row's notes: the one layout both renderers share."""
     header = ["Row", *(h for _, h in table.text)]
-    for m in table.metrics:
-        header += [f"{m.header} ours", "paper", "Δ"] if table.compared else [m.header]
+    for m in table.metrics:  # each heading names its metric: a bare "paper" / "Δ" is lost in 19 columns
+        header += [f"{m.header} ours", f"{m.header} paper", f"{m.header} Δ"] if table.compared else [m.header]
     cells, notes = [], []
     for _, r in frame.iterrows():
         line = [_label(r), *(str(r.get(k) or "") for k, _ in table.text)]
@@ -277,6 +277,11 @@ def _columns(table: Table, frame: pd.DataFrame) -> tuple[list[str], list[list[st
             ]
         cells.append(line)
         notes.append([part for part in str(r.get("note") or "").split("; ") if part])
+    # a number column with no number in any row says nothing: left to the CSV
+    keep = [i for i in range(len(header)) if i <= len(table.text) or any(line[i] != "–" for line in cells)]
+    if cells and len(keep) < len(header):
+        header = [header[i] for i in keep]
+        cells = [[line[i] for i in keep] for line in cells]
     return header, cells, notes
 
 
@@ -308,11 +313,8 @@ def markdown(table: Table, frame: pd.DataFrame, title: str = "", caption: str | 
 def latex(table: Table, frame: pd.DataFrame, title: str = "") -> str:
     """One built table as LaTeX (booktabs rules), rendered by pandas' Styler: the same cells as
     ``markdown``, notes left to the CSV and Markdown."""
-    header, cells, _ = _columns(table, frame)
-    unique = []  # Styler needs distinct column names; "paper" and "Δ" repeat per metric
-    for i, h in enumerate(header):
-        unique.append(h if h not in ("paper", "Δ") else f"{header[i - 1 if h == 'paper' else i - 2][:-5]} {h}")
-    styler = pd.DataFrame(cells, columns=unique).style.hide(axis="index")
+    header, cells, _ = _columns(table, frame)  # distinct headings, as Styler needs: each names its metric
+    styler = pd.DataFrame(cells, columns=header).style.hide(axis="index")
     styler = styler.format(escape="latex").format_index(escape="latex", axis=1)  # model_names, 100%
     caption = (title or table.title).replace("\\", "").replace("_", r"\_").replace("%", r"\%")
     return (
