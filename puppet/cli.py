@@ -63,20 +63,12 @@ def _config(configfiles: list[str] | None, sets: list[str] | None, **top: object
 
 
 def _job_status(record: dict) -> int:
-    """A train or measure job's record could not be written (exit 74): Snakemake must see it fail."""
-    return record.get("exit_code", 74) if record.get("unwritten") else 0
-
-
-def _train_status(record: dict) -> int:
-    """The train command's exit status: 75 paused by the time limit, 128 + N stopped by signal N
-    (143 SIGTERM, 130 SIGINT), 73 refused because another process writes the run folder, 74 its
-    record could not be written (a full or read-only disk), else 0 (a failed run is a status=error
-    record, not a crash)."""
+    """A train or measure job's exit status: the record's own ``exit_code`` where it has one (128 + N
+    stopped by signal N, 73 another process writes the run folder, 74 the record could not be
+    written), 75 paused by the time limit, else 0 (a failed run is a status=error record, not a crash)."""
     from puppet.core.train import PAUSED_EXIT_CODE
 
-    return {"paused": PAUSED_EXIT_CODE, "stopped": record.get("exit_code", 1), "busy": record.get("exit_code", 1)}.get(
-        record["status"], _job_status(record)
-    )
+    return PAUSED_EXIT_CODE if record["status"] == "paused" else record.get("exit_code", 0)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
             raise SystemExit("error: --spec needs --out-dir")
         # a failed run is a status=error row, not a crash; a paused one is neither
         record = train_main(_spec(args.spec), args.out_dir, time_limit_min=args.time_limit_min)
-        return _train_status(record)
+        return _job_status(record)
     if not (args.model and args.dataset):
         raise SystemExit("error: name the run with --model and --dataset (or pass a --spec)")
     from puppet.core.config import run_spec
@@ -102,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{spec.label} (profile {spec.profile}, recipe {spec.recipe}, {spec.epochs} epochs) -> {out_dir}", flush=True)
     record = train_main(spec, out_dir, time_limit_min=limit)
     if record["status"] in ("paused", "stopped", "busy"):
-        return _train_status(record)
+        return _job_status(record)
     if record["status"] != "ok":
         return 1  # train_main printed the one-line error and wrote the error record
     if args.measure:  # (train_main printed the run's headline)
@@ -156,7 +148,7 @@ def _measure(args: argparse.Namespace) -> int:
 
     options = json.loads(args.deploy_options)  # a failed measurement is a status=error row
     record = measure_main(_spec(args.spec), args.run_dir, options)
-    return record.get("exit_code", 1) if record["status"] == "busy" else _job_status(record)
+    return _job_status(record)
 
 
 def _mor_report(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -87,16 +86,15 @@ def run_job(
     another live process holds it, nothing is written and the record ``{"status": "busy", "exit_code":
     73}`` names that process's PID. When the record itself cannot be written (a full or read-only
     disk), it carries ``unwritten`` (why) and ``exit_code`` 74, and the failure is in a fallback ledger."""
-    with ExitStack() as held:
-        try:
-            held.enter_context(writer_lock(run_dir, stage))
-        except RunBusyError as exc:  # nothing is written: the folder is another process's
-            print(f"{failed}: {exc}", file=sys.stderr)
-            print(f"{failed}: {spec.label}: {exc}", flush=True)
-            return {"status": "busy", "error": str(exc), "exit_code": BUSY_EXIT_CODE}
-        return _run_locked(
-            stage, fn, spec=spec, run_dir=run_dir, failed=failed, log=log, provenance=provenance, oom_hint=oom_hint
-        )
+    try:
+        with writer_lock(run_dir, stage):  # raises RunBusyError on entry only (fn's errors are recorded)
+            return _run_locked(
+                stage, fn, spec=spec, run_dir=run_dir, failed=failed, log=log, provenance=provenance, oom_hint=oom_hint
+            )
+    except RunBusyError as exc:  # nothing is written: the folder is another process's
+        print(f"{failed}: {exc}", file=sys.stderr)
+        print(f"{failed}: {spec.label}: {exc}", flush=True)
+        return {"status": "busy", "error": str(exc), "exit_code": BUSY_EXIT_CODE}
 
 
 def _run_locked(stage, fn, *, spec, run_dir, failed, log, provenance, oom_hint) -> dict[str, Any]:

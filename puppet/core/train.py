@@ -268,6 +268,12 @@ def main(
         phases.enter(start_epoch * steps_per_epoch)
     last_epoch_s = None  # measured in this sitting (with its checkpoint save); None until one epoch ran
 
+    def checkpoint(epochs_done: int, partial: dict | None = None) -> None:  # the run so far (and its epoch's steps)
+        save_checkpoint(
+            out_dir, spec, model, opt, sched, epochs_done=epochs_done, history=history,
+            train_time_s=train_time_s, commit=commit, partial=partial,
+        )  # fmt: skip
+
     def should_stop(epoch: int, steps_done: int) -> bool:  # asked after each optimizer step
         failpoint(spec, "step", epoch + 1, steps_done)
         return stop is not None and stop.requested
@@ -293,18 +299,7 @@ def main(
         )
         partial = None
         if "partial" in record:  # stopped by a signal: the epoch so far is saved, the rerun goes on from there
-            save_checkpoint(
-                out_dir,
-                spec,
-                model,
-                opt,
-                sched,
-                epochs_done=epoch,
-                history=history,
-                train_time_s=train_time_s,
-                commit=commit,
-                partial=record["partial"],
-            )
+            checkpoint(epoch, record["partial"])
             return _stopped(out_dir, stop, epoch + 1, record["partial"]["step"], spec.epochs)
         if phases is not None:
             record["phases"] = phases.names_in(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
@@ -313,17 +308,7 @@ def main(
         history.append(record)
         progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
         check_divergence(history)  # before the checkpoint: a rerun starts from the last healthy epoch
-        save_checkpoint(
-            out_dir,
-            spec,
-            model,
-            opt,
-            sched,
-            epochs_done=epoch + 1,
-            history=history,
-            train_time_s=train_time_s,
-            commit=commit,
-        )
+        checkpoint(epoch + 1)
         failpoint(spec, "epoch", epoch + 1)
         last_epoch_s = clock() - epoch_start
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec.epochs:

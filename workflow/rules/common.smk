@@ -50,7 +50,11 @@ MOR_RUN_PATHS = [
     if model_info(m).family == "node" and deploy_options(config, m)
 ]
 # results/figures/mor_<dataset>_<model>_seed<N>.png per such run (puppet/report/mor.py names it)
-MOR_FIGURES = [f"results/figures/mor_{'_'.join(Path(p).parts[3:6])}.png" for p in MOR_RUN_PATHS]
+def mor_figure(path):
+    return f"results/figures/mor_{'_'.join(Path(path).parts[3:6])}.png"
+
+
+MOR_FIGURES = [mor_figure(p) for p in MOR_RUN_PATHS]
 
 
 wildcard_constraints:
@@ -159,7 +163,7 @@ except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 RUN_PATHS[:] = [p for p in RUN_PATHS if p not in LEFT_OUT]
 MOR_RUN_PATHS[:] = [p for p in MOR_RUN_PATHS if p not in LEFT_OUT]
-MOR_FIGURES[:] = [f"results/figures/mor_{'_'.join(Path(p).parts[3:6])}.png" for p in MOR_RUN_PATHS]
+MOR_FIGURES[:] = [mor_figure(p) for p in MOR_RUN_PATHS]
 if workflow.is_main_process:
     invocation.say(f"warning: {path}: {why}; it is left out of this invocation" for path, why in LEFT_OUT.items())
     unfinished = {Path(p).parts[3] for p, s in STATES.items() if s.train != "ok"}
