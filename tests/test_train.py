@@ -175,3 +175,21 @@ def test_learns_real_cifar10_clearly_above_chance(tmp_path, cifar10_npz):
     record = train.main(spec, tmp_path)
     assert record["test_size"] == 1017
     assert record["top1"] > 25.0, record["top1"]
+
+
+@pytest.mark.parametrize("model", ["alexnet", "puppet_cnn"])
+def test_val_curve_records_a_curve_and_changes_no_weight(tmp_path, model):
+    """train.val_curve evaluates the validation split after each epoch (the learning curves) without
+    touching a weight, a running statistic or the data order; off, the run keeps its earlier identity."""
+    plain_spec, curve_spec = make_spec(model=model), make_spec(model=model, train={"val_curve": True})
+    assert plain_spec.hash == make_spec(model=model, train={"val_curve": False}).hash != curve_spec.hash
+    plain = train.main(plain_spec, tmp_path / "plain")
+    curve = train.main(curve_spec, tmp_path / "curve")
+    assert all("val_top1" not in h for h in plain["history"])
+    assert [0 <= h["val_top1"] <= 100 for h in curve["history"]] == [True, True]
+    weights = [torch.load(tmp_path / d / "model.pt", weights_only=False)["model"] for d in ("plain", "curve")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the test split's confusion matrix: rows are true classes, its diagonal the correct predictions
+    confusion = torch.tensor(curve["confusion"])
+    assert confusion.sum() == 64 and confusion.diag().sum() / 64 * 100 == pytest.approx(curve["top1"])

@@ -19,6 +19,8 @@ class EvalResult:
     num_samples: int
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. depth, exit, complexity
     stats_summary: dict[str, float] = field(default_factory=dict)  # mean of each per-sample stat
+    # confusion[i][j]: test images of class i predicted as class j (the claims' most-confused class pair)
+    confusion: list[list[int]] = field(default_factory=list)
 
 
 def collect_stats(model: torch.nn.Module, batch_size: int) -> dict[str, torch.Tensor]:
@@ -39,13 +41,18 @@ def evaluate(model: torch.nn.Module, batches: Batches) -> EvalResult:
     correct1 = correct5 = seen = 0
     loss_sum = 0.0
     per_sample: dict[str, list[torch.Tensor]] = {}
+    confusion = None
     for x, y in batches:
         logits = model(x)
+        classes = logits.shape[1]
+        if confusion is None:
+            confusion = torch.zeros(classes * classes, dtype=torch.long)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         correct1 += (topk[:, 0] == y).sum().item()
         correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+        confusion += torch.bincount((y * classes + topk[:, 0]).cpu(), minlength=classes * classes)
         seen += len(y)
         for key, value in collect_stats(model, len(y)).items():
             per_sample.setdefault(key, []).append(value)
@@ -57,4 +64,5 @@ def evaluate(model: torch.nn.Module, batches: Batches) -> EvalResult:
         num_samples=seen,
         per_sample=per,
         stats_summary={f"mean_{k}": float(v.mean()) for k, v in per.items()},
+        confusion=[] if confusion is None else confusion.view(classes, classes).tolist(),
     )

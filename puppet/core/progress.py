@@ -35,14 +35,18 @@ class Progress:
             self._bar.set_postfix_str(f"loss {loss:.3f} acc {acc:.3f} {img_s:,.0f} img/s", refresh=False)
             self._bar.update(1)
 
-    def epoch(self, epoch: int, loss: float, acc: float, img_s: float, seconds: float) -> None:
+    def epoch(
+        self, epoch: int, loss: float, acc: float, img_s: float, seconds: float, val_top1: float | None = None
+    ) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
         self.epoch_seconds.append(seconds)
         left = (self.total - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
         self.say(
-            f"epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} {img_s:,.0f} img/s "
+            f"epoch {epoch + 1}/{self.total}: loss {loss:.4f} train_acc {acc:.4f} "
+            + ("" if val_top1 is None else f"val_top1 {val_top1:.2f}% ")
+            + f"{img_s:,.0f} img/s "
             f"{seconds:.1f}s; run ETA {duration(left)}"
         )
 

@@ -29,6 +29,7 @@ NEUTRAL_KEYS: dict[tuple[str | None, str], Any] = {
     ("train", "phases"): None,
     (None, "model_revision"): 0,
     (None, "cost_only"): False,
+    ("train", "val_curve"): False,
 }
 # Neutral keys that ``to_dict`` also leaves out at their neutral value: keys added after finished runs
 # had their spec's JSON recorded as the train rule's params, so Snakemake's params rerun trigger
@@ -38,6 +39,7 @@ OMITTED_AT_NEUTRAL: tuple[tuple[str | None, str], ...] = (
     ("train", "phases"),
     (None, "model_revision"),
     (None, "cost_only"),
+    ("train", "val_curve"),
 )
 # Top-level keys that name, not determine, a run: out of the hash (the recipe's content is in it).
 LABEL_KEYS: dict[str, Any] = {"recipe": "default"}
@@ -132,6 +134,9 @@ class TrainSpec:
     max_grad_norm: float | None
     milestones: tuple[int, ...] | None = None  # epochs of the x0.1 steps of the "multistep" schedule
     phases: tuple[Phase, ...] | None = None  # named stages with their own learning-rate rule; None: one stage
+    # top-1 and loss on the validation split after every epoch, in the history (learning curves); it
+    # changes no weight, so the hash keeps it only when on (NEUTRAL_KEYS)
+    val_curve: bool = False
 
 
 @dataclass(frozen=True)

@@ -303,10 +303,15 @@ def main(
             return _stopped(out_dir, stop, epoch + 1, record["partial"]["step"], spec.epochs)
         if phases is not None:
             record["phases"] = phases.names_in(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+        if spec.train.val_curve and len(splits.y_val):  # the learning curve; the next epoch sets train mode again
+            val = evaluate(model, Batches(splits.x_val, splits.y_val, **eval_kw))
+            record["val_top1"], record["val_loss"] = val.top1, val.loss
         sched.step()
         train_time_s += record["seconds"]
         history.append(record)
-        progress.epoch(epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"])
+        progress.epoch(
+            epoch, record["loss"], record["train_acc"], record["img_per_s"], record["seconds"], record.get("val_top1")
+        )
         check_divergence(history)  # before the checkpoint: a rerun starts from the last healthy epoch
         checkpoint(epoch + 1)
         failpoint(spec, "epoch", epoch + 1)
@@ -336,6 +341,7 @@ def main(
         "final_train_acc": history[-1]["train_acc"] if history else None,
         "history": history,
         "stats": test.stats_summary,
+        "confusion": test.confusion,
         "calibration": calibration,
         **recipe_columns(spec, steps_per_epoch),
         "phase_steps": phases.record() if phases is not None else [],
