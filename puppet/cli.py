@@ -178,7 +178,7 @@ def _describe_models(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     from puppet.report.tables import write_tables
 
-    written = write_tables(args.metrics, args.out_dir, args.models)
+    written = write_tables(args.metrics, args.out_dir, args.models, args.claims)
     names = [f"{name}.csv" for name in written] + ["tables.md", "tables.tex"]
     _check(args, [args.out_dir / name for name in names])
     return 0
@@ -188,6 +188,25 @@ def _figures(args: argparse.Namespace) -> int:
     from puppet.report.figures import write_figures
 
     write_figures(args.metrics, args.out_dir, args.models, args.runs)
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from puppet.report.claims import ClaimError, read_records, write_claims
+    from puppet.report.collate import load_metrics
+    from puppet.report.curves import learning_curves, mor_seed_curves
+
+    metrics, records = load_metrics(args.metrics), read_records(args.runs)
+    mor = load_metrics(args.mor) if args.mor and args.mor.is_file() and args.mor.stat().st_size else None
+    try:
+        written = write_claims(metrics, mor, records, json.loads(args.claims), args.out_dir)
+    except ClaimError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    for dataset in args.datasets:
+        learning_curves(records, dataset, args.figures / f"{dataset}_learning_curves.png")
+    for dataset, model in (pair.split("/") for pair in args.mor_models):
+        mor_seed_curves(written["mor_seeds"], dataset, model, args.figures / f"mor_{dataset}_{model}_seeds.png")
+    _check(args, [args.out_dir / f"{name}.csv" for name in written] + [args.out_dir / "claims.md"])
     return 0
 
 
@@ -370,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--models", required=True, type=Path, help=models_help)
     p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--claims", type=Path, help="claims.md (rule claims): the section that leads tables.md")
     p = command("figures", _figures, "figures from metrics.csv and models.csv")
     p.add_argument("--metrics", required=True, type=Path)
     p.add_argument("--models", required=True, type=Path, help=models_help)
@@ -377,6 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--runs", nargs="*", default=[], type=Path, help="train.json of the runs whose per-image records Fig. 3 reads"
     )
+    p = command("claims", _claims, "claims.csv (a verdict per claim), per-model means over seeds, learning curves")
+    p.add_argument("--metrics", required=True, type=Path)
+    p.add_argument("--mor", type=Path, help="results/mor.csv, for MOR claims")
+    p.add_argument("--claims", required=True, help="the profile's claims list, as JSON")
+    p.add_argument("--runs", nargs="*", default=[], type=Path, help="train.json of the runs (confusions, curves)")
+    p.add_argument("--datasets", nargs="*", default=[], help="datasets to draw learning curves for")
+    p.add_argument(
+        "--mor-models", nargs="*", default=[], help="DATASET/MODEL Neural ODEs to draw MOR curves over seeds for"
+    )
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--figures", default=Path("results/figures"), type=Path)
     p = command("publish", _publish, "copy the collated results to results/published/NAME (a committed snapshot)")
     p.add_argument("--name", required=True, help="label: profile, machine and data, e.g. quick-cpu2-cifar10subset")
     p.add_argument("--run-command", required=True, help="the command that produced the results")

@@ -197,6 +197,20 @@ def test_smoke_profile_end_to_end(tmp_path):
         assert df[col].notna().all() and (df[col] > 0).all(), col
     assert (tmp_path / "results" / "table2.csv").is_file() and (tmp_path / "results" / "tables.md").is_file()
     assert list((tmp_path / "results" / "figures").glob("synthetic_top1_vs_*.png"))
+    # The claims pipeline (config/smoke.yaml's two claims): one seed gives no interval, so no verdict on
+    # accuracy; the parameter ratio is an exact count; the claims section leads tables.md.
+    claims = pd.read_csv(tmp_path / "results" / "claims.csv").set_index("id")
+    assert claims.loc["resnet_beats_alexnet", "verdict"] == "inconclusive"
+    assert claims.loc["resnet_beats_alexnet", "seeds"] == 1 and pd.isna(claims.loc["resnet_beats_alexnet", "ci_low"])
+    ratio = claims.loc["alexnet_smaller"]
+    by_model = df.set_index("model")["stored_params"]
+    assert ratio["effect"] == pytest.approx(by_model["resnet"] / by_model["alexnet"])
+    assert ratio["verdict"] == ("supported" if ratio["effect"] >= 2.0 else "contradicted")
+    tables_md = (tmp_path / "results" / "tables.md").read_text()
+    assert tables_md.index("## Claims put to the test") < tables_md.index("## Table 1")
+    summary = pd.read_csv(tmp_path / "results" / "seed_summary.csv")
+    assert set(summary["model"]) == {"alexnet", "resnet"} and (summary["n_seeds"] == 1).all()
+    assert (tmp_path / "results" / "figures" / "synthetic_learning_curves.png").is_file()
     # Finished runs are not redone, and the tables survive a rerun.
     again = snakemake(
         "tables",

@@ -40,7 +40,15 @@ LIVE = [
     "tables.tex",
 ]
 # Copied when present: the MOR study's table exists only when the grid has Neural ODE runs.
-OPTIONAL = ["mor.csv", "table_skipnet.csv", "table_mor.csv"]
+OPTIONAL = [
+    "mor.csv",
+    "table_skipnet.csv",
+    "table_mor.csv",
+    "claims.csv",
+    "seed_summary.csv",
+    "mor_seeds.csv",
+    "claims.md",
+]
 SITTINGS = "sittings.csv"
 SITTING_COLUMNS = ["sitting", "published_utc", "command", "wall_clock", "runs_merged", "runs", "git_commit"]
 

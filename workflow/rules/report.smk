@@ -1,5 +1,12 @@
 # Collation: the tidy table, the model descriptions, the paper's tables and the figures.
 
+# The profile's claims (config/claims.yaml): a verdict per claim with its interval over seeds, each model's
+# metrics over seeds, the MOR curves over seeds and the learning curves (rule claims, at the end of this
+# file). Only where the profile lists claims; their section leads tables.md.
+CLAIMS = config.get("claims") or []
+# (dataset, model) of each Neural ODE with a MOR study: its curves over seeds (results/figures/mor_*_seeds.png)
+MOR_MODELS = sorted({tuple(Path(p).parts[3:5]) for p in MOR_RUN_PATHS})
+
 
 rule collate:
     input:
@@ -66,6 +73,7 @@ rule paper_tables:
     input:
         metrics="results/metrics.csv",
         models="results/models.csv",
+        claims=["results/claims.md"] if CLAIMS else [],
     output:
         "results/tables.md",
         report(
@@ -80,6 +88,7 @@ rule paper_tables:
         report("results/table_mor.csv", category="Tables", subcategory="MOR study", caption="../report/mor.rst"),
         "results/tables.tex",
     params:
+        claims=lambda wildcards, input: f"--claims {input.claims[0]}" if input.claims else "",
         rebuilds=derived_rebuilds("paper_tables"),
     resources:
         machine=MACHINE_SHARE,
@@ -88,7 +97,8 @@ rule paper_tables:
     conda:
         ENV_FILE
     shell:
-        "python -m puppet tables --metrics {input.metrics} --models {input.models} --out-dir results 2> {log}"
+        "python -m puppet tables --metrics {input.metrics} --models {input.models} --out-dir results "
+        "{params.claims} 2> {log}"
 
 
 rule plot_figures:
@@ -132,3 +142,44 @@ rule plot_figures:
     shell:
         "python -m puppet figures --metrics {input.metrics} --models {input.models} --out-dir results/figures "
         "--runs {input.runs} 2> {log}"
+
+
+rule claims:
+    input:
+        metrics="results/metrics.csv",
+        mor=["results/mor.csv"] if MOR_RUN_PATHS else [],
+        # the confusion matrices of the confusion claims and the learning curves (each run's history)
+        runs=grid("train.json"),
+    output:
+        claims=report("results/claims.csv", category="Tables", subcategory="Claims", caption="../report/claims.rst"),
+        summary=report("results/seed_summary.csv", category="Tables", subcategory="Claims", caption="../report/claims.rst"),
+        mor_seeds="results/mor_seeds.csv",
+        markdown="results/claims.md",
+        curves=report(
+            expand("results/figures/{dataset}_learning_curves.png", dataset=GRID_DATASETS),
+            category="Figures",
+            subcategory="Learning curves",
+            caption="../report/claims.rst",
+        ),
+        mor_curves=report(
+            [f"results/figures/mor_{d}_{m}_seeds.png" for d, m in MOR_MODELS],
+            category="Figures",
+            subcategory="MOR study",
+            caption="../report/mor.rst",
+        ),
+    params:
+        claims=json.dumps(CLAIMS),
+        mor_models=" ".join(f"{d}/{m}" for d, m in MOR_MODELS),
+        datasets=" ".join(GRID_DATASETS),
+        mor=lambda wildcards, input: f"--mor {input.mor[0]}" if input.mor else "",
+        rebuilds=derived_rebuilds("claims"),
+    resources:
+        machine=MACHINE_SHARE,
+    log:
+        "results/logs/claims.log",
+    conda:
+        ENV_FILE
+    shell:
+        "python -m puppet claims --metrics {input.metrics} {params.mor} --claims {params.claims:q} "
+        "--runs {input.runs} --datasets {params.datasets} --mor-models {params.mor_models} --out-dir results "
+        "--figures results/figures 2> {log}"
