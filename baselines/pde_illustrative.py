@@ -13,12 +13,15 @@ their feature backbone; the official ``train_mnist_illustrative_example.py`` bui
      dt = 0.2, periodic boundary, then ReLU(BN_out(h));
 3. ReLU, 4x4 average pooling (28x28 -> 7x7) and a 49 -> 10 linear classifier.
 
-All three hold the same 524 parameters at 28x28 inputs and 10 classes: two 3x3 convs (18), three
+All three hold the same 524 parameters at 28x28 one-channel inputs and 10 classes (a C-channel input
+makes every conv C -> C): two 3x3 convs (18), three
 one-channel BatchNorms (6, ``BN_out`` is built but unused by ``conv``, as in the official code) and the
 linear layer (500). The official script trains each for 30 epochs with SGD + Nesterov (momentum 0.9),
 lr 0.01 (its step milestones 60/120/160 are never reached), weight decay 5e-4, batch 128 and gradient
 clipping at norm 5; the recipe ``pde_illustrative`` in the claims profile repeats that. It returns
-log-softmax and trains on NLL, the same loss as cross-entropy on the logits returned here.
+log-softmax and trains on NLL, the same loss as cross-entropy on the logits returned here. What the
+harness does differently: images are normalised with the training split's own mean and standard deviation
+(the script: MNIST's constants), and a profile with a validation part trains on the rest of the split.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ def _builder(backbone: str):
             raise ValueError(f"illustrative_{backbone} needs image_size >= {POOL} (its {POOL}x{POOL} pooling)")
         return IllustrativeNet(backbone, num_classes, in_channels, image_size)
 
-    build.__doc__ = f"The PDE poster's illustrative network with the {backbone} feature backbone (524 params)."
+    build.__doc__ = f"The PDE poster's illustrative network, {backbone} feature backbone (524 params at 1x28x28)."
     return build
 
 

@@ -80,14 +80,17 @@ def _metrics(values: dict[str, list[float]], **cols) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_paired_claim_against_the_best_of_two_baselines():
+def test_a_claim_against_two_baselines_is_tested_against_each():
     metrics = _metrics({"g": [95.0, 94.0, 96.0], "c": [92.0, 93.0, 92.5], "r": [93.0, 92.0, 94.0]})
     claim = dict(id="x", claim="g beats c and r", source="s", kind="paired", model="g", baseline=["c", "r"])
     row = evaluate_claim(claim, metrics, None, [])
-    # per seed: 95-93, 94-93, 96-94 = 2, 1, 2
-    assert row["effect"] == pytest.approx(5 / 3) and row["seeds"] == 3
-    assert row["ci_low"] == pytest.approx(5 / 3 - T_975_2 * math.sqrt(1 / 3) / math.sqrt(3))
-    assert row["verdict"] == "supported"
+    # against r: 2, 2, 2 (supported, no spread); against c: 3, 1, 3.5, mean 2.5, s = 1.3229: inconclusive
+    s_c = math.sqrt(((3 - 2.5) ** 2 + (1 - 2.5) ** 2 + (3.5 - 2.5) ** 2) / 2)
+    assert row["effect"] == pytest.approx(2.5) and row["seeds"] == 3
+    assert row["ci_low"] == pytest.approx(2.5 - T_975_2 * s_c / math.sqrt(3))
+    assert row["verdict"] == "inconclusive" and "least favourable (c)" in row["rule"] and row["baseline"] == "c / r"
+    only_r = evaluate_claim({**claim, "baseline": ["r"]}, metrics, None, [])
+    assert only_r["verdict"] == "supported" and only_r["effect"] == pytest.approx(2.0)
     assert "3 seeds" in row["setting"] and "55000 train" in row["setting"]
 
 
@@ -97,7 +100,7 @@ def test_matches_claim_uses_its_margin_and_missing_runs_say_not_run():
         id="m", claim="p matches f", source="s", kind="paired", model="p", baseline="f", relation="matches", margin=1.0
     )
     row = evaluate_claim(claim, metrics, None, [])
-    assert row["threshold"] == -1.0 and row["verdict"] == "supported"  # -0.2 ± 0.59: above -1
+    assert row["threshold"] == -1.0 and row["verdict"] == "supported"  # -0.2 ± 0.745: above -1
     row = evaluate_claim({**claim, "baseline": "absent"}, metrics, None, [])
     assert row["verdict"] == "not run" and "absent" in row["rule"]
 
@@ -146,6 +149,10 @@ def test_confusion_claim_counts_the_hardest_pair_per_seed():
     assert row["metric"] == "confusions" and row["model_mean"] == pytest.approx(8.0)  # 5+2, 6+2, 7+2
     assert row["effect"] == pytest.approx((15 + 19 + 14) / 3)  # baseline minus model: fewer is better
     assert row["verdict"] == "supported" and "T-shirt and Trouser" in row["rule"]
+    assert "own test predictions" in row["rule"]  # the row says the pair was chosen on what it scores
+    named = evaluate_claim({**claim, "pair": [1, 2]}, metrics, None, records)  # (1, 2): 0 + 1 in every run
+    assert named["model_mean"] == pytest.approx(1.0) and named["verdict"] == "inconclusive"  # a difference of 0
+    assert "named by the claim" in named["rule"]
 
 
 def _mor(seed, pod, prune):
@@ -191,6 +198,16 @@ def test_mor_balance_compares_speedups_at_the_accuracy_floor():
     row = evaluate_claim(claim, metrics, mor, [])
     assert row["effect"] == pytest.approx((0.9 - 0.2 + 0.5) / 3)  # 2.5-1.6, 1.0-1.2, 2.0-1.5
     assert row["verdict"] == "inconclusive" and row["baseline"] == "prune"
+    # a seed without one of the named methods says nothing (never a tie), and the row says which
+    gap = mor[~((mor["seed"] == 2) & (mor["method"] == "prune"))]
+    row = evaluate_claim(claim, metrics, gap, [])
+    assert row["seeds"] == 2 and row["effect"] == pytest.approx((0.9 - 0.2) / 2) and "seed 2: no prune" in row["rule"]
+    # an unmeasured speed-up is unknown, not 1x: its seed is left out
+    unmeasured = mor.copy()
+    unmeasured.loc[(unmeasured["seed"] == 0) & (unmeasured["method"] == "prune"), "speedup_total"] = float("nan")
+    row = evaluate_claim(claim, metrics, unmeasured, [])
+    assert row["seeds"] == 2 and row["effect"] == pytest.approx((-0.2 + 0.5) / 2)
+    assert "seed 0: prune has an unmeasured speed-up" in row["rule"]
 
 
 def test_malformed_claims_are_refused_in_one_line(tmp_path):
@@ -198,6 +215,15 @@ def test_malformed_claims_are_refused_in_one_line(tmp_path):
         check_claims([dict(id="a", claim="c", source="s", kind="best", model="m", baseline="b")])
     with pytest.raises(ClaimError, match="needs 'factor'"):
         check_claims([dict(id="a", claim="c", source="s", kind="ratio", model="m", baseline="b")])
+    base = dict(id="a", claim="c", source="s", kind="paired", model="m", baseline="b")
+    with pytest.raises(ClaimError, match="a 'matches' claim needs 'margin'"):
+        check_claims([{**base, "relation": "matches"}])
+    with pytest.raises(ClaimError, match="'margin' applies to relation: matches only"):
+        check_claims([{**base, "margin": 1.0}])
+    with pytest.raises(ClaimError, match="metric 'top_1' is not one of"):
+        check_claims([{**base, "metric": "top_1"}])
+    with pytest.raises(ClaimError, match="svd_trunc is not a reduction method"):
+        check_claims([{**base, "kind": "mor_balance", "baseline": ["prune", "svd_trunc"]}])
 
 
 def test_write_claims_and_seed_summary(tmp_path):

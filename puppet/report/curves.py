@@ -46,10 +46,12 @@ def learning_curves(records: list[dict], dataset: str, out: str | Path) -> Path:
     panels = (("val_top1", "validation top-1 (%)"), ("loss", "training loss"))
     for ax, (col, label) in zip(axes, panels):
         data = frame.dropna(subset=[col])
-        for model, g in data.groupby("model", sort=True):
+        colours = plt.get_cmap("tab20").colors  # more models than tab10's ten colours
+        for n, (model, g) in enumerate(data.groupby("model", sort=True)):
             per_epoch = g.groupby("epoch")[col]
             mean = per_epoch.mean()
-            (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=model)
+            style = dict(color=colours[n % len(colours)], linestyle=("-", "--")[n // len(colours) % 2])
+            (line,) = ax.plot(mean.index, mean.values, marker="o", markersize=3, label=model, **style)
             if g["seed"].nunique() > 1:
                 ax.fill_between(mean.index, per_epoch.min(), per_epoch.max(), color=line.get_color(), alpha=0.15)
         if data.empty:

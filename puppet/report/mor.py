@@ -124,7 +124,7 @@ TABLE = Table(
         "short fine-tune (`+ft`: the steps, images and learning rate in `mor.csv`); speed-ups are full / "
         "reduced, timed interleaved with the full model on the device in `mor.csv` (batched: throughput at "
         "the measure job's batch; batch 1: latency), their 95% intervals in `mor.csv` and the figures "
-        "`figures/mor_*.png`. One seed."
+        "`figures/mor_*.png`. One row per run and seed; the claims profile's `mor_seeds.csv` has them over seeds."
     ),
     compared=False,
     per_deployment=True,

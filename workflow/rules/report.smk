@@ -165,7 +165,7 @@ rule claims:
             [f"results/figures/mor_{d}_{m}_seeds.png" for d, m in MOR_MODELS],
             category="Figures",
             subcategory="MOR study",
-            caption="../report/mor.rst",
+            caption="../report/mor_seeds.rst",
         ),
     params:
         claims=json.dumps(CLAIMS),
