@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -351,31 +352,34 @@ def test_readme_recipe_redoes_one_finished_run_from_scratch(finished, tmp_path):
     assert all((runs[s] / "train.json").read_bytes() == others[s] for s in (0, 2))
 
 
-@pytest.mark.slow
-def test_ctrl_c_then_rerun_completes(tmp_path):
+def interruptible(tmp_path: Path, epochs: int) -> tuple[tuple[str, ...], subprocess.Popen]:
+    """A one-run workflow long enough to interrupt, started in its own session, once its first checkpoint
+    exists: the config overrides and the Snakemake process."""
     args = (
         "--config",
         "models=[alexnet]",
         "seeds=[0]",
-        "epochs=4",
+        f"epochs={epochs}",
         "data={train_size: 1900, val_size: 64, test_size: 128}",
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("PUPPET_FAILPOINT", None)
     proc = subprocess.Popen(
         [SNAKEMAKE, "tables", "--cores", "2", "--directory", str(tmp_path), "--configfile", SMOKE, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while (
         not list(tmp_path.glob("results/runs/**/checkpoint.pt")) and time.monotonic() < deadline and proc.poll() is None
     ):
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be interrupted"
+    return args, proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_rerun_completes(tmp_path):
+    args, proc = interruptible(tmp_path, epochs=4)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
     proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -387,6 +391,40 @@ def test_ctrl_c_then_rerun_completes(tmp_path):
     assert record(run / "train.json")["status"] == "ok" and len(record(run / "train.json")["history"]) == 4
     assert "resuming" in (run / "train.log").read_text()
     assert (run / "train.log.history").read_text().count("==== attempt started") == 2  # the interrupted log kept
+
+
+@pytest.mark.slow
+def test_sigint_to_snakemake_alone_stops_the_jobs_with_a_summary(tmp_path):
+    """SIGINT to the snakemake process only (a launcher, kill; not the terminal's process group): Snakemake 9
+    passes nothing on by itself and waited for the jobs, and a second SIGINT printed an event-loop traceback
+    without the summary. Now the job stops after its step with a checkpoint, the summary says so, nothing is
+    left running, and the plain rerun resumes."""
+    args, proc = interruptible(tmp_path, epochs=6)
+    jobs = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    os.kill(proc.pid, signal.SIGINT)  # the snakemake process alone
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-3000:]
+    assert "event loop" not in out and "Traceback" not in out, out[-3000:]
+    assert "passed to 1 running job" in out
+    (run,) = run_dirs(tmp_path).values()
+    assert record(run / "stopped.json")["signal"] == "SIGINT"  # a graceful stop: the step's checkpoint
+    assert "stopped by SIGINT at epoch" in (run / "train.log").read_text()  # the log's tee survived
+    assert "UNFINISHED" in out and "stopped by SIGINT" in out
+    deadline = time.monotonic() + 10  # the log's tee ends at the end of its input, a moment after its job
+    while [pid for pid in jobs if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in jobs if _alive(pid)], "a job was left running"
+    assert not list((tmp_path / ".snakemake" / "locks").glob("*"))
+    again = snakemake(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert record(run / "train.json")["status"] == "ok" and len(record(run / "train.json")["history"]) == 6
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from puppet.core.config import ConfigError, deploy_options, preflight, read_yaml
 from puppet.core.datasets import DataError
 from puppet.core.registry import model_info
 from puppet.core import invocation
+from puppet.core.relay import relay_signals, release_signals
 from puppet.core.runs import fallback_failures, inspect_run
 
 try:
@@ -111,8 +112,10 @@ TIME_LIMIT_FLAG = (
 
 
 # A job's stderr goes to its log (this attempt: Snakemake deletes it before the next) and is
-# appended to LOG.history as it is written, so the history survives a killed job too.
-STDERR_TO_LOG = " 2> >(tee -a {log}.history > {log})"
+# appended to LOG.history as it is written, so the history survives a killed job too. tee ignores
+# SIGINT and SIGTERM (it ends at the end of its input): a Ctrl-C or a scheduler's SIGTERM to the
+# process group must not cut the log while the job writes why it stopped.
+STDERR_TO_LOG = " 2> >(trap '' INT TERM; exec tee -a {log}.history > {log})"
 
 
 def run_folder(wildcards, output):

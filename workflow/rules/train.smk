@@ -23,7 +23,7 @@ rule train:
     conda:
         ENV_FILE
     shell:
-        f"python -m puppet train --spec {{params.spec:q}} --out-dir {{params.out_dir}}{TIME_LIMIT_FLAG}{STDERR_TO_LOG}"
+        f"exec python -m puppet train --spec {{params.spec:q}} --out-dir {{params.out_dir}}{TIME_LIMIT_FLAG}{STDERR_TO_LOG}"
 
 
 rule measure:
@@ -50,5 +50,5 @@ rule measure:
     conda:
         ENV_FILE
     shell:
-        f"python -m puppet measure --spec {{params.spec:q}} --run-dir {{params.run_dir}} "
+        f"exec python -m puppet measure --spec {{params.spec:q}} --run-dir {{params.run_dir}} "
         f"--deploy-options {{params.deploy_options:q}}{STDERR_TO_LOG}"
