@@ -314,3 +314,21 @@ def test_the_study_is_measured_on_the_device_mor_names(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "materialise", materialise)
     record = measure.measure_main(spec, tmp_path / "built", {**options("cuda:1"), "levels": {}})
     assert seen == ["cuda:1"] and record["status"] == "error" and "stop here" in record["error"]
+
+
+def test_level_labels_that_would_overlap_or_leave_the_frame_are_dropped():
+    import matplotlib.pyplot as plt
+
+    from puppet.report.mor import drop_overlapping
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    first = ax.annotate("k=16", (2, 2), fontsize=8)
+    on_top = ax.annotate("k=32", (2.1, 2.05), fontsize=8)  # over the first
+    apart = ax.annotate("k=64", (6, 7), fontsize=8)
+    outside = ax.annotate("k=128", (9.9, 9.9), fontsize=8)  # runs past the right edge
+    fig.canvas.draw()
+    assert drop_overlapping(fig, [first, on_top, apart, outside]) == 2
+    assert [t.get_text() for t in ax.texts] == ["k=16", "k=64"]
+    plt.close(fig)

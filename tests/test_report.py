@@ -543,3 +543,61 @@ def test_a_run_at_chance_level_is_flagged_in_its_row_and_in_the_tables(tmp_path,
     alex = pd.read_csv(tmp_path / "out" / "table2.csv").set_index("model").loc["alexnet"]
     assert f"at chance level: 1 of 2 runs at or below {bound:.1f}% top-1" in alex["note"]
     assert "at chance" in (tmp_path / "out" / "tables.md").read_text().split("## All runs")[1]
+
+
+def test_as_published_sizes_show_the_paper_number_without_a_delta(model_descriptions):
+    """An "as published" configuration is not the one built to reach the paper's Params Size: its row keeps
+    the paper's number for reference, gives no Δ (DDFN-SW as published once read -285.78 MB) and says why;
+    the size-matched row keeps its Δ."""
+    from puppet.report.tables import AS_PUBLISHED_SIZE, model_sizes
+
+    sizes = model_sizes(model_descriptions).set_index("model")
+    published = sizes.loc["ddfn_sw_published"]
+    assert published["paper_param_size_mb"] == 300.83 and pd.isna(published["param_size_mb_diff"])
+    assert AS_PUBLISHED_SIZE in published["note"]
+    matched = sizes.loc["ddfn_sw"]
+    assert matched["param_size_mb_diff"] == pytest.approx(matched["param_size_mb"] - 300.83)
+    assert AS_PUBLISHED_SIZE not in str(matched["note"])
+    for model, row in sizes.iterrows():  # every as-published configuration, none other
+        withheld = str(row["configuration"]).startswith("as published") and not pd.isna(row["paper_param_size_mb"])
+        assert (AS_PUBLISHED_SIZE in str(row["note"])) == withheld, model
+
+
+def test_all_runs_section_reads_like_a_table_a_person_wrote():
+    from puppet.report.tables import runs_markdown
+
+    frame = pd.DataFrame(
+        [
+            dict(dataset="cifar10", model="alexnet", seed=0, deployment="default", status="ok", top1=20.94, top5=77.88,
+                 stored_params=13006, param_size_mb=0.05202, macs=2.178e6, latency_s_per_img=2.205e-4,
+                 throughput_img_per_s=21810.0, train_time_s=3.643, at_chance=False, mean_depth=float("nan")),
+            dict(dataset="cifar10", model="skipnet", seed=1, deployment="default", status="ok", top1=10.0, top5=50.0,
+                 stored_params=68700, param_size_mb=0.27, macs=2.34e6, latency_s_per_img=1.09e-3,
+                 throughput_img_per_s=900.0, train_time_s=60.0, at_chance=True, mean_depth=5.5),
+        ]
+    )  # fmt: skip
+    text = runs_markdown(frame)
+    header, _, first, second = text.splitlines()[2:6]
+    assert "Top-1 (%)" in header and "MACs (M)" in header and "Latency (ms/img)" in header and "mean depth" in header
+    assert "_" not in header  # no snake_case heading
+    assert "| 13,006 |" in first and "| 2.18 |" in first and "| 0.221 |" in first and "| 21,810 |" in first
+    assert "e+0" not in text and "| ok, at chance |" in second and "| 5.5 |" in second
+
+
+def test_markers_that_would_cover_each_other_are_set_side_by_side():
+    import matplotlib.pyplot as plt
+
+    from puppet.report.figures import dodge
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.set_xscale("log")
+    points = [(2314, 28.4), (2320, 28.6), (2330, 28.5), (40000, 45.0)]  # three piled up, one apart
+    marks = [ax.errorbar([x], [y], marker="o", markersize=7, linestyle="none") for x, y in points]
+    assert dodge(ax, marks) == 3
+    fig.canvas.draw()
+    shown = [m.lines[0].get_transform().transform(m.lines[0].get_xydata()[0]) for m in marks]
+    xs = sorted(p[0] for p in shown[:3])
+    assert min(b - a for a, b in zip(xs, xs[1:])) >= 8.9 * fig.dpi / 72  # a marker width apart
+    assert shown[3] == pytest.approx(ax.transData.transform((40000, 45.0)))  # the lone point stays
+    assert marks[0].lines[0].get_xydata()[0][0] == 2314  # the data are not changed, only where they are drawn
+    plt.close(fig)

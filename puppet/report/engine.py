@@ -64,6 +64,9 @@ class Row:
     group: str = ""
     known: Mapping[str, object] = field(default_factory=dict)  # values from the model code, not from runs
     note: str = ""  # a note of the row itself (what the paper's number counts, ...)
+    # metrics whose paper number is shown but no Δ: the number belongs to another configuration of the method
+    # (an "as published" row's Params Size, which the size-matched configuration was built to reach)
+    no_delta: tuple[str, ...] = ()
 
 
 Note = Callable[[Row, Runs, dict], str]  # (row, its ok runs, the built row so far) -> a note or ""
@@ -194,7 +197,8 @@ def _build_row(table: Table, row: Row, metrics: Runs, deployment: str, label: st
             paper = row.paper.get(m.key, math.nan)
             out[f"paper_{m.key}"] = paper
             same_scale = m.key in row.known or not runs_of.empty
-            out[f"{m.key}_diff"] = out[m.key] - paper if same_scale and m.delta(runs_of) else math.nan
+            compared = same_scale and m.delta(runs_of) and m.key not in row.no_delta
+            out[f"{m.key}_diff"] = out[m.key] - paper if compared else math.nan
     for note in table.notes:
         extra = note(row, ok[row.dataset], out)
         if extra:

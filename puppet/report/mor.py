@@ -175,6 +175,7 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     fig, (ax_speed, ax_macs) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     tuned = ok["finetuned"].fillna(False).astype(bool)
     steps = ok.loc[tuned, "finetune_steps"].dropna()
+    labels = []  # the level annotations, thinned where they would overlap once the layout is fixed
     for (method, (label, colour, style)), finetuned in ((c, f) for c in CURVES.items() for f in (False, True)):
         g = ok[(ok["method"] == method) & (tuned == finetuned)].sort_values("level")  # a curve over the levels
         if g.empty:
@@ -189,14 +190,19 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
         ax_macs.plot(g["macs_reduction_ode"], g["top1"], style, color=colour, mfc=face, label=label)
         if finetuned:  # the levels are labelled once, on the curve as reduced
             continue
+        offset = LABEL_OFFSETS[list(CURVES).index(method) % len(LABEL_OFFSETS)]  # each method on its own side
         for _, r in g.iterrows():  # the level beside each point
-            ax_macs.annotate(
-                f"{LEVEL_NAME[method]}={int(r['level'])}",
-                (r["macs_reduction_ode"], r["top1"]),
-                fontsize=6,
-                color=colour,
-                xytext=(3, 3),
-                textcoords="offset points",
+            labels.append(
+                ax_macs.annotate(
+                    f"{LEVEL_NAME[method]}={int(r['level'])}",
+                    (r["macs_reduction_ode"], r["top1"]),
+                    fontsize=6,
+                    color=colour,
+                    xytext=offset,
+                    textcoords="offset points",
+                    ha="left" if offset[0] >= 0 else "right",
+                    va="bottom" if offset[1] >= 0 else "top",
+                )
             )
     if not full.empty:
         for ax in (ax_speed, ax_macs):
@@ -219,7 +225,32 @@ def plot_task(rows: pd.DataFrame, out_stem: Path) -> list[Path]:
     )
     fig.tight_layout(rect=(0, 0.09, 1, 1))  # room below both panels for the legend, where it hides no point
     fig.legend(*ax_speed.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if drop_overlapping(fig, labels):
+        ax_macs.set_title("levels labelled where they do not overlap; every level in mor.csv", fontsize=7)
     return save(fig, out_stem)
+
+
+# Where each method's level labels sit relative to their point (points), so that curves that run close
+# together label on different sides
+LABEL_OFFSETS = ((4, -4), (-4, 4), (4, 4))
+
+
+def drop_overlapping(fig, texts: list) -> int:
+    """Remove each text that would overlap one kept before it (in drawing order) or reach past its axes'
+    frame; the number removed. Matplotlib places annotations where they are told, so a dense curve's
+    labels pile up otherwise."""
+    renderer = fig.canvas.get_renderer()
+    kept, removed = [], 0
+    for text in texts:
+        box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+        frame = text.axes.get_window_extent(renderer)
+        inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+        if not inside or any(box.overlaps(k) for k in kept):
+            text.remove()
+            removed += 1
+        else:
+            kept.append(box)
+    return removed
 
 
 def figure_stem(figures_dir: Path, dataset: str, model: str, seed: int) -> Path:

@@ -19,6 +19,7 @@ same cells for a paper.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import pandas as pd
@@ -114,9 +115,12 @@ def run_table(paper: PaperTable) -> Table:
 
     def rows(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
         return tuple(
-            Row(p.label, p.model, p.dataset, p.values, p.group, known={"fixed_width": _fixed_width(models, p.model)})
+            Row(
+                p.label, p.model, p.dataset, p.values, p.group, known={"fixed_width": _fixed_width(models, p.model)},
+                **_as_published(models, p.model),
+            )
             for p in paper.rows
-        )
+        )  # fmt: skip
 
     metrics = tuple(
         Metric(key, UNITS.get(key, key), DERIVED.get(key), delta=DELTA.get(key, at_paper_width))
@@ -176,6 +180,21 @@ def paper_sizes() -> dict[str, float]:
     return sizes
 
 
+AS_PUBLISHED_SIZE = (
+    "no Δ of size: the paper's Params Size is the one the size-matched configuration is built to reach; "
+    "this row is the method as its own paper publishes it"
+)
+
+
+def _as_published(models: pd.DataFrame, model: str) -> dict:
+    """Row keywords for an "as published" configuration: its size is shown beside the paper's, without a Δ."""
+    rows = models[models["model"] == model] if "configuration" in models else models.iloc[0:0]
+    configuration = str(rows["configuration"].iloc[0]) if len(rows) else ""
+    if not configuration.startswith("as published"):
+        return {}
+    return {"no_delta": ("param_size_mb",), "note": AS_PUBLISHED_SIZE}
+
+
 def _size_rows(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
     """Every registered model at the paper's width (its description at 512 channels and its default
     depth) beside the paper's Params Size."""
@@ -193,9 +212,13 @@ def _size_rows(metrics: pd.DataFrame, models: pd.DataFrame) -> tuple[Row, ...]:
             "param_size_mb": info["param_size_mb"],
         }
         note = "paper counts the puppeteer only (Table 5)" if info["family"] == "puppet" else ""
+        published = _as_published(models, name) if name in paper else {}
         rows.append(
-            Row(label, name, "cifar10", {"param_size_mb": paper[name]} if name in paper else {}, known=known, note=note)
-        )
+            Row(
+                label, name, "cifar10", {"param_size_mb": paper[name]} if name in paper else {}, known=known,
+                note=published.pop("note", note), **published,
+            )
+        )  # fmt: skip
     return tuple(rows)
 
 
@@ -246,35 +269,42 @@ INTRODUCTION = (
 )
 
 
+# The "All runs" section of tables.md: (metrics.csv column, heading, format of a value) per column.
+RUN_COLUMNS = (
+    ("dataset", "Dataset", str),
+    ("model", "Model", str),
+    ("seed", "Seed", lambda v: f"{v:.0f}"),
+    ("deployment", "Deployment", str),
+    ("status", "Status", str),
+    ("top1", "Top-1 (%)", lambda v: f"{v:.2f}"),
+    ("top5", "Top-5 (%)", lambda v: f"{v:.2f}"),
+    ("stored_params", "Stored params", lambda v: f"{v:,.0f}"),
+    ("param_size_mb", "Size (MB)", lambda v: f"{v:.3g}"),
+    ("macs", "MACs (M)", lambda v: f"{v / 1e6:,.2f}"),
+    ("latency_s_per_img", "Latency (ms/img)", lambda v: f"{v * 1e3:.3g}"),
+    ("throughput_img_per_s", "Throughput (img/s)", lambda v: f"{v:,.0f}"),
+    ("train_time_s", "Training (s)", lambda v: f"{v:,.1f}"),
+)
+
+
 def runs_markdown(metrics: pd.DataFrame) -> str:
-    cols = [
-        "dataset",
-        "model",
-        "seed",
-        "deployment",
-        "status",
-        "top1",
-        "top5",
-        "at_chance",
-        "stored_params",
-        "param_size_mb",
-        "macs",
-        "latency_s_per_img",
-        "throughput_img_per_s",
-        "train_time_s",
-    ]
-    cols += [c for c in metrics.columns if c.startswith("mean_")]
-    lines = ["## All runs (results/metrics.csv)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    """Every row of metrics.csv for reading: headed columns with units, numbers as a person writes them,
+    the adaptive models' per-image means (``mean_*``) only where some run has one."""
+    cols = [c for c in RUN_COLUMNS if c[0] in metrics]
+    means = [c for c in metrics.columns if c.startswith("mean_") and metrics[c].notna().any()]
+    cols += [(c, c.replace("mean_", "mean ").replace("_", " "), lambda v: f"{v:.3g}") for c in means]
+    lines = ["## All runs (results/metrics.csv)", "", "| " + " | ".join(h for _, h, _ in cols) + " |"]
+    lines.append("|" + "".join("---|" if f is str else "---:|" for _, _, f in cols))
     for _, r in metrics.iterrows():
         cells = []
-        for c in cols:
-            v = r.get(c)
-            if c == "at_chance":
-                cells.append("at chance" if str(v).lower() == "true" else "")
-            elif isinstance(v, float):
-                cells.append("–" if math.isnan(v) else (f"{v:.4g}" if c not in ("top1", "top5") else f"{v:.2f}"))
+        for key, _, fmt in cols:
+            v = r.get(key)
+            if v is None or pd.isna(v):
+                cells.append("–")
             else:
-                cells.append(str(v))
+                cells.append(fmt(v) if fmt is str or isinstance(v, numbers.Number) else str(v))
+        if str(r.get("at_chance")).lower() == "true" and "status" in metrics:
+            cells[[k for k, _, _ in cols].index("status")] += ", at chance"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
