@@ -10,7 +10,10 @@ available) and each batch size, on real CIFAR-10 test images (cycled to fill a b
   image of each, the ratio Global / ResNet-32 per round (median and 95 % interval), and the time
   for 10,000 images (the CIFAR-10 test set) at that batch;
 * ResNet-Global with its three Global layers replaced by identities ("no PDE"), interleaved with the
-  full model: the share of its time spent in the Global layers.
+  full model: the share of its time spent in the Global layers;
+* ResNet-Global with the fused ``update="addcmul"`` step against the reference step, and against
+  ResNet-32 (``--train`` adds the same comparisons for one training step: forward, backward and an
+  SGD update, train mode).
 
 Every number is a median over ``--rounds`` rounds with its 95 % interval, and every row records
 the device, threads and torch version. ResNet-32 and ResNet-Global are untrained here: speed does
@@ -38,6 +41,7 @@ from puppet.core import timing
 from puppet.core.data import Batches, make_splits
 from puppet.core.datasets import load_dataset
 from puppet.core.io import atomic_write, atomic_write_csv
+from puppet.core.repro import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10_subset.npz"
@@ -62,11 +66,31 @@ def _without_pde(model: nn.Module) -> nn.Module:
 
 
 def _environment(device: torch.device) -> dict:
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-    }
+    """The device by name: the GPU's, or the CPU's model and the instruction set torch dispatches to."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {platform.machine()})"
+    return {"device": name, "threads": torch.get_num_threads(), "torch_version": torch.__version__}
+
+
+# (A, B) timed interleaved; the ratio A / B per round
+PAIRS = (
+    ("resnet_global", "resnet32"),
+    ("resnet_global", "resnet_global_no_pde"),
+    ("resnet_global_addcmul", "resnet_global"),
+    ("resnet_global_addcmul", "resnet32"),
+)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, labels: torch.Tensor):
+    def step(x: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), labels[: len(x)])
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def bench_device(device: torch.device, x_all: torch.Tensor, args) -> list[dict]:
@@ -75,7 +99,9 @@ def bench_device(device: torch.device, x_all: torch.Tensor, args) -> list[dict]:
         "resnet_global": create_model("resnet_global"),
         "resnet32": create_model("resnet32"),
         "resnet_global_no_pde": _without_pde(create_model("resnet_global")),
+        "resnet_global_addcmul": create_model("resnet_global", update="addcmul"),
     }
+    models["resnet_global_addcmul"].load_state_dict(models["resnet_global"].state_dict())  # an exact A/B
     models = {k: m.to(device).eval() for k, m in models.items()}
     x_all = x_all.to(device)
     env = _environment(device)
@@ -88,38 +114,41 @@ def bench_device(device: torch.device, x_all: torch.Tensor, args) -> list[dict]:
         def run(name):
             return lambda x: models[name](x)
 
-        with torch.inference_mode():
-            pairs = (("resnet_global", "resnet32"), ("resnet_global", "resnet_global_no_pde"))
-            for a, b in pairs:
-                c = timing.compare(run(a), run(b), inputs, rounds=args.rounds, warmup=args.warmup, device=device)
-                for name, est in ((a, c.a), (b, c.b)):
-                    per_img = timing.Estimate(est.median / batch, est.low / batch, est.high / batch, est.n)
+        modes = [("inference", run)]
+        if args.train:
+            labels = torch.arange(batch, device=device) % 10
+            optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+            modes.append(("train step", lambda name, o=optimizers, y=labels: _train_step(models[name], o[name], y)))
+        for mode, fn in modes:
+            for m in models.values():
+                m.train(mode != "inference")
+            context = torch.inference_mode() if mode == "inference" else torch.enable_grad()
+            with context:
+                for a, b in PAIRS:
+                    c = timing.compare(fn(a), fn(b), inputs, rounds=args.rounds, warmup=args.warmup, device=device)
+                    for name, est in ((a, c.a), (b, c.b)):
+                        per_img = timing.Estimate(est.median / batch, est.low / batch, est.high / batch, est.n)
+                        rows.append(
+                            {
+                                **env,
+                                "mode": mode,
+                                "batch": batch,
+                                "comparison": f"{a} vs {b}",
+                                "model": name,
+                                **per_img.record("time", "s_per_img"),
+                                "time_10k_images_s": 10_000 * per_img.median,
+                                "throughput_img_per_s": batch / est.median,
+                            }
+                        )
                     rows.append(
-                        {
-                            **env,
-                            "batch": batch,
-                            "comparison": f"{a} vs {b}",
-                            "model": name,
-                            **per_img.record("time", "s_per_img"),
-                            "time_10k_images_s": 10_000 * per_img.median,
-                            "throughput_img_per_s": batch / est.median,
-                        }
+                        {**env, "mode": mode, "batch": batch, "comparison": f"{a} vs {b}", "model": f"ratio {a} / {b}",
+                         **c.ratio.record("ratio")}
+                    )  # fmt: skip
+                    print(
+                        f"{env['device']} {mode} batch {batch}: {a} / {b} time {c.ratio.median:.2f} "
+                        f"[{c.ratio.low:.2f}, {c.ratio.high:.2f}]",
+                        file=sys.stderr,
                     )
-                rows.append(
-                    {
-                        **env,
-                        "batch": batch,
-                        "comparison": f"{a} vs {b}",
-                        "model": f"ratio {a} / {b}",
-                        **c.ratio.record("ratio"),
-                    }
-                )
-        print(
-            f"{env['device']} batch {batch}: ResNet-Global / ResNet-32 time "
-            f"{rows[-4]['ratio']:.2f} [{rows[-4]['ratio_ci_low']:.2f}, {rows[-4]['ratio_ci_high']:.2f}], "
-            f"Global layers' share {1 - 1 / rows[-1]['ratio']:.0%}",
-            file=sys.stderr,
-        )
     return rows
 
 
@@ -132,6 +161,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
+    if "mode" in frame:  # the figure shows inference; the training step is in the CSV
+        frame = frame[frame["mode"].fillna("inference") == "inference"]
     devices = list(dict.fromkeys(frame["device"]))
     fig, axes = plt.subplots(len(devices), 2, figsize=(11, 4.2 * len(devices)), squeeze=False)
     for (ax, ax_ratio), device in zip(axes, devices):
@@ -185,6 +216,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batches", default="1,32,128,512", type=lambda s: [int(b) for b in s.split(",")])
     parser.add_argument("--images", type=int, default=512, help="images per timing round (at least 3 batches)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default=str(REPO / "results" / "bench" / "pde_speed.csv"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from baselines.pde_global import GlobalLayer, global_layer_params, ops_per_element, solve
+from baselines.pde_global import UPDATES, GlobalLayer, global_layer_params, ops_per_element, solve
 from puppet import create_model
 from puppet.core.datasets import load_npz
 from puppet.core.measure import count_macs, count_macs_flopcounter, stored_param_count
@@ -124,9 +124,39 @@ def test_update_matches_a_scalar_loop(steps, dx, dy, periodic, advection):
     f = torch.randn(shape, generator=g, dtype=torch.float64)
     u, v = (field(2.0), field(2.0)) if advection else (None, None)
     dxx, dyy = field(), field()
-    ours = solve(f, u, v, dxx, dyy, steps=steps, dt=0.2, dx=dx, dy=dy, periodic=periodic)
     ref = scalar_reference(f, u, v, dxx, dyy, steps, 0.2, dx, dy, periodic)
-    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for update in UPDATES:  # both orders of the arithmetic are the scheme
+        ours = solve(f, u, v, dxx, dyy, steps=steps, dt=0.2, dx=dx, dy=dy, periodic=periodic, update=update)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps,advection", [(1, True), (3, True), (2, False)])
+def test_fused_update_in_float32_equals_the_float64_reference(steps, advection):
+    """The addcmul update in float32, values and gradients, within 1e-5 of the reference in float64."""
+    g = torch.Generator().manual_seed(steps)
+    shape = (2, 3, 8, 8)
+    f64 = torch.randn(shape, generator=g, dtype=torch.float64)
+    fields64 = [torch.rand(shape, generator=g, dtype=torch.float64) for _ in range(4)]
+
+    def run(dtype, update):
+        f = f64.detach().to(dtype).requires_grad_(True)  # a leaf of its own in each run
+        fields = [x.detach().to(dtype).requires_grad_(True) for x in fields64]
+        u, v = (fields[0], fields[1]) if advection else (None, None)
+        h = solve(f, u, v, fields[2], fields[3], steps=steps, dt=0.2, update=update)
+        h.pow(2).sum().backward()
+        grads = [f.grad] + [x.grad if x.grad is not None else torch.zeros_like(x) for x in fields]
+        return h.detach(), grads
+
+    ref, ref_grads = run(torch.float64, "reference")
+    fused, fused_grads = run(torch.float32, "addcmul")
+    torch.testing.assert_close(fused.double(), ref, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(ours.double(), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_update_is_refused():
+    with pytest.raises(ValueError, match="update='fast' is not one of"):
+        create_model("resnet_global", update="fast")
 
 
 def test_the_periodic_wrap_is_what_the_border_sees():
